@@ -1,0 +1,20 @@
+"""The one place for numba options used by every kernel.
+
+- ``cache=True``: compiled machine code is cached on disk next to the module (or in NUMBA_CACHE_DIR).
+- ``nogil=True``: kernels release the GIL so threads can overlap them with I/O.
+- fastmath is restricted to flags that keep NaN and infinity semantics intact: no ``nnan``/``ninf``
+  (plain ``fastmath=True`` would let the compiler assume there are no NaNs, which breaks NaN handling).
+"""
+from __future__ import annotations
+
+import numba
+
+SAFE_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": set(SAFE_FASTMATH)}
+
+
+def jit(*args, parallel: bool = False, **kwargs):
+    """``numba.njit`` with the project's options; ``parallel=True`` enables ``prange``."""
+    options = dict(JIT_OPTIONS, parallel=parallel, **kwargs)
+    return numba.njit(*args, **options)

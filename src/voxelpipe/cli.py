@@ -1,0 +1,133 @@
+"""Command line: ``python -m voxelpipe <command>``.
+
+Every option can also be set through an environment variable ``VOXELPIPE_<OPTION>`` (upper case, dashes as
+underscores, e.g. ``VOXELPIPE_WORKERS=2``); a flag on the command line wins over the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import VoxelpipeError
+
+log = logging.getLogger("voxelpipe")
+
+ENV_PREFIX = "VOXELPIPE_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_name(action: argparse.Action) -> str:
+    return ENV_PREFIX + action.dest.upper()
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+    """Turn ``VOXELPIPE_<OPTION>`` variables into defaults of the matching options (flags still win)."""
+    environ = os.environ if environ is None else environ
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                apply_env_defaults(sub, environ)
+            continue
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        name = env_name(action)
+        if name not in environ:
+            continue
+        text = environ[name]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            lowered = text.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                parser.error(f"{name}={text!r}: expected one of 1/0, true/false, yes/no, on/off")
+            value = (lowered in _TRUE) == isinstance(action, argparse._StoreTrueAction)
+        elif action.nargs in ("+", "*"):
+            value = [_convert(parser, action, name, part) for part in text.split(os.pathsep) if part]
+        else:
+            value = _convert(parser, action, name, text)
+        action.default = value
+        action.required = False
+        action.help = (action.help or "") + f" [set from {name}]"
+
+
+def _convert(parser: argparse.ArgumentParser, action: argparse.Action, name: str, text: str):
+    try:
+        value = action.type(text) if action.type else text
+    except (TypeError, ValueError):
+        parser.error(f"{name}={text!r}: not a valid value for {'/'.join(action.option_strings)}")
+    if action.choices is not None and value not in action.choices:
+        parser.error(f"{name}={text!r}: choose from {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m voxelpipe",
+        description="DICOM folders to machine-learning-ready data. Every option can also be set through an "
+                    "environment variable VOXELPIPE_<OPTION> (e.g. VOXELPIPE_WORKERS=2); flags win.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxelpipe {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level of the 'voxelpipe' logger (default INFO)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    scan = commands.add_parser("scan", help="find DICOM files, read headers, write the metadata table and "
+                                            "the series manifest")
+    scan.add_argument("dirs", nargs="+", metavar="DIR", help="folders (searched at any depth) or files")
+    scan.add_argument("--out", required=True, metavar="MANIFEST", help="manifest folder to write")
+    scan.add_argument("--shards", type=_positive_int, default=16, help="number of byte-balanced shard files "
+                                                                        "(default 16)")
+    scan.add_argument("--workers", type=_positive_int, default=None,
+                      help="worker processes (default: number of cores; 1 runs in this process)")
+    scan.add_argument("--table-format", choices=["csv", "parquet"], default="csv",
+                      help="also write metadata.parquet (needs pyarrow) (default csv)")
+    scan.set_defaults(func=_run_scan)
+
+    demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
+    demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
+    demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    demo.set_defaults(func=_run_demo)
+    return parser
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from .pipelines.scan import scan
+
+    result = scan(args.dirs, out=args.out, shards=args.shards, workers=args.workers,
+                  table_format=args.table_format, progress=not args.no_progress)
+    print(f"scanned {result.n_files} files in {result.seconds:.1f} s: {len(result.series)} series, "
+          f"{len(result.objects)} objects, {len(result.unreadable)} unreadable -> {args.out}")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .pipelines.demo import run_demo
+
+    run_demo(args.out, workers=args.workers, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    apply_env_defaults(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except VoxelpipeError as exc:
+        log.error("%s", exc)
+        return 2
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        return 2

@@ -1,0 +1,173 @@
+"""Flattening a DICOM header into one row of text cells.
+
+Column names are ``"<Name> (gggg, eeee)"``; an element nested in a sequence is
+``"<Sequence name>_<Name> (gggg, eeee)"`` (recursively). A column that receives several values in one file
+(a tag repeated across sequence items, or duplicated) holds ``DUPLICATE TAGS IN DICOM:v1/v2/...``.
+Multi-valued elements are joined with ``\\``; binary values longer than 16 bytes are shown by their size.
+
+Values are formatted from their raw bytes (``format_raw``); ``RowBuilder`` collects cells with the duplicate
+rule. ``rawheader`` feeds both straight from the file; ``flatten`` does the same for a pydicom Dataset.
+"""
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+
+from pydicom import datadict
+from pydicom.charset import convert_encodings, decode_bytes, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+DUPLICATE_PREFIX = "DUPLICATE TAGS IN DICOM:"
+_SHOW_BINARY_BYTES = 16
+_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # single value, keep leading spaces
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"})
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+@lru_cache(maxsize=None)
+def tag_name(tag: int) -> str:
+    """The data dictionary name of a tag ("Private Creator" / "Private tag data" for private tags)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 == 1:
+        return "Private Creator" if 0x0010 <= element <= 0x00FF else "Private tag data"
+    if element == 0:
+        return "Group Length"
+    try:
+        return datadict.dictionary_description(tag)
+    except KeyError:
+        return "Unknown tag"
+
+
+@lru_cache(maxsize=None)
+def dictionary_vr(tag: int) -> str:
+    """The VR of a tag for implicit-VR data ("UN" when unknown; private creators are LO)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 == 1 and 0x0010 <= element <= 0x00FF:
+        return "LO"
+    if element == 0:
+        return "UL"
+    try:
+        return datadict.dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+
+
+@lru_cache(maxsize=None)
+def column_name(tag: int, prefix: str = "") -> str:
+    """``"<prefix><Name> (gggg, eeee)"`` for a tag."""
+    return f"{prefix}{tag_name(tag)} ({tag >> 16:04X}, {tag & 0xFFFF:04X})"
+
+
+def encodings_for(charset: str | list[str] | None) -> list[str]:
+    """Python codecs for a SpecificCharacterSet value."""
+    if not charset:
+        return [default_encoding]
+    values = [charset] if isinstance(charset, str) else list(charset)
+    return convert_encodings(values)
+
+
+def _binary_text(data: bytes) -> str:
+    if not data:
+        return ""
+    if len(data) <= _SHOW_BINARY_BYTES:
+        return "0x" + data.hex()
+    return f"<binary {len(data)} bytes>"
+
+
+def format_raw(value: bytes, vr: str, little_endian: bool, encodings: list[str]) -> str | None:
+    """Readable text for a raw element value of the given VR, or None for a VR this cannot format."""
+    if vr in _STRING_VRS or vr in _TEXT_VRS:
+        if value.isascii():
+            text = value.decode("ascii")
+        elif vr in _CHARSET_VRS:
+            text = decode_bytes(value, encodings, set())
+        else:
+            text = value.decode("latin-1")
+        text = text.rstrip(" \x00")
+        if vr in _TEXT_VRS:
+            return text
+        return "\\".join(part.strip(" \x00") for part in text.split("\\")) if "\\" in text else text.strip()
+    fmt = _NUMBER_FORMATS.get(vr)
+    if fmt is not None:
+        size = struct.calcsize(fmt)
+        count = len(value) // size
+        values = struct.unpack(("<" if little_endian else ">") + fmt * count, value[: count * size])
+        return "\\".join(map(str, values))
+    if vr == "AT":
+        count = len(value) // 4
+        pairs = struct.unpack(("<" if little_endian else ">") + "HH" * count, value[: count * 4])
+        return "\\".join(f"({pairs[i]:04X},{pairs[i + 1]:04X})" for i in range(0, len(pairs), 2))
+    if vr in _BINARY_VRS:
+        return _binary_text(bytes(value))
+    return None
+
+
+class RowBuilder:
+    """Collects ``column -> text`` cells, turning repeated columns into ``DUPLICATE TAGS IN DICOM:`` cells."""
+
+    __slots__ = ("row", "_repeated")
+
+    def __init__(self) -> None:
+        self.row: dict[str, str] = {}
+        self._repeated: set[str] = set()
+
+    def add(self, key: str, text: str) -> None:
+        row = self.row
+        if key not in row:
+            row[key] = text
+        elif key in self._repeated:
+            row[key] += "/" + text
+        else:
+            self._repeated.add(key)
+            row[key] = f"{DUPLICATE_PREFIX}{row[key]}/{text}"
+
+
+def _element_text(elem: DataElement) -> str:
+    """Text for an element pydicom has already converted."""
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return _binary_text(bytes(value))
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def flatten(ds: Dataset) -> dict[str, str]:
+    """One flat ``{column: text}`` row for every element of a pydicom Dataset (file meta included) except
+    pixel data."""
+    builder = RowBuilder()
+    encodings = encodings_for(ds.get("SpecificCharacterSet") if 0x00080005 in ds else None)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _flatten_into(meta, "", builder, encodings)
+    _flatten_into(ds, "", builder, encodings)
+    return builder.row
+
+
+def _flatten_into(ds: Dataset, prefix: str, builder: RowBuilder, encodings: list[str]) -> None:
+    for elem in ds.elements():
+        tag = int(elem.tag)
+        if tag in PIXEL_DATA_TAGS:
+            continue
+        vr = elem.VR
+        if isinstance(elem, RawDataElement) and vr is None:
+            vr = dictionary_vr(tag)
+        if vr == "SQ":
+            seq_prefix = f"{prefix}{tag_name(tag)}_"
+            for item in ds[Tag(tag)].value:
+                _flatten_into(item, seq_prefix, builder, encodings)
+            continue
+        text = None
+        if isinstance(elem, RawDataElement):
+            text = "" if elem.value is None else format_raw(elem.value, vr, elem.is_little_endian, encodings)
+        if text is None:
+            text = _element_text(ds[Tag(tag)])
+        builder.add(column_name(tag, prefix), text)

@@ -1,0 +1,286 @@
+"""What `scan` keeps of each file: a small record built from the flattened header row.
+
+The flattened row (see ``flatten``) is the parsed header; the few tags needed to group series and check their
+geometry are read back from it, so no element is converted twice. Enhanced multi-frame files read their
+per-frame functional groups through pydicom.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from ..errors import BadTagValueError, DicomReadError, MissingTagError
+from .files import Header
+from .flatten import DUPLICATE_PREFIX, column_name
+
+# Modalities of non-image objects: listed in objects.csv, never made into volumes.
+OBJECT_MODALITIES = frozenset(
+    {"RTSTRUCT", "SEG", "SR", "PR", "RTDOSE", "RTPLAN", "RTRECORD", "RTTREAT", "KO", "REG", "FID", "RWV", "DOC",
+     "AU", "ECG", "HD", "PLAN", "OT-DOC"}
+)
+LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
+TAGS = {
+    "SOPClassUID": 0x00080016, "SOPInstanceUID": 0x00080018, "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E, "Modality": 0x00080060, "SeriesNumber": 0x00200011,
+    "SeriesDescription": 0x0008103E, "InstanceNumber": 0x00200013, "Rows": 0x00280010, "Columns": 0x00280011,
+    "NumberOfFrames": 0x00280008, "ImageType": 0x00080008, "FrameOfReferenceUID": 0x00200052,
+    "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037, "RescaleSlope": 0x00281053,
+    "RescaleIntercept": 0x00281052, "PixelSpacing": 0x00280030, "SamplesPerPixel": 0x00280002,
+    "BitsAllocated": 0x00280100, "PixelRepresentation": 0x00280103, "EchoNumbers": 0x00180086,
+    "TriggerTime": 0x00181060, "TemporalPositionIdentifier": 0x00200100, "AcquisitionNumber": 0x00200012,
+    "ReferencedSOPInstanceUID": 0x00081155,
+}
+COLUMN = {name: column_name(tag) for name, tag in TAGS.items()}
+# Tags whose values tell frames at one position apart (cine phases, echoes, dynamics).
+PHASE_TAGS = ("TriggerTime", "EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber")
+_ENCAPSULATED_MIN = 8
+PER_FRAME_PREFIX = "Per-Frame Functional Groups Sequence_"
+
+
+@dataclass
+class Slice:
+    """Geometry of one frame: position (LPS mm), orientation cosines, rescale."""
+
+    ipp: tuple[float, float, float]
+    iop: tuple[float, ...]
+    slope: float
+    intercept: float
+
+
+@dataclass
+class FileRecord:
+    """One readable DICOM file: an image (``slices`` filled) or a non-image object (``references`` filled)."""
+
+    path: str
+    size: int
+    kind: str  # "image" or "object"
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    series_number: str = ""
+    series_description: str = ""
+    frame_of_reference_uid: str = ""
+    instance_number: int | None = None
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    transfer_syntax: str = ""
+    pixel_offset: int = -1
+    pixel_length: int = -1
+    image_type: str = ""
+    is_localizer: bool = False
+    pixel_spacing: str = ""
+    slices: list[Slice] = field(default_factory=list)
+    phase: dict[str, str] = field(default_factory=dict)
+    referenced_series_uids: list[str] = field(default_factory=list)
+    referenced_instance_uids: list[str] = field(default_factory=list)
+
+
+def cell_values(text: str) -> list[str]:
+    """The values of a flattened cell: one, or several for a ``DUPLICATE TAGS IN DICOM:`` cell."""
+    if text.startswith(DUPLICATE_PREFIX):
+        return text[len(DUPLICATE_PREFIX):].split("/")
+    return [text]
+
+
+def _floats(path: str, name: str, text: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split("\\"))
+    except ValueError:
+        raise BadTagValueError(path, f"{name} {_tag_text(name)}", text, "not numbers") from None
+    if len(values) != count:
+        raise BadTagValueError(path, f"{name} {_tag_text(name)}", text, f"expected {count} values")
+    return values
+
+
+def _tag_text(name: str) -> str:
+    tag = TAGS[name]
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _int(path: str, row: dict[str, str], name: str, default: int | None = None) -> int | None:
+    text = row.get(COLUMN[name], "")
+    if not text:
+        return default
+    try:
+        return int(float(text.split("\\")[0]))
+    except ValueError:
+        raise BadTagValueError(path, f"{name} {_tag_text(name)}", text, "not an integer") from None
+
+
+def _float(path: str, row: dict[str, str], name: str, default: float) -> float:
+    text = row.get(COLUMN[name], "")
+    if not text:
+        return default
+    try:
+        return float(text.split("\\")[0])
+    except ValueError:
+        raise BadTagValueError(path, f"{name} {_tag_text(name)}", text, "not a number") from None
+
+
+def _media_sop_class(header: Header) -> str:
+    return header.row.get(column_name(0x00020002), "")
+
+
+def is_object(row: dict[str, str], header: Header) -> bool:
+    """True for non-image objects (RTSTRUCT, SEG, SR, DICOMDIR, ...)."""
+    modality = row.get(COLUMN["Modality"], "").upper()
+    if modality in OBJECT_MODALITIES:
+        return True
+    if (row.get(COLUMN["SOPClassUID"]) or _media_sop_class(header)) == DICOMDIR_CLASS:
+        return True
+    return header.pixel is None and COLUMN["Rows"] not in row and not modality
+
+
+def make_record(header: Header) -> FileRecord:
+    """Build the record of a header from its flattened row.
+
+    Raises DicomReadError (MissingTagError, BadTagValueError) when an image cannot become a volume.
+    """
+    row = header.row
+    record = FileRecord(
+        path=header.path,
+        size=header.size,
+        kind="object" if is_object(row, header) else "image",
+        sop_class_uid=row.get(COLUMN["SOPClassUID"]) or _media_sop_class(header),
+        sop_instance_uid=row.get(COLUMN["SOPInstanceUID"], ""),
+        study_uid=row.get(COLUMN["StudyInstanceUID"], ""),
+        series_uid=row.get(COLUMN["SeriesInstanceUID"], ""),
+        modality=row.get(COLUMN["Modality"], ""),
+        series_number=row.get(COLUMN["SeriesNumber"], ""),
+        series_description=row.get(COLUMN["SeriesDescription"], ""),
+        frame_of_reference_uid=row.get(COLUMN["FrameOfReferenceUID"], ""),
+        transfer_syntax=header.transfer_syntax,
+    )
+    if record.kind == "object":
+        _add_references(row, record)
+    else:
+        _fill_image(header, row, record)
+    return record
+
+
+def _add_references(row: dict[str, str], record: FileRecord) -> None:
+    """Referenced series and instances: every SeriesInstanceUID / ReferencedSOPInstanceUID nested in a sequence."""
+    nested_series = "_" + COLUMN["SeriesInstanceUID"]
+    nested_instance = "_" + COLUMN["ReferencedSOPInstanceUID"]
+    series: dict[str, None] = {}
+    instances: dict[str, None] = {}
+    for key, text in row.items():
+        if key.endswith(nested_series):
+            series.update(dict.fromkeys(v for v in cell_values(text) if v))
+        elif key.endswith(nested_instance) or key == COLUMN["ReferencedSOPInstanceUID"]:
+            instances.update(dict.fromkeys(v for v in cell_values(text) if v))
+    series.pop(record.series_uid, None)
+    record.referenced_series_uids = list(series)
+    record.referenced_instance_uids = list(instances)
+
+
+def _fill_image(header: Header, row: dict[str, str], record: FileRecord) -> None:
+    path = header.path
+    missing = [f"{name} {_tag_text(name)}" for name in ("SeriesInstanceUID", "Rows", "Columns")
+               if not row.get(COLUMN[name])]
+    if header.pixel is None:
+        missing.append("PixelData (7FE0,0010)")
+    if missing:
+        raise MissingTagError(path, missing)
+    record.rows = _int(path, row, "Rows") or 0
+    record.columns = _int(path, row, "Columns") or 0
+    if record.rows <= 0 or record.columns <= 0:
+        raise BadTagValueError(path, "Rows/Columns (0028,0010)/(0028,0011)",
+                               f"{record.rows}x{record.columns}", "image size must be positive")
+    record.frames = _int(path, row, "NumberOfFrames", 1) or 1
+    record.instance_number = _int(path, row, "InstanceNumber")
+    record.image_type = row.get(COLUMN["ImageType"], "")
+    record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
+    record.pixel_spacing = row.get(COLUMN["PixelSpacing"], "")
+    record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
+    _check_pixel_length(header, row, record)
+    if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
+        record.slices = _enhanced_slices(header.dataset(), path, record.frames)
+        return
+    missing = [f"{name} {_tag_text(name)}" for name in ("ImagePositionPatient", "ImageOrientationPatient")
+               if not row.get(COLUMN[name])]
+    if missing:
+        raise MissingTagError(path, missing)
+    ipp = _floats(path, "ImagePositionPatient", row[COLUMN["ImagePositionPatient"]], 3)
+    iop = _floats(path, "ImageOrientationPatient", row[COLUMN["ImageOrientationPatient"]], 6)
+    _check_orientation(path, iop)
+    slope = _float(path, row, "RescaleSlope", 1.0)
+    intercept = _float(path, row, "RescaleIntercept", 0.0)
+    record.slices = [Slice(ipp, iop, slope, intercept)] * record.frames
+
+
+def _check_orientation(path: str, iop: tuple[float, ...]) -> None:
+    row_norm = sum(v * v for v in iop[:3]) ** 0.5
+    col_norm = sum(v * v for v in iop[3:]) ** 0.5
+    if abs(row_norm - 1) > 0.01 or abs(col_norm - 1) > 0.01:
+        raise BadTagValueError(path, "ImageOrientationPatient (0020,0037)", "\\".join(map(str, iop)),
+                               "direction cosines are not unit vectors")
+
+
+def _check_pixel_length(header: Header, row: dict[str, str], record: FileRecord) -> None:
+    """Detect truncated pixel data from the declared and available lengths."""
+    pixel = header.pixel
+    assert pixel is not None
+    record.pixel_offset = pixel.value_offset
+    record.pixel_length = pixel.value_length
+    path = header.path
+    if pixel.value_offset < 0:  # read by pydicom from a deflated file: no offset to check
+        return
+    if pixel.value_length < 0:
+        if pixel.available < _ENCAPSULATED_MIN:
+            raise DicomReadError(path, f"truncated: encapsulated PixelData (7FE0,0010) has only "
+                                       f"{pixel.available} bytes")
+        return
+    if pixel.available < pixel.value_length:
+        raise DicomReadError(path, f"truncated: PixelData (7FE0,0010) declares {pixel.value_length} bytes, "
+                                   f"the file holds {pixel.available}")
+    samples = _int(path, row, "SamplesPerPixel", 1) or 1
+    bits = _int(path, row, "BitsAllocated", 16) or 16
+    total_bits = record.rows * record.columns * samples * record.frames * bits
+    expected = (total_bits + 7) // 8
+    syntax = UID(record.transfer_syntax) if record.transfer_syntax else None
+    if (syntax is None or not syntax.is_compressed) and pixel.value_length < expected:
+        raise DicomReadError(path, f"truncated: PixelData (7FE0,0010) holds {pixel.value_length} bytes, "
+                                   f"Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated needs "
+                                   f"{expected}")
+
+
+def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
+    """Per-frame geometry and rescale from the shared and per-frame functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else Dataset()
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != frames:
+        raise BadTagValueError(path, "PerFrameFunctionalGroupsSequence (5200,9230)", f"{len(per_frame)} items",
+                               f"NumberOfFrames is {frames}")
+    slices = []
+    for index, item in enumerate(per_frame):
+        def pick(sequence: str, attribute: str):
+            for source in (item, shared_item):
+                seq = source.get(sequence)
+                if seq and attribute in seq[0]:
+                    return seq[0].get(attribute)
+            return None
+
+        ipp = pick("PlanePositionSequence", "ImagePositionPatient")
+        iop = pick("PlaneOrientationSequence", "ImageOrientationPatient")
+        if ipp is None or iop is None:
+            missing = "ImagePositionPatient (0020,0032)" if ipp is None else "ImageOrientationPatient (0020,0037)"
+            raise MissingTagError(path, [f"{missing} in functional groups of frame {index + 1}"])
+        if len(ipp) != 3 or len(iop) != 6:
+            raise BadTagValueError(path, "functional group plane position/orientation", f"{ipp} / {iop}",
+                                   f"frame {index + 1} needs 3 position and 6 orientation values")
+        slope = pick("PixelValueTransformationSequence", "RescaleSlope")
+        intercept = pick("PixelValueTransformationSequence", "RescaleIntercept")
+        iop_t = tuple(float(v) for v in iop)
+        _check_orientation(path, iop_t)
+        slices.append(Slice(tuple(float(v) for v in ipp), iop_t,
+                            1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)))
+    return slices

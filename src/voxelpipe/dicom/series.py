@@ -1,0 +1,183 @@
+"""Grouping image records into series and checking each series' geometry.
+
+A SeriesInstanceUID becomes one series, or several parts when it mixes orientations or image sizes (the
+reason is recorded). LOCALIZER / SCOUT / TOPOGRAM images are left out and counted. Slices are ordered by
+ImagePositionPatient projected on the slice normal, ascending, then InstanceNumber, then path.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..geometry import cluster_positions, orientation_label, slice_normal, tilt_degrees
+from ..keys import series_key
+from .records import FileRecord
+
+ORIENTATION_TOLERANCE = 1e-3  # max difference of direction cosines within one orientation
+
+SERIES_COLUMNS = [
+    "series_key", "study_instance_uid", "series_instance_uid", "modality", "series_number", "series_description",
+    "n_files", "n_bytes", "rows", "columns", "n_slices", "n_positions", "spacing_min", "spacing_max",
+    "spacing_median", "max_gap_mm", "missing_slices", "duplicate_positions", "incomplete_positions",
+    "gantry_tilt_deg", "instance_order_matches_position", "rescale_varies", "orientation_consistent",
+    "localizers_skipped", "frames_per_position", "split_reason", "orientation", "image_orientation",
+    "pixel_spacing", "first_position_mm", "last_position_mm", "frame_of_reference_uid", "transfer_syntaxes",
+    "multiframe_files",
+]
+FILE_COLUMNS = [
+    "series_key", "path", "sop_instance_uid", "instance_number", "frames", "position_mm", "image_position",
+    "slope", "intercept", "size_bytes", "transfer_syntax", "pixel_offset", "pixel_length",
+]
+
+
+@dataclass
+class Series:
+    """One image series (or one part of a split series) with its files in slice order."""
+
+    key: str
+    records: list[FileRecord]
+    row: dict[str, object]
+    file_rows: list[dict[str, object]] = field(default_factory=list)
+
+
+def group_series(records: list[FileRecord], secret: str | None = None) -> list[Series]:
+    """Group image records by SeriesInstanceUID, split by orientation/size, and check every part."""
+    by_uid: dict[str, list[FileRecord]] = defaultdict(list)
+    for record in records:
+        by_uid[record.series_uid].append(record)
+    result: list[Series] = []
+    for uid in sorted(by_uid):
+        members = sorted(by_uid[uid], key=lambda r: r.path)
+        localizers = [r for r in members if r.is_localizer]
+        images = [r for r in members if not r.is_localizer]
+        key = series_key(uid, secret)
+        if not images:
+            result.append(_localizer_only(key, uid, localizers))
+            continue
+        parts, reason = _split(images)
+        consistent = "orientation" not in reason
+        for index, part in enumerate(parts):
+            part_key = key if len(parts) == 1 else f"{key}_{index + 1}"
+            series = _describe(part_key, uid, part, reason)
+            series.row["orientation_consistent"] = consistent and _orientations_within(part)
+            series.row["localizers_skipped"] = len(localizers) if index == 0 else 0
+            result.append(series)
+    return result
+
+
+def _same_orientation(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return max(abs(x - y) for x, y in zip(a, b)) <= ORIENTATION_TOLERANCE
+
+
+def _orientations_within(records: list[FileRecord]) -> bool:
+    first = records[0].slices[0].iop
+    return all(_same_orientation(first, s.iop) for r in records for s in r.slices)
+
+
+def _split(images: list[FileRecord]) -> tuple[list[list[FileRecord]], str]:
+    """Split files by (image size, orientation); largest part first. Returns parts and the reason text."""
+    groups: list[tuple[tuple[int, int], tuple[float, ...], list[FileRecord]]] = []
+    for record in images:
+        size = (record.rows, record.columns)
+        iop = record.slices[0].iop
+        for g_size, g_iop, members in groups:
+            if g_size == size and _same_orientation(g_iop, iop):
+                members.append(record)
+                break
+        else:
+            groups.append((size, iop, [record]))
+    if len(groups) == 1:
+        return [groups[0][2]], ""
+    groups.sort(key=lambda g: (-sum(r.frames for r in g[2]), g[0], g[1]))
+    reasons = []
+    if len({g[0] for g in groups}) > 1:
+        sizes = ", ".join(f"{r}x{c}" for r, c in dict.fromkeys(g[0] for g in groups))
+        reasons.append(f"image size ({sizes})")
+    iops = [g[1] for g in groups]
+    if any(not _same_orientation(iops[0], other) for other in iops[1:]):
+        labels = ", ".join(dict.fromkeys(orientation_label(i) for i in iops))
+        reasons.append(f"orientation ({labels})")
+    return [g[2] for g in groups], f"split into {len(groups)} parts by " + " and ".join(reasons)
+
+
+def _localizer_only(key: str, uid: str, localizers: list[FileRecord]) -> Series:
+    first = localizers[0]
+    row = {column: "" for column in SERIES_COLUMNS}
+    row.update(
+        series_key=key, study_instance_uid=first.study_uid, series_instance_uid=uid, modality=first.modality,
+        series_number=first.series_number, series_description=first.series_description, n_files=0, n_bytes=0,
+        rows=first.rows, columns=first.columns, n_slices=0, n_positions=0, localizers_skipped=len(localizers),
+        split_reason="only localizer images",
+    )
+    return Series(key=key, records=[], row=row)
+
+
+def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) -> Series:
+    """Order the slices of one part and compute its checks."""
+    first = records[0]
+    normal = slice_normal(first.slices[0].iop)
+    frames = [(r, s) for r in records for s in r.slices]
+    ipps = np.array([s.ipp for _, s in frames], dtype=np.float64)
+    positions = ipps @ normal
+    unique, groups = cluster_positions(positions)
+    counts = np.bincount(groups)
+    mode = Counter(counts.tolist()).most_common(1)[0][0]
+    steps = np.diff(unique)
+    median = float(np.median(steps)) if len(steps) else 0.0
+    missing = int(sum(round(s / median) - 1 for s in steps if s > 1.5 * median)) if median > 0 else 0
+    rescale = {(s.slope, s.intercept) for _, s in frames}
+    tilt = tilt_degrees(ipps[np.argmin(positions)], ipps[np.argmax(positions)], normal)
+
+    file_position = {id(r): float(np.asarray(r.slices[0].ipp) @ normal) for r in records}
+    ordered = sorted(records, key=lambda r: (round(file_position[id(r)], 3),
+                                             r.instance_number if r.instance_number is not None else 0, r.path))
+    row = {
+        "series_key": key, "study_instance_uid": first.study_uid, "series_instance_uid": uid,
+        "modality": first.modality, "series_number": first.series_number,
+        "series_description": first.series_description, "n_files": len(records),
+        "n_bytes": sum(r.size for r in records), "rows": first.rows, "columns": first.columns,
+        "n_slices": len(frames), "n_positions": len(unique),
+        "spacing_min": _mm(steps.min()) if len(steps) else "", "spacing_max": _mm(steps.max()) if len(steps) else "",
+        "spacing_median": _mm(median) if len(steps) else "", "max_gap_mm": _mm(steps.max()) if len(steps) else "",
+        "missing_slices": missing,
+        "duplicate_positions": int(np.sum(np.maximum(counts - mode, 0))),
+        "incomplete_positions": int(np.sum(counts < mode)),
+        "gantry_tilt_deg": round(tilt, 3),
+        "instance_order_matches_position": _instance_order_matches(records, file_position),
+        "rescale_varies": len(rescale) > 1, "orientation_consistent": True, "localizers_skipped": 0,
+        "frames_per_position": mode, "split_reason": split_reason,
+        "orientation": orientation_label(first.slices[0].iop),
+        "image_orientation": "\\".join(f"{v:g}" for v in first.slices[0].iop),
+        "pixel_spacing": first.pixel_spacing,
+        "first_position_mm": _mm(unique[0]), "last_position_mm": _mm(unique[-1]),
+        "frame_of_reference_uid": first.frame_of_reference_uid,
+        "transfer_syntaxes": "\\".join(sorted({r.transfer_syntax for r in records})),
+        "multiframe_files": sum(1 for r in records if r.frames > 1),
+    }
+    file_rows = [
+        {
+            "series_key": key, "path": r.path, "sop_instance_uid": r.sop_instance_uid,
+            "instance_number": "" if r.instance_number is None else r.instance_number, "frames": r.frames,
+            "position_mm": _mm(file_position[id(r)]), "image_position": "\\".join(f"{v:g}" for v in r.slices[0].ipp),
+            "slope": r.slices[0].slope, "intercept": r.slices[0].intercept, "size_bytes": r.size,
+            "transfer_syntax": r.transfer_syntax, "pixel_offset": r.pixel_offset, "pixel_length": r.pixel_length,
+        }
+        for r in ordered
+    ]
+    return Series(key=key, records=ordered, row=row, file_rows=file_rows)
+
+
+def _instance_order_matches(records: list[FileRecord], position: dict[int, float]) -> bool | str:
+    """True when ordering files by InstanceNumber gives monotonic positions; '' when numbers are missing."""
+    if any(r.instance_number is None for r in records):
+        return ""
+    by_instance = sorted(records, key=lambda r: (r.instance_number, r.path))
+    values = np.array([position[id(r)] for r in by_instance])
+    steps = np.diff(values)
+    return bool(np.all(steps >= -1e-3) or np.all(steps <= 1e-3))
+
+
+def _mm(value: float) -> float:
+    return round(float(value), 4)

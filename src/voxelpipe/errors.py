@@ -1,0 +1,45 @@
+"""Errors raised by voxelpipe: one base type, specific subclasses.
+
+Every message names the file, and where it applies the tag and the value at fault.
+"""
+from __future__ import annotations
+
+import os
+
+
+class VoxelpipeError(Exception):
+    """Base of every error voxelpipe raises on purpose."""
+
+
+class InputError(VoxelpipeError, ValueError):
+    """Bad input to a library call (wrong shape, dtype, option value)."""
+
+
+class DicomReadError(VoxelpipeError, ValueError):
+    """A file could not be read as DICOM (empty, truncated, not DICOM, parse failure)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class NotDicomError(DicomReadError):
+    """The file holds no DICOM dataset."""
+
+
+class MissingTagError(DicomReadError):
+    """A tag needed for the job is absent or empty."""
+
+    def __init__(self, path: str | os.PathLike, tags: list[str]):
+        self.tags = list(tags)
+        super().__init__(path, "missing tag(s) needed for a volume: " + ", ".join(self.tags))
+
+
+class BadTagValueError(DicomReadError):
+    """A tag holds a value that cannot be used."""
+
+    def __init__(self, path: str | os.PathLike, tag: str, value: object, why: str):
+        self.tag = tag
+        self.value = value
+        super().__init__(path, f"tag {tag} has unusable value {value!r}: {why}")

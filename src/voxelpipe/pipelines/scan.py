@@ -1,0 +1,234 @@
+"""`scan`: find DICOM files by content, read their headers, and write the manifest.
+
+MANIFEST/
+  metadata.csv (.parquet)      one row per readable file, every element but pixel data, flattened
+  series_all.csv               one row per image series (or split part) with geometry checks
+  series_files.csv             the files of each series in slice order
+  objects.csv                  non-image objects (RTSTRUCT, SEG, SR, ...) and what they reference
+  unreadable_files.csv         path, kind and reason of every file that could not be used
+  shards/series_shard_XX.csv   the series split into N shards balanced by bytes
+  scan.json                    counts and options; written last (the manifest is complete when it exists)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from .. import __version__
+from ..dicom.files import iter_files, read_header
+from ..dicom.records import FileRecord, make_record
+from ..dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
+from ..errors import DicomReadError, InputError, NotDicomError
+from ..parallel import default_workers, imap
+from ..progress import Progress
+from ..tables import RowSpool, write_csv, write_json
+
+log = logging.getLogger("voxelpipe")
+
+OBJECT_COLUMNS = [
+    "path", "modality", "sop_class_uid", "sop_class_name", "sop_instance_uid", "study_instance_uid",
+    "series_instance_uid", "series_description", "frame_of_reference_uid", "referenced_series_uids",
+    "referenced_series_keys", "n_referenced_instances", "n_referenced_instances_found", "size_bytes",
+]
+UNREADABLE_COLUMNS = ["path", "kind", "reason"]
+METADATA_LEADING = ["path", "series_key"]
+FILES_PER_TASK = 32
+
+
+@dataclass
+class ScanResult:
+    """The tables of a scan (lists of row dicts) and where they were written."""
+
+    series: list[dict]
+    series_files: list[dict]
+    objects: list[dict]
+    unreadable: list[dict]
+    shards: list[list[dict]]
+    metadata_columns: list[str]
+    n_metadata_rows: int
+    n_files: int
+    seconds: float
+    out: str | None = None
+    metadata: list[dict] = field(default_factory=list)  # only when no output folder was given
+
+
+def _scan_one(path: str) -> tuple[str, dict | None, FileRecord | None, str]:
+    """Read one file: ``(status, row, record, reason)`` with status ok / unreadable / not_dicom."""
+    try:
+        header = read_header(path)
+    except NotDicomError as exc:
+        return "not_dicom", None, None, exc.reason
+    except DicomReadError as exc:
+        return "unreadable", None, None, exc.reason
+    try:
+        return "ok", header.row, make_record(header), ""
+    except DicomReadError as exc:
+        return "unusable", header.row, None, exc.reason
+
+
+def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord | None, str]]:
+    """Worker task: read a batch of files; every failure becomes a result, never an exception."""
+    results = []
+    for path in paths:
+        try:
+            status, row, record, reason = _scan_one(path)
+        except Exception as exc:  # a bug or an unforeseen corrupt header must not stop the batch
+            status, row, record, reason = "unreadable", None, None, f"{type(exc).__name__}: {exc}"
+        results.append((path, status, row, record, reason))
+    return results
+
+
+def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
+         shards: int = 16, workers: int | None = None, table_format: str = "csv", secret: str | None = None,
+         progress: bool = True) -> ScanResult:
+    """Scan folders (any depth) for DICOM files and build the manifest tables.
+
+    ``out``: manifest folder to write (None: only return the tables, metadata rows included).
+    ``shards``: number of byte-balanced shard files; ``workers``: processes (1 = in this process);
+    ``table_format``: ``csv`` or ``parquet`` (metadata also as Parquet); ``secret``: HMAC key for series keys.
+    """
+    started = time.perf_counter()
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if shards < 1:
+        raise InputError(f"shards must be at least 1, got {shards}")
+    if table_format not in ("csv", "parquet"):
+        raise InputError(f"table format must be csv or parquet, got {table_format!r}")
+    workers = default_workers() if workers is None else max(1, workers)
+    files = list(iter_files(paths))
+    log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
+
+    out = os.fspath(out) if out is not None else None
+    if out and os.path.exists(os.path.join(out, "scan.json")):
+        os.remove(os.path.join(out, "scan.json"))  # the manifest is incomplete until this run finishes
+    spool = RowSpool(out, METADATA_LEADING) if out else None
+    metadata: list[dict] = []
+    metadata_columns: dict[str, None] = dict.fromkeys(METADATA_LEADING)
+    records: list[FileRecord] = []
+    unreadable: list[dict] = []
+    batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
+    try:
+        with Progress(len(files), "scan", enabled=progress) as bar:
+            for results in imap(scan_files, batches, workers):
+                for path, status, row, record, reason in results:
+                    if row is not None:
+                        row = {"path": path, **row}
+                        if spool:
+                            spool.add(row)
+                        else:
+                            metadata_columns.update(dict.fromkeys(row))
+                            metadata.append(row)
+                    if record is not None:
+                        records.append(record)
+                    else:
+                        unreadable.append({"path": path, "kind": status, "reason": reason})
+                bar.update(len(results))
+
+        images = [r for r in records if r.kind == "image"]
+        series = group_series(images, secret)
+        objects = _object_rows([r for r in records if r.kind == "object"], series, secret)
+        key_of_path = {r.path: s.key for s in series for r in s.records}
+        shard_rows = _shard(series, shards)
+        series_rows = [s.row for s in series]
+        file_rows = [row for s in series for row in s.file_rows]
+        if out:
+            extra = {path: {"series_key": key} for path, key in key_of_path.items()}
+            spool.write(os.path.join(out, "metadata.csv"),
+                        os.path.join(out, "metadata.parquet") if table_format == "parquet" else None, extra)
+            metadata_columns = spool.columns
+            _write_manifest(out, series_rows, file_rows, objects, unreadable, shard_rows)
+        else:
+            for row in metadata:
+                row["series_key"] = key_of_path.get(row["path"], "")
+    finally:
+        if spool:
+            spool.close()
+    seconds = time.perf_counter() - started
+    result = ScanResult(series=series_rows, series_files=file_rows, objects=objects, unreadable=unreadable,
+                        shards=shard_rows, metadata_columns=list(metadata_columns),
+                        n_metadata_rows=spool.count if spool else len(metadata), n_files=len(files),
+                        seconds=seconds, out=out, metadata=metadata)
+    if out:
+        write_json(os.path.join(out, "scan.json"), _summary(result, paths, shards, workers, table_format))
+    log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),
+             len(unreadable), len(files), seconds)
+    return result
+
+
+def _object_rows(objects: list[FileRecord], series: list[Series], secret: str | None) -> list[dict]:
+    """objects.csv rows; references resolved to the series keys of this scan (all parts of a split series)."""
+    from pydicom.uid import UID
+
+    keys_of_uid: dict[str, list[str]] = {}
+    key_of_instance: dict[str, str] = {}
+    for s in series:
+        keys_of_uid.setdefault(s.row["series_instance_uid"], []).append(s.key)
+        for r in s.records:
+            key_of_instance[r.sop_instance_uid] = s.key
+    rows = []
+    for obj in sorted(objects, key=lambda r: r.path):
+        keys: dict[str, None] = {}
+        for uid in obj.referenced_series_uids:
+            keys.update(dict.fromkeys(keys_of_uid.get(uid, [])))
+        found = [key_of_instance[i] for i in obj.referenced_instance_uids if i in key_of_instance]
+        keys.update(dict.fromkeys(found))
+        rows.append({
+            "path": obj.path, "modality": obj.modality, "sop_class_uid": obj.sop_class_uid,
+            "sop_class_name": UID(obj.sop_class_uid).name if obj.sop_class_uid else "",
+            "sop_instance_uid": obj.sop_instance_uid, "study_instance_uid": obj.study_uid,
+            "series_instance_uid": obj.series_uid, "series_description": obj.series_description,
+            "frame_of_reference_uid": obj.frame_of_reference_uid,
+            "referenced_series_uids": ";".join(obj.referenced_series_uids),
+            "referenced_series_keys": ";".join(keys), "n_referenced_instances": len(obj.referenced_instance_uids),
+            "n_referenced_instances_found": len(found), "size_bytes": obj.size,
+        })
+    return rows
+
+
+def _shard(series: list[Series], shards: int) -> list[list[dict]]:
+    """Split series rows into ``shards`` lists balanced by bytes (largest first onto the lightest shard)."""
+    loads = [0] * shards
+    result: list[list[dict]] = [[] for _ in range(shards)]
+    for s in sorted(series, key=lambda s: (-int(s.row["n_bytes"]), s.key)):
+        target = loads.index(min(loads))
+        result[target].append(s.row)
+        loads[target] += int(s.row["n_bytes"])
+    return result
+
+
+def shard_name(index: int, shards: int) -> str:
+    return f"series_shard_{index:0{max(2, len(str(shards - 1)))}d}.csv"
+
+
+def _write_manifest(out: str, series_rows: list[dict], file_rows: list[dict], objects: list[dict],
+                    unreadable: list[dict], shard_rows: list[list[dict]]) -> None:
+    write_csv(os.path.join(out, "series_all.csv"), series_rows, SERIES_COLUMNS)
+    write_csv(os.path.join(out, "series_files.csv"), file_rows, FILE_COLUMNS)
+    write_csv(os.path.join(out, "objects.csv"), objects, OBJECT_COLUMNS)
+    write_csv(os.path.join(out, "unreadable_files.csv"), unreadable, UNREADABLE_COLUMNS)
+    shard_dir = os.path.join(out, "shards")
+    os.makedirs(shard_dir, exist_ok=True)
+    for name in os.listdir(shard_dir):  # a rerun with fewer shards must not leave stale ones behind
+        if name.startswith("series_shard_"):
+            os.remove(os.path.join(shard_dir, name))
+    for index, rows in enumerate(shard_rows):
+        write_csv(os.path.join(shard_dir, shard_name(index, len(shard_rows))), rows, SERIES_COLUMNS)
+
+
+def _summary(result: ScanResult, paths, shards: int, workers: int, table_format: str) -> dict:
+    return {
+        "voxelpipe_version": __version__,
+        "inputs": [os.fspath(p) for p in paths],
+        "options": {"shards": shards, "workers": workers, "table_format": table_format},
+        "files": result.n_files,
+        "metadata_rows": result.n_metadata_rows,
+        "series": len(result.series),
+        "image_files": sum(int(r["n_files"]) for r in result.series),
+        "localizers_skipped": sum(int(r["localizers_skipped"] or 0) for r in result.series),
+        "objects": len(result.objects),
+        "unreadable": len(result.unreadable),
+        "seconds": round(result.seconds, 3),
+        "complete": True,
+    }
