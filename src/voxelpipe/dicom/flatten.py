@@ -36,12 +36,10 @@ def tag_name(tag: int) -> str:
     group, element = tag >> 16, tag & 0xFFFF
     if group % 2 == 1:
         return "Private Creator" if 0x0010 <= element <= 0x00FF else "Private tag data"
-    if element == 0:
-        return "Group Length"
     try:
-        return datadict.dictionary_description(tag)
+        return datadict.dictionary_description(tag)  # repeating groups (overlays, curves) included
     except KeyError:
-        return "Unknown tag"
+        return "Group Length" if element == 0 else "Unknown tag"
 
 
 @lru_cache(maxsize=None)
@@ -160,6 +158,9 @@ def _flatten_into(ds: Dataset, prefix: str, builder: RowBuilder, encodings: list
         vr = elem.VR
         if isinstance(elem, RawDataElement) and vr is None:
             vr = dictionary_vr(tag)
+        if vr == "UN" and isinstance(elem, RawDataElement) and dictionary_vr(tag) != "UN":
+            elem = ds[Tag(tag)]  # pydicom replaces UN with the dictionary VR
+            vr = elem.VR
         if vr == "SQ":
             seq_prefix = f"{prefix}{tag_name(tag)}_"
             for item in ds[Tag(tag)].value:

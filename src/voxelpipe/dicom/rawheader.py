@@ -109,8 +109,8 @@ class _Walker:
                 else:
                     length = u16.unpack_from(data, pos + 6)[0]
                     pos += 8
-            if vr == "SQ" or (vr == "UN" and length == UNDEFINED):
-                # a UN sequence of undefined length is encoded implicit VR little endian
+            if vr == "SQ" or (vr == "UN" and (length == UNDEFINED or dictionary_vr(tag) == "SQ")):
+                # a sequence stored as UN is encoded implicit VR little endian
                 as_un = vr == "UN"
                 pos = self._sequence(pos, length, little or as_un, implicit or as_un, f"{prefix}{tag_name(tag)}_")
                 continue

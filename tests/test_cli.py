@@ -1,0 +1,143 @@
+"""The command line, run as a user runs it: ``python -m voxelpipe ...`` in a subprocess."""
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voxelpipe.synthetic import SeriesSpec, write_series
+
+TIMEOUT = 180
+MANIFEST_FILES = ["metadata.csv", "series_all.csv", "series_files.csv", "objects.csv", "unreadable_files.csv",
+                  "scan.json"]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m voxelpipe ARGS`` with this interpreter and no VOXELPIPE_* variables but ``env``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VOXELPIPE_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "voxelpipe", *args], cwd=cwd, env=environ, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def shard_names(manifest: Path) -> list[str]:
+    return sorted(p.name for p in (manifest / "shards").iterdir())
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """Two small series and a text file."""
+    root = tmp_path_factory.mktemp("cli_study")
+    specs = [SeriesSpec(n_slices=5, rows=16, columns=16, seed=40),
+             SeriesSpec(n_slices=3, rows=16, columns=16, seed=41, series_number=3)]
+    paths = {spec.series_uid: write_series(root / f"series{i}", spec) for i, spec in enumerate(specs)}
+    notes = root / "notes.txt"
+    notes.write_text("not a DICOM file\n")
+    return {"root": root, "specs": specs, "paths": paths, "notes": notes}
+
+
+def test_help(tmp_path):
+    done = run(["--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "scan" in done.stdout and "demo" in done.stdout
+    done = run(["scan", "--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for option in ("--out", "--shards", "--workers", "--table-format"):
+        assert option in done.stdout
+
+
+def test_version(tmp_path):
+    done = run(["--version"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert importlib.metadata.version("voxelpipe") in done.stdout
+
+
+def test_scan_writes_the_manifest(study, tmp_path):
+    manifest = tmp_path / "manifest"
+    done = run(["--no-progress", "scan", str(study["root"]), "--out", str(manifest), "--shards", "4",
+                "--workers", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    for name in MANIFEST_FILES:
+        assert (manifest / name).is_file(), name
+    assert shard_names(manifest) == [f"series_shard_{i:02d}.csv" for i in range(4)]
+
+    series = read_csv(manifest / "series_all.csv")
+    by_uid = {row["series_instance_uid"]: row for row in series}
+    assert set(by_uid) == {spec.series_uid for spec in study["specs"]}
+    for spec in study["specs"]:
+        assert int(by_uid[spec.series_uid]["n_slices"]) == spec.n_slices
+    files = read_csv(manifest / "series_files.csv")
+    expected_files = {os.path.realpath(p) for paths in study["paths"].values() for p in paths}
+    assert {os.path.realpath(row["path"]) for row in files} == expected_files
+    metadata = read_csv(manifest / "metadata.csv")
+    assert {os.path.realpath(row["path"]) for row in metadata} == expected_files
+    unreadable = read_csv(manifest / "unreadable_files.csv")
+    assert [os.path.realpath(row["path"]) for row in unreadable] == [os.path.realpath(study["notes"])]
+    assert read_csv(manifest / "objects.csv") == []
+    sharded = [row["series_key"] for name in shard_names(manifest) for row in read_csv(manifest / "shards" / name)]
+    assert sorted(sharded) == sorted(row["series_key"] for row in series)
+    summary = json.loads((manifest / "scan.json").read_text())
+    assert isinstance(summary, dict)
+
+
+def test_env_variable_sets_shards(study, tmp_path):
+    manifest = tmp_path / "manifest"
+    done = run(["scan", str(study["root"]), "--out", str(manifest), "--workers", "1"], tmp_path,
+               env={"VOXELPIPE_SHARDS": "3", "VOXELPIPE_NO_PROGRESS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert shard_names(manifest) == [f"series_shard_{i:02d}.csv" for i in range(3)]
+
+
+def test_command_line_flag_wins_over_env(study, tmp_path):
+    manifest = tmp_path / "manifest"
+    done = run(["scan", str(study["root"]), "--out", str(manifest), "--shards", "2", "--workers", "1"], tmp_path,
+               env={"VOXELPIPE_SHARDS": "3", "VOXELPIPE_NO_PROGRESS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert shard_names(manifest) == [f"series_shard_{i:02d}.csv" for i in range(2)]
+
+
+def test_parquet_metadata_matches_csv(study, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    manifest = tmp_path / "manifest"
+    done = run(["--no-progress", "scan", str(study["root"]), "--out", str(manifest), "--table-format", "parquet",
+                "--workers", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    table = pq.read_table(manifest / "metadata.parquet")
+    rows_csv = read_csv(manifest / "metadata.csv")
+    assert table.num_rows == len(rows_csv) == sum(len(p) for p in study["paths"].values())
+    with open(manifest / "metadata.csv", newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh))
+    assert table.column_names == header
+    rows_parquet = [{k: ("" if v is None else v) for k, v in row.items()} for row in table.to_pylist()]
+    assert rows_parquet == rows_csv
+
+
+def test_bad_env_value_is_reported(study, tmp_path):
+    done = run(["scan", str(study["root"]), "--out", str(tmp_path / "manifest")], tmp_path,
+               env={"VOXELPIPE_WORKERS": "x"})
+    assert done.returncode != 0
+    assert "VOXELPIPE_WORKERS" in done.stderr
+    assert not (tmp_path / "manifest" / "scan.json").exists()
+
+
+def test_demo(tmp_path):
+    out = tmp_path / "demo"
+    done = run(["--no-progress", "demo", "--out", str(out), "--workers", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    manifest = out / "manifest"
+    for name in ("metadata.csv", "series_all.csv", "series_files.csv", "objects.csv", "unreadable_files.csv"):
+        assert str(manifest / name) in done.stdout
+        assert (manifest / name).is_file()
+    assert read_csv(manifest / "series_all.csv")  # the demo study has image series
