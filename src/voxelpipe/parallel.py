@@ -1,9 +1,11 @@
 """Process pool for per-item tasks: spawn/forkserver context, numba threads per worker ≤ cores / workers.
 
-``--workers 1`` runs in the calling process. Results come back in input order.
+``--workers 1`` runs in the calling process. Results come back in input order. A pool is kept alive for
+later calls with the same worker count in the same process (library use, benchmarks) and shut down at exit.
 """
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -49,19 +51,43 @@ def context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
+_pools: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def get_pool(workers: int) -> multiprocessing.pool.Pool:
+    """The process pool of ``workers`` workers, created on first use and reused afterwards."""
+    pool = _pools.get(workers)
+    if pool is None:
+        pool = context().Pool(workers, initializer=init_worker, initargs=(threads_per_worker(workers),))
+        _pools[workers] = pool
+    return pool
+
+
+def discard_pool(workers: int) -> None:
+    """Stop the pool of ``workers`` workers (after an error or interruption its state is unknown)."""
+    pool = _pools.pop(workers, None)
+    if pool is not None:
+        pool.terminate()
+        pool.join()
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop every pool of this process."""
+    for workers in list(_pools):
+        pool = _pools.pop(workers)
+        pool.close()
+        pool.join()
+
+
 def imap(func: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1) -> Iterator[R]:
     """``map`` over ``items`` with ``workers`` processes (in-process for 1), yielding results in order."""
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         yield from map(func, items)
         return
-    workers = min(workers, len(items))
-    pool = context().Pool(workers, initializer=init_worker, initargs=(threads_per_worker(workers),))
     try:
-        yield from pool.imap(func, items, chunksize=chunksize)
-        pool.close()
+        yield from get_pool(workers).imap(func, items, chunksize=chunksize)
     except BaseException:
-        pool.terminate()
+        discard_pool(workers)
         raise
-    finally:
-        pool.join()
