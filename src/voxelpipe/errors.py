@@ -15,6 +15,10 @@ class InputError(VoxelpipeError, ValueError):
     """Bad input to a library call (wrong shape, dtype, option value)."""
 
 
+class ValuesDoNotFitError(InputError):
+    """Rescaled values are not integral or do not fit the requested integer output dtype."""
+
+
 class DicomReadError(VoxelpipeError, ValueError):
     """A file could not be read as DICOM (empty, truncated, not DICOM, parse failure)."""
 

@@ -10,7 +10,7 @@ from typing import Union
 
 import numpy as np
 
-from voxelpipe.errors import InputError
+from voxelpipe.errors import InputError, ValuesDoNotFitError
 from voxelpipe.kernels.rescale import rescale_into
 
 __all__ = ["rescale", "output_dtype"]
@@ -124,7 +124,7 @@ def rescale(
         out3 = out.reshape(stored3.shape)
         nbad = rescale_into(stored3, slopes, intercepts, out3)
         if nbad:
-            raise InputError(
+            raise ValuesDoNotFitError(
                 f"{nbad} rescaled value(s) are not integral or do not fit int16 (slope {slope!r}, "
                 f"intercept {intercept!r}); pass a float32 out"
             )

@@ -130,7 +130,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
         series = group_series(images, secret)
         objects = _object_rows([r for r in records if r.kind == "object"], series, secret)
         key_of_path = {r.path: s.key for s in series for r in s.records}
-        shard_rows = _shard(series, shards)
+        shard_rows = balance([s.row for s in series], shards)
         series_rows = [s.row for s in series]
         file_rows = [row for s in series for row in s.file_rows]
         if out:
@@ -187,14 +187,14 @@ def _object_rows(objects: list[FileRecord], series: list[Series], secret: str | 
     return rows
 
 
-def _shard(series: list[Series], shards: int) -> list[list[dict]]:
-    """Split series rows into ``shards`` lists balanced by bytes (largest first onto the lightest shard)."""
+def balance(rows: list[dict], shards: int) -> list[list[dict]]:
+    """Split series rows into ``shards`` lists balanced by ``n_bytes`` (largest first onto the lightest)."""
     loads = [0] * shards
     result: list[list[dict]] = [[] for _ in range(shards)]
-    for s in sorted(series, key=lambda s: (-int(s.row["n_bytes"]), s.key)):
+    for row in sorted(rows, key=lambda r: (-int(r["n_bytes"]), r["series_key"])):
         target = loads.index(min(loads))
-        result[target].append(s.row)
-        loads[target] += int(s.row["n_bytes"])
+        result[target].append(row)
+        loads[target] += int(row["n_bytes"])
     return result
 
 
