@@ -1,6 +1,25 @@
-"""voxelpipe: DICOM folders to machine-learning-ready data, fast."""
+"""voxelpipe: DICOM folders to machine-learning-ready data, fast.
+
+Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume`` (heavier modules load on first use).
+"""
 from ._version import __version__
 from .errors import VoxelpipeError
 from .pipelines.scan import ScanResult, scan
 
-__all__ = ["__version__", "VoxelpipeError", "ScanResult", "scan"]
+_LAZY = {
+    "convert": ("voxelpipe.pipelines.convert", "convert"),
+    "aggregate": ("voxelpipe.pipelines.convert", "aggregate"),
+    "open_volume": ("voxelpipe.volume", "open_volume"),
+    "Volume": ("voxelpipe.volume", "Volume"),
+}
+
+__all__ = ["__version__", "VoxelpipeError", "ScanResult", "scan", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module 'voxelpipe' has no attribute {name!r}")

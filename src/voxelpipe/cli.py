@@ -93,6 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write metadata.parquet (needs pyarrow) (default csv)")
     scan.set_defaults(func=_run_scan)
 
+    convert = commands.add_parser("convert", help="convert DICOM series to volumes (Zarr, HDF5, NPZ) with geometry")
+    convert.add_argument("dirs", nargs="*", metavar="DIR", help="DICOM folders (scanned first); or use --manifest")
+    convert.add_argument("--manifest", metavar="CSV", help="series CSV from scan (series_all.csv or a shard)")
+    convert.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    convert.add_argument("--format", dest="fmt", choices=["zarr", "hdf5", "npz"], default="zarr",
+                         help="output format (default zarr)")
+    convert.add_argument("--store", choices=["dir", "zip", "sqlite"], default="dir",
+                         help="Zarr store kind (default dir)")
+    convert.add_argument("--mode", choices=["3d", "2d"], default="3d", help="one volume per series (3d)")
+    convert.add_argument("--workers", type=_positive_int, default=None,
+                         help="worker processes (default: number of cores; 1 runs in this process)")
+    convert.add_argument("--shard-id", type=int, default=None, help="convert only shard I of --num-shards")
+    convert.add_argument("--num-shards", type=_positive_int, default=None, help="number of shards")
+    convert.add_argument("--overwrite", action="store_true", help="redo series whose output is complete")
+    convert.add_argument("--verify-slices", type=int, default=2,
+                         help="slices per series checked by MD5 against pydicom's decode (default 2; 0 = off)")
+    convert.add_argument("--chunks", type=_chunks, default=None, metavar="Z,Y,X",
+                         help="chunk shape (default 16,256,256; slab depth = Z)")
+    convert.add_argument("--clevel", type=int, default=1, help="Blosc zstd level 0-9 (default 1)")
+    convert.add_argument("--summary-suffix", default=None, metavar="S",
+                         help="summary_<S>.csv (default run, or shardIIofNN)")
+    convert.set_defaults(func=_run_convert)
+
+    aggregate = commands.add_parser("aggregate", help="merge the summary_*.csv of shards into summary_all.csv")
+    aggregate.add_argument("out", metavar="OUT", help="output folder of convert")
+    aggregate.set_defaults(func=_run_aggregate)
+
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
     demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
@@ -107,6 +134,37 @@ def _run_scan(args: argparse.Namespace) -> int:
                   table_format=args.table_format, progress=not args.no_progress)
     print(f"scanned {result.n_files} files in {result.seconds:.1f} s: {len(result.series)} series, "
           f"{len(result.objects)} objects, {len(result.unreadable)} unreadable -> {args.out}")
+    return 0
+
+
+def _chunks(text: str) -> tuple[int, int, int]:
+    parts = tuple(int(v) for v in text.split(","))
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(text)
+    return parts
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .pipelines.convert import convert
+
+    summary = convert(args.dirs or None, out=args.out, manifest=args.manifest, fmt=args.fmt, store=args.store,
+                      mode=args.mode, workers=args.workers, shard_id=args.shard_id, num_shards=args.num_shards,
+                      overwrite=args.overwrite, verify_slices=args.verify_slices, chunks=args.chunks,
+                      clevel=args.clevel, summary_suffix=args.summary_suffix, progress=not args.no_progress)
+    failed = [r for r in summary if r["status"] == "failed"]
+    done = sum(1 for r in summary if r["status"] == "converted")
+    skipped = sum(1 for r in summary if r["status"] == "skipped")
+    print(f"converted {done}, skipped {skipped}, failed {len(failed)} series -> {args.out}")
+    for row in failed:
+        print(f"  failed {row['series_key']}: {row['reason']}")
+    return 1 if failed else 0
+
+
+def _run_aggregate(args: argparse.Namespace) -> int:
+    from .pipelines.convert import aggregate
+
+    rows = aggregate(args.out)
+    print(f"aggregated {len(rows)} series -> {args.out}/summary_all.csv")
     return 0
 
 

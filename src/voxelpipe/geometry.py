@@ -52,3 +52,78 @@ def tilt_degrees(first_ipp: Sequence[float], last_ipp: Sequence[float], normal: 
         return 0.0
     cosine = min(1.0, abs(float(step @ normal)) / length)
     return float(np.degrees(np.arccos(cosine)))
+
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class Geometry:
+    """Where a (slice, row, column) array lies in patient space (LPS, mm).
+
+    ``spacing``: mm along axes 0, 1, 2 (axis 0 = step between slice planes along their normal);
+    ``origin``: LPS centre of voxel [0, 0, 0]; ``direction``: 3×3, column a = LPS unit vector of axis a;
+    ``slice_positions``: position of every slice along the normal (mm), kept even when spacing is uneven;
+    ``affine``: 4×4 index → LPS. It equals direction·diag(spacing) plus origin, except with gantry tilt, where
+    column 0 is the true step between slice origins (a sheared affine, like the data).
+    """
+
+    def __init__(self, shape: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
+                 direction: np.ndarray, slice_positions: Sequence[float] | None = None,
+                 affine: np.ndarray | None = None):
+        self.shape = tuple(int(v) for v in shape)
+        self.spacing = np.asarray(spacing, dtype=np.float64)
+        self.origin = np.asarray(origin, dtype=np.float64)
+        self.direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        self.slice_positions = np.asarray(
+            slice_positions if slice_positions is not None else
+            float(self.origin @ self.direction[:, 0]) + np.arange(self.shape[0]) * self.spacing[0],
+            dtype=np.float64)
+        if affine is None:
+            affine = np.eye(4)
+            affine[:3, :3] = self.direction * self.spacing
+            affine[:3, 3] = self.origin
+        self.affine = np.asarray(affine, dtype=np.float64)
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """The affine mapping index → RAS mm (x and y negated), as NIfTI tools use."""
+        return LPS_TO_RAS @ self.affine
+
+    def to_attrs(self) -> dict:
+        """JSON-ready dict (lists of floats) for store attributes."""
+        return {
+            "shape": list(self.shape), "spacing": self.spacing.tolist(), "origin": self.origin.tolist(),
+            "direction": self.direction.tolist(), "affine": self.affine.tolist(),
+            "affine_ras": self.affine_ras.tolist(), "slice_positions": self.slice_positions.tolist(),
+            "axes": ["slice", "row", "column"], "coordinate_system": "LPS", "units": "mm",
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> Geometry:
+        return cls(attrs["shape"], attrs["spacing"], attrs["origin"], np.asarray(attrs["direction"]),
+                   attrs.get("slice_positions"), np.asarray(attrs["affine"]) if "affine" in attrs else None)
+
+    def __repr__(self) -> str:
+        return (f"Geometry(shape={self.shape}, spacing={np.round(self.spacing, 4).tolist()}, "
+                f"origin={np.round(self.origin, 3).tolist()})")
+
+
+def geometry_from_slices(ipps: np.ndarray, iop: Sequence[float], pixel_spacing: Sequence[float],
+                         shape: Sequence[int]) -> Geometry:
+    """Geometry of slices already sorted by position: ``ipps`` (n, 3) LPS, ``iop`` 6 cosines,
+    ``pixel_spacing`` (row spacing, column spacing) in mm as in DICOM PixelSpacing."""
+    row_cos = np.asarray(iop[:3], dtype=np.float64)  # direction of increasing column index (axis 2)
+    col_cos = np.asarray(iop[3:6], dtype=np.float64)  # direction of increasing row index (axis 1)
+    normal = slice_normal(iop)
+    positions = ipps @ normal
+    n = len(ipps)
+    # mean step: first and last slice land exactly; slice_positions keeps every slice when spacing is uneven
+    step_along_normal = float(positions[-1] - positions[0]) / (n - 1) if n > 1 else 1.0
+    direction = np.column_stack([normal, col_cos, row_cos])
+    spacing = [step_along_normal if n > 1 else 1.0, float(pixel_spacing[0]), float(pixel_spacing[1])]
+    affine = np.eye(4)
+    affine[:3, 0] = (ipps[-1] - ipps[0]) / (n - 1) if n > 1 else normal * spacing[0]
+    affine[:3, 1] = col_cos * spacing[1]
+    affine[:3, 2] = row_cos * spacing[2]
+    affine[:3, 3] = ipps[0]
+    return Geometry(shape, spacing, ipps[0], direction, positions, affine)

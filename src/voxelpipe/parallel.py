@@ -15,7 +15,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Modules the forkserver imports once, so every worker starts with them loaded.
-PRELOAD = ["numpy", "numba", "pydicom", "voxelpipe.pipelines.scan"]
+PRELOAD = ["numpy", "numba", "pydicom", "zarr", "voxelpipe.pipelines.scan", "voxelpipe.pipelines.convert"]
 
 
 def cpu_count() -> int:

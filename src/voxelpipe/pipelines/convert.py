@@ -1,0 +1,156 @@
+"""`convert`: DICOM series → volumes (Zarr dir/zip/sqlite, HDF5, NPZ) with geometry; `aggregate` merges the
+summaries of shards.
+
+OUT/
+  data/<series_key>.zarr (.zarr.zip, .zarr.sqlite, .npz)   one volume per series (HDF5: volumes_<suffix>.h5)
+  meta/<series_key>.series.json, meta/<series_key>.slices.csv
+  summary_<suffix>.csv / .json                             one row per series: status, reason, sizes, timing
+  summary_all.csv                                          after `aggregate`
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import os
+import time
+from collections import defaultdict
+
+from ..errors import InputError
+from ..parallel import default_workers, imap
+from ..progress import Progress
+from ..stores.hdf5_store import keys_in, merge_into
+from ..stores.zarr_store import STORE_SUFFIXES
+from ..tables import read_csv, write_csv, write_json
+from .scan import balance, scan
+from .series_volume import SeriesTask, convert_series, volume_path
+
+log = logging.getLogger("voxelpipe")
+
+FORMATS = ("zarr", "hdf5", "npz")
+SUMMARY_COLUMNS = ["series_key", "status", "reason", "n_files", "bytes_in", "bytes_out", "ratio", "shape", "dtype",
+                   "seconds", "verification", "path"]
+
+
+def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:
+    """Series rows of a manifest CSV (``series_all.csv`` or a shard) and the files of each series, in slice
+    order, from the ``series_files.csv`` beside it (or one folder up, for ``shards/``)."""
+    if os.path.isdir(manifest):
+        manifest = os.path.join(manifest, "series_all.csv")
+    if not os.path.isfile(manifest):
+        raise InputError(f"{manifest}: manifest CSV not found")
+    rows = read_csv(manifest)
+    folder = os.path.dirname(os.path.abspath(manifest))
+    candidates = [os.path.join(folder, "series_files.csv"), os.path.join(os.path.dirname(folder), "series_files.csv")]
+    files_csv = next((c for c in candidates if os.path.isfile(c)), None)
+    if files_csv is None:
+        raise InputError(f"{manifest}: no series_files.csv beside it or one folder up")
+    files: dict[str, list[str]] = defaultdict(list)
+    with open(files_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            files[row["series_key"]].append(row["path"])
+    return rows, files
+
+
+def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *, manifest: str | None = None,
+            fmt: str = "zarr", store: str = "dir", mode: str = "3d", workers: int | None = None,
+            shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
+            verify_slices: int = 2, chunks: tuple[int, int, int] | None = None, clevel: int = 1,
+            summary_suffix: str | None = None, progress: bool = True) -> list[dict]:
+    """Convert series to volumes; returns the summary rows (one per series).
+
+    ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
+    ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). Everything else as the CLI.
+    """
+    started = time.perf_counter()
+    _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    if manifest is None:
+        if not inputs:
+            raise InputError("give DICOM folders or --manifest")
+        scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"), shards=1,
+             workers=workers, progress=progress)
+        manifest = os.path.join(out, "manifest", "series_all.csv")
+    rows, files = load_manifest(manifest)
+    rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
+    if num_shards:
+        rows = balance(rows, num_shards)[shard_id]
+    suffix = summary_suffix or (f"shard{shard_id:02d}of{num_shards:02d}" if num_shards else "run")
+    options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel,
+               "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
+    tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
+                        store=store,
+                        chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
+                        options=options) for r in rows]
+    run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")
+    if fmt == "hdf5" and not overwrite:  # reruns append: skip series already in the run file
+        present = keys_in(run_h5)
+        summary = [_skipped(t, run_h5) for t in tasks if t.key in present]
+        tasks = [t for t in tasks if t.key not in present]
+    else:
+        summary = []
+    workers = default_workers() if workers is None else max(1, workers)
+    log.info("convert: %d series to %s (%s%s), %d worker(s)", len(tasks), out, fmt,
+             f"/{store}" if fmt == "zarr" else "", workers)
+    with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
+        for row in imap(convert_series, tasks, workers):
+            if fmt == "hdf5" and row["status"] == "converted":
+                merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d")
+                row["path"] = run_h5
+            if row["status"] == "failed":
+                log.warning("convert: %s failed: %s", row["series_key"], row["reason"])
+            summary.append(row)
+            bar.update()
+    write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
+    counts = defaultdict(int)
+    for row in summary:
+        counts[row["status"]] += 1
+    write_json(os.path.join(out, f"summary_{suffix}.json"),
+               {"series": summary, "counts": dict(counts), "options": options,
+                "seconds": round(time.perf_counter() - started, 3)})
+    log.info("convert: %s in %.1f s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing",
+             time.perf_counter() - started)
+    return summary
+
+
+def _skipped(task: SeriesTask, run_h5: str) -> dict:
+    return {"series_key": task.key, "status": "skipped", "reason": "already complete", "n_files": len(task.paths),
+            "path": run_h5}
+
+
+def _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel) -> None:
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if store not in STORE_SUFFIXES:
+        raise InputError(f"store must be one of {', '.join(STORE_SUFFIXES)}, got {store!r}")
+    if mode not in ("3d", "2d"):
+        raise InputError(f"mode must be 3d or 2d, got {mode!r}")
+    if (shard_id is None) != (num_shards is None):
+        raise InputError("--shard-id and --num-shards go together")
+    if num_shards is not None and not 0 <= shard_id < num_shards:
+        raise InputError(f"--shard-id must be in [0, {num_shards}), got {shard_id}")
+    if chunks is not None and (len(chunks) != 3 or min(chunks) < 1):
+        raise InputError(f"--chunks must be three positive integers Z,Y,X, got {chunks}")
+    if not 0 <= clevel <= 9:
+        raise InputError(f"--clevel must be 0..9, got {clevel}")
+
+
+def aggregate(out: str) -> list[dict]:
+    """Merge every ``summary_<suffix>.csv`` under ``out`` into ``summary_all.csv`` (later rows of a series win:
+    a rerun's result replaces an earlier failure)."""
+    paths = sorted(p for p in glob.glob(os.path.join(out, "summary_*.csv"))
+                   if os.path.basename(p) != "summary_all.csv")
+    if not paths:
+        raise InputError(f"{out}: no summary_*.csv to aggregate")
+    merged: dict[str, dict] = {}
+    for path in sorted(paths, key=os.path.getmtime):
+        for row in read_csv(path):
+            row["summary_file"] = os.path.basename(path)
+            previous = merged.get(row["series_key"])
+            if previous is None or row["status"] != "skipped" or previous["status"] == "failed":
+                merged[row["series_key"]] = row
+    rows = sorted(merged.values(), key=lambda r: r["series_key"])
+    write_csv(os.path.join(out, "summary_all.csv"), rows, SUMMARY_COLUMNS + ["summary_file"])
+    return rows
+
+
+__all__ = ["convert", "aggregate", "load_manifest", "volume_path"]

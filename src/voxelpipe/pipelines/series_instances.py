@@ -1,0 +1,133 @@
+"""2-D mode: every image file of a series becomes its own array ``(frame, row, column)`` (``(frame, row,
+column, sample)`` for colour), keyed by a hash of its SOPInstanceUID, with one metadata row per file.
+
+Layout: Zarr — one store per series ``data/<series_key>.zarr`` holding an array per instance; HDF5 — one
+dataset per instance in the run file; NPZ — one ``<series_key>.npz`` holding an array per instance.
+Monochrome pixels are rescaled (int16 when exact, else float32); colour pixels are stored as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from ..dicom.files import read_header
+from ..dicom.pixels import PixelFormat, decode_into
+from ..dicom.records import make_record
+from ..errors import DicomReadError
+from ..keys import series_key as hash_key
+from ..rescale import rescale
+from ..stores.hdf5_store import write_attrs
+from ..stores.zarr_store import PARTIAL, STORE_SUFFIXES, disk_size, open_store, remove
+from ..tables import write_csv
+
+INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_number", "shape", "dtype", "path"]
+
+
+def instances_path(task) -> str:
+    folder = os.path.join(task.out, "data")
+    if task.fmt == "zarr":
+        return os.path.join(folder, task.key + STORE_SUFFIXES[task.store])
+    return os.path.join(folder, task.key + (".h5" if task.fmt == "hdf5" else ".npz"))
+
+
+def convert_instances(task) -> dict:
+    """Write every file of ``task`` as its own array; returns the summary fields (shape = instance count)."""
+    path = instances_path(task)
+    partial = path + PARTIAL + (".npz" if task.fmt == "npz" else "")
+    remove(partial)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rows = []
+    sink = _Sink(task, partial)
+    try:
+        for source in task.paths:
+            array, attrs = _read_instance(source)
+            name = hash_key(attrs["sop_instance_uid"] or source)
+            sink.add(name, array, attrs)
+            rows.append({"series_key": task.key, "instance_key": name, "sop_instance_uid": attrs["sop_instance_uid"],
+                         "instance_number": attrs["instance_number"], "shape": "x".join(map(str, array.shape)),
+                         "dtype": str(array.dtype), "path": source})
+        sink.close()
+        write_csv(os.path.join(task.out, "meta", f"{task.key}.instances.csv"), rows, INSTANCE_COLUMNS)
+        os.replace(partial, path)
+    except BaseException:
+        sink.abort()
+        remove(partial)
+        raise
+    return {"shape": f"{len(rows)} instances", "dtype": ",".join(sorted({r["dtype"] for r in rows})),
+            "bytes_out": disk_size(path), "verification": "not verified (2d)"}
+
+
+def _read_instance(path: str) -> tuple[np.ndarray, dict]:
+    header = read_header(path)
+    record = make_record(header)
+    if record.kind != "image":
+        raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
+    fmt = PixelFormat.from_row(header.row, header.transfer_syntax, path)
+    stored = np.empty((fmt.frames, *fmt.frame_shape), dtype=fmt.stored_dtype)
+    decode_into(path, fmt, stored, record.pixel_offset)
+    attrs = {"sop_instance_uid": record.sop_instance_uid, "instance_number": record.instance_number,
+             "modality": record.modality, "pixel_spacing": record.pixel_spacing, "source": path,
+             "axes": ["frame", "row", "column"] + (["sample"] if fmt.samples_per_pixel > 1 else [])}
+    if record.slices:
+        attrs["image_position_patient"] = [list(s.ipp) for s in record.slices]
+        attrs["image_orientation_patient"] = list(record.slices[0].iop)
+    if fmt.samples_per_pixel > 1:
+        return stored, attrs
+    slopes = [s.slope for s in record.slices] if record.slices else [1.0] * fmt.frames
+    intercepts = [s.intercept for s in record.slices] if record.slices else [0.0] * fmt.frames
+    attrs.update(rescale_slope=slopes, rescale_intercept=intercepts)
+    return rescale(stored, slopes, intercepts), attrs
+
+
+class _Sink:
+    """Where instance arrays go while a series is written (under a partial name)."""
+
+    def __init__(self, task, partial: str):
+        self.task = task
+        self.partial = partial
+        self.arrays: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, dict] = {}
+        self.store = None
+        if task.fmt == "zarr":
+            self.store = open_store(partial, task.store, "w")
+            self.group = zarr.create_group(store=self.store, zarr_format=3,
+                                           attributes={"series_key": task.key, "mode": "2d"})
+        elif task.fmt == "hdf5":
+            import h5py
+
+            self.file = h5py.File(partial, "w")
+
+    def add(self, name: str, array: np.ndarray, attrs: dict) -> None:
+        if self.task.fmt == "zarr":
+            codec = BloscCodec(cname="zstd", clevel=self.task.clevel, shuffle="bitshuffle",
+                               typesize=array.dtype.itemsize)
+            self.group.create_array(name, data=array, chunks=(1, *array.shape[1:]), compressors=[codec],
+                                    attributes=attrs)
+        elif self.task.fmt == "hdf5":
+            dataset = self.file.create_dataset(name, data=array, chunks=(1, *array.shape[1:]), compression="gzip",
+                                               compression_opts=1, shuffle=True)
+            write_attrs(dataset, attrs)
+        else:
+            self.arrays[name] = array
+            self.attrs[name] = attrs
+
+    def close(self) -> None:
+        if self.task.fmt == "zarr":
+            self.store.close()
+        elif self.task.fmt == "hdf5":
+            self.file.close()
+        else:
+            np.savez(self.partial, attrs_json=np.array(json.dumps(self.attrs, default=str)), **self.arrays)
+
+    def abort(self) -> None:
+        try:
+            if self.task.fmt == "zarr":
+                self.store.close()
+            elif self.task.fmt == "hdf5":
+                self.file.close()
+        except Exception:
+            pass

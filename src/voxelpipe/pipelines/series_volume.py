@@ -1,0 +1,360 @@
+"""One series → one volume: read headers, order frames, stream decoded slabs through the rescale kernel into
+a store. Runs inside a pool worker (one series per task) or in the calling process.
+
+Repeated positions (cine phases, echoes, dynamics): when every position holds the same number k > 1 of
+images, the volume is 4-D ``(frame, slice, row, column)`` with frames ordered by the tag that varies
+(``frame_tag`` in the attrs); other irregular repeats fail the series with the reason. Exact duplicate files
+(same SOPInstanceUID) are dropped and counted.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__
+from ..dicom.files import read_header
+from ..dicom.pixels import PixelFormat, decode_into
+from ..dicom.records import PHASE_TAGS, FileRecord, make_record
+from ..errors import DicomReadError, InputError, ValuesDoNotFitError, VoxelpipeError
+from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
+from ..rescale import output_dtype, rescale
+from ..stores.hdf5_store import Hdf5VolumeWriter
+from ..stores.npz_store import NpzVolumeWriter
+from ..stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter, remove
+from ..tables import atomic_path, write_json
+
+INT16 = np.dtype(np.int16)
+FLOAT32 = np.dtype(np.float32)
+DEFAULT_CHUNKS = (16, 256, 256)  # see README "Chunks": slab depth 16 slices
+
+
+@dataclass
+class SeriesTask:
+    """Everything a worker needs to convert one series (picklable)."""
+
+    key: str
+    paths: list[str]
+    out: str
+    fmt: str = "zarr"  # zarr | hdf5 | npz
+    mode: str = "3d"  # 3d: one volume per series; 2d: one array per file
+    store: str = "dir"  # dir | zip | sqlite (zarr only)
+    chunks: tuple[int, int, int] | None = None
+    clevel: int = 1
+    verify_slices: int = 2
+    overwrite: bool = False
+    options: dict | None = None  # recorded in provenance
+
+
+@dataclass
+class Frame:
+    record: FileRecord
+    fmt: PixelFormat
+    frame: int  # frame index inside its file
+    ipp: np.ndarray
+    slope: float
+    intercept: float
+    position: float = 0.0
+    phase: tuple = ()
+
+
+def volume_path(task: SeriesTask) -> str:
+    """Final output path of a series (the HDF5 per-series file is merged into the run file afterwards)."""
+    folder = os.path.join(task.out, "data")
+    if task.fmt == "zarr":
+        return os.path.join(folder, task.key + STORE_SUFFIXES[task.store])
+    return os.path.join(folder, task.key + (".h5" if task.fmt == "hdf5" else ".npz"))
+
+
+def convert_series(task: SeriesTask) -> dict:
+    """Convert one series; never raises for bad input: the summary row says what happened."""
+    started = time.perf_counter()
+    row = {"series_key": task.key, "status": "failed", "reason": "", "n_files": len(task.paths),
+           "bytes_in": sum(_size(p) for p in task.paths), "bytes_out": 0, "shape": "", "dtype": "",
+           "ratio": "", "seconds": 0.0, "verification": "", "path": volume_path(task)}
+    try:
+        if os.path.exists(row["path"]) and not task.overwrite:
+            row.update(status="skipped", reason="already complete")
+            return row
+        if task.mode == "2d":
+            from .series_instances import convert_instances
+
+            result = convert_instances(task)
+        else:
+            result = _convert(task)
+        row.update(result, status="converted")
+        row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
+    except VoxelpipeError as exc:
+        row["reason"] = str(exc)
+    except MemoryError:
+        row["reason"] = "out of memory"
+    except OSError as exc:  # disk full, permissions
+        row["reason"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # an unforeseen failure must fail this series only
+        row["reason"] = f"unexpected {type(exc).__name__}: {exc}"
+    finally:
+        row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _convert(task: SeriesTask) -> dict:
+    frames, dropped = _read_frames(task.paths)
+    layout = _layout(frames)
+    ordered, n_frames, n_slices, frame_tag = layout
+    first = ordered[0]
+    fmt = first.fmt
+    ipps = np.array([f.ipp for f in ordered[:n_slices]])  # frame-major order: the first n_slices are frame 0
+    geometry = geometry_from_slices(ipps, first.record.slices[0].iop, _pixel_spacing(first.record),
+                                    (n_slices, fmt.rows, fmt.columns))
+    slopes = np.array([f.slope for f in ordered])
+    intercepts = np.array([f.intercept for f in ordered])
+    shape = (n_slices, fmt.rows, fmt.columns) if n_frames == 1 else (n_frames, n_slices, fmt.rows, fmt.columns)
+    attrs = _attrs(task, geometry, first, ordered, n_frames, frame_tag, dropped)
+    exact = output_dtype(*_stored_range(fmt), slopes, intercepts)
+    integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
+    for dtype in ([INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]):
+        try:
+            return _write(task, ordered, shape, n_frames, dtype, attrs, geometry)
+        except _DoesNotFit:
+            continue
+    raise AssertionError("float32 output cannot overflow")
+
+
+class _DoesNotFit(Exception):
+    """Optimistic int16 output met a value that does not fit; redo as float32."""
+
+
+def _stored_range(fmt: PixelFormat) -> tuple[int, int]:
+    bits = fmt.bits_stored
+    if fmt.pixel_representation == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _pixel_spacing(record: FileRecord) -> tuple[float, float]:
+    text = record.pixel_spacing
+    if not text:
+        return (1.0, 1.0)
+    values = [float(v) for v in text.split("\\")[:2]]
+    return (values[0], values[1]) if len(values) == 2 else (values[0], values[0])
+
+
+def _read_frames(paths: list[str]) -> tuple[list[Frame], int]:
+    """Headers of every file as frames; exact duplicate files (same SOPInstanceUID) dropped and counted."""
+    frames: list[Frame] = []
+    seen: set[str] = set()
+    dropped = 0
+    reference: tuple | None = None
+    for path in paths:
+        header = read_header(path)
+        record = make_record(header)
+        if record.kind != "image":
+            raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
+        if record.is_localizer:
+            continue
+        if record.sop_instance_uid and record.sop_instance_uid in seen:
+            dropped += 1
+            continue
+        seen.add(record.sop_instance_uid)
+        fmt = PixelFormat.from_row(header.row, header.transfer_syntax)
+        signature = (fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated, fmt.pixel_representation)
+        if reference is None:
+            reference = signature
+        elif signature != reference:
+            raise InputError(f"{path}: inconsistent image format inside the series: rows, columns, samples, bits, "
+                             f"representation {signature} differ from the first file's {reference}")
+        if fmt.samples_per_pixel != 1:
+            raise DicomReadError(path, f"SamplesPerPixel (0028,0002) is {fmt.samples_per_pixel}: 3-D volumes "
+                                       "need single-sample (grey) images; use --mode 2d")
+        for index, s in enumerate(record.slices):
+            frames.append(Frame(record, fmt, index, np.asarray(s.ipp, dtype=np.float64), s.slope, s.intercept,
+                                phase=_phase_key(record)))
+    if not frames:
+        raise InputError(f"series has no image to convert ({len(paths)} files, localizers only?)")
+    return frames, dropped
+
+
+def _phase_key(record: FileRecord) -> tuple:
+    key = []
+    for name in PHASE_TAGS:
+        text = record.phase.get(name, "")
+        try:
+            key.append(float(text.split("\\")[0]))
+        except ValueError:
+            key.append(0.0)
+    key.append(record.instance_number if record.instance_number is not None else 0)
+    return tuple(key)
+
+
+def _layout(frames: list[Frame]) -> tuple[list[Frame], int, int, str]:
+    """Order frames by position (then phase); returns (ordered frames, frames per position, positions, tag).
+
+    For 4-D output the list is frame-major: all slices of phase 0, then phase 1, ..."""
+    normal = slice_normal(frames[0].record.slices[0].iop)
+    positions = np.array([f.ipp @ normal for f in frames])
+    for f, p in zip(frames, positions):
+        f.position = float(p)
+    unique, groups = cluster_positions(positions)
+    counts = np.bincount(groups)
+    by_position: list[list[Frame]] = [[] for _ in unique]
+    for f, g in zip(frames, groups):
+        by_position[g].append(f)
+    for members in by_position:
+        members.sort(key=lambda f: (f.phase, f.record.path, f.frame))
+    if counts.min() != counts.max():
+        extra = int(np.sum(counts - counts.min()))
+        raise InputError(f"slice positions hold different numbers of images ({counts.min()} to {counts.max()}; "
+                         f"{extra} extra): duplicated or incomplete slices; no volume written")
+    k = int(counts[0])
+    if k == 1:
+        return [m[0] for m in by_position], 1, len(unique), ""
+    frame_tag = _varying_tag(by_position[0])
+    ordered = [by_position[p][t] for t in range(k) for p in range(len(unique))]
+    return ordered, k, len(unique), frame_tag
+
+
+def _varying_tag(members: list[Frame]) -> str:
+    for index, name in enumerate(PHASE_TAGS):
+        if len({m.phase[index] for m in members}) == len(members):
+            return name
+    return "InstanceNumber"
+
+
+def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Frame], n_frames: int,
+           frame_tag: str, dropped: int) -> dict:
+    row = first.record
+    attrs = geometry.to_attrs()
+    attrs.update({
+        "series_key": task.key,
+        "series_instance_uid": row.series_uid,
+        "study_instance_uid": row.study_uid,
+        "frame_of_reference_uid": row.frame_of_reference_uid,
+        "modality": row.modality,
+        "series_description": row.series_description,
+        "series_number": row.series_number,
+        "image_orientation_patient": list(row.slices[0].iop),
+        "n_frames_per_position": n_frames,
+        "frame_tag": frame_tag,
+        "duplicate_files_dropped": dropped,
+        "rescale_slope": sorted({f.slope for f in ordered}),
+        "rescale_intercept": sorted({f.intercept for f in ordered}),
+        "transfer_syntax": first.fmt.transfer_syntax,
+        "provenance": {
+            "voxelpipe_version": __version__,
+            "options": task.options or {},
+            "input_files": len(task.paths),
+            "input_bytes": sum(_size(p) for p in task.paths),
+        },
+    })
+    if n_frames > 1:
+        attrs["axes"] = ["frame", "slice", "row", "column"]
+    return attrs
+
+
+def _writer(task: SeriesTask, shape, dtype, chunks, attrs):
+    path = volume_path(task)
+    if task.fmt == "zarr":
+        return ZarrVolumeWriter(path, task.store, shape, dtype, chunks, attrs, clevel=task.clevel)
+    if task.fmt == "hdf5":
+        return Hdf5VolumeWriter(path, shape, dtype, chunks, attrs, clevel=task.clevel)
+    if task.fmt == "npz":
+        return NpzVolumeWriter(path, shape, dtype, chunks, attrs)
+    raise InputError(f"unknown format {task.fmt!r}; choose zarr, hdf5 or npz")
+
+
+def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
+    chunks = task.chunks or DEFAULT_CHUNKS
+    spatial = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape[-3:]))
+    return spatial if len(shape) == 3 else (1,) + spatial
+
+
+def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: np.dtype, attrs: dict,
+           geometry: Geometry) -> dict:
+    """Stream slabs of ``chunks[0]`` slices: decode → raw slab → rescale kernel → output slab → store."""
+    chunks = _chunks(task, shape)
+    depth = chunks[-3]
+    fmt = ordered[0].fmt
+    raw = np.empty((depth, fmt.rows, fmt.columns), dtype=fmt.stored_dtype)
+    out = np.empty((depth, fmt.rows, fmt.columns), dtype=dtype)
+    attrs = dict(attrs, dtype=str(dtype))
+    writer = _writer(task, shape, dtype, chunks, attrs)
+    n_slices = shape[-3]
+    try:
+        for t in range(n_frames):
+            for z0 in range(0, n_slices, depth):
+                n = min(depth, n_slices - z0)
+                batch = ordered[t * n_slices + z0:t * n_slices + z0 + n]
+                for j, f in enumerate(batch):
+                    decode_into(f.record.path, f.fmt, raw[j:j + 1], f.record.pixel_offset, frames=[f.frame])
+                slopes = np.array([f.slope for f in batch])
+                intercepts = np.array([f.intercept for f in batch])
+                try:
+                    rescale(raw[:n], slopes, intercepts, out=out[:n])
+                except ValuesDoNotFitError:
+                    raise _DoesNotFit() from None
+                if n_frames == 1:
+                    writer.write(z0, out[:n])
+                else:
+                    writer.write_at((t, slice(z0, z0 + n)), out[:n])
+        verification = _verify(task, ordered, writer, n_frames, n_slices, dtype)
+        if verification.startswith("mismatch"):
+            raise InputError(f"verification failed: {verification}")
+        _write_meta(task, attrs, ordered)
+        bytes_out = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"shape": "x".join(map(str, shape)), "dtype": str(dtype), "bytes_out": bytes_out,
+            "verification": verification}
+
+
+def _verify(task: SeriesTask, ordered: list[Frame], writer, n_frames: int, n_slices: int, dtype) -> str:
+    """MD5 of K sampled source slices (pydicom decode + apply_modality_lut) against the stored slices."""
+    k = min(task.verify_slices, len(ordered))
+    if k <= 0:
+        return "not verified"
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    rng = np.random.default_rng(int(hashlib.sha256(task.key.encode()).hexdigest()[:8], 16))
+    picks = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
+    for index in picks:
+        f = ordered[index]
+        ds = pydicom.dcmread(f.record.path)
+        pixels = ds.pixel_array
+        if f.record.frames > 1:
+            pixels = pixels[f.frame]
+            ds.RescaleSlope, ds.RescaleIntercept = f.slope, f.intercept
+        reference = apply_modality_lut(pixels, ds).astype(dtype)
+        t, z = divmod(index, n_slices)
+        stored = writer.read((z,) if n_frames == 1 else (t, z))
+        if hashlib.md5(reference.tobytes()).hexdigest() != hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest():
+            return f"mismatch at slice {z} (frame {t}) from {f.record.path}"
+    return f"ok {k}/{k}"
+
+
+def _write_meta(task: SeriesTask, attrs: dict, ordered: list[Frame]) -> None:
+    meta = os.path.join(task.out, "meta")
+    os.makedirs(meta, exist_ok=True)
+    write_json(os.path.join(meta, f"{task.key}.series.json"), attrs)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "sop_instance_uid", "instance_number", "frame", "position_mm", "slope", "intercept",
+                     "file"])
+    for i, f in enumerate(ordered):
+        writer.writerow([i, f.record.sop_instance_uid, f.record.instance_number, f.frame, round(f.position, 4),
+                         f.slope, f.intercept, f.record.path])
+    with atomic_path(os.path.join(meta, f"{task.key}.slices.csv")) as tmp, open(tmp, "w", newline="") as fh:
+        fh.write(buffer.getvalue())

@@ -1,0 +1,68 @@
+"""Volume = array + Geometry + metadata; ``open_volume`` reads a converted volume lazily."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import Geometry
+
+
+@dataclass
+class Volume:
+    """An image array (slice, row, column) — or (frame, slice, row, column) for repeated positions — with its
+    geometry and metadata. ``array`` may be a lazy zarr/h5py array: index it to read only what you need."""
+
+    array: object
+    geometry: Geometry
+    attrs: dict = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def numpy(self) -> np.ndarray:
+        """The whole array in memory."""
+        return np.asarray(self.array[...])
+
+
+def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
+    """Open a converted volume: ``<key>.zarr`` / ``.zarr.zip`` / ``.zarr.sqlite``, ``<key>.npz``, or a run's
+    ``.h5`` file with ``key`` naming the dataset. The array is read lazily (zarr, h5py)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such volume")
+    if path.endswith(".npz"):
+        with np.load(path) as data:
+            attrs = json.loads(str(data["attrs_json"]))
+            array = data["image"]
+        return Volume(array, Geometry.from_attrs(attrs), attrs, path)
+    if path.endswith((".h5", ".hdf5")):
+        import h5py
+
+        from .stores.hdf5_store import read_attrs
+
+        handle = h5py.File(path, "r")
+        names = list(handle.keys())
+        if key is None:
+            if len(names) != 1:
+                raise InputError(f"{path}: holds {len(names)} volumes; name one with key= ({', '.join(names[:5])}...)")
+            key = names[0]
+        if key not in handle:
+            raise InputError(f"{path}: no volume {key!r}")
+        dataset = handle[key]
+        attrs = read_attrs(dataset)
+        return Volume(dataset, Geometry.from_attrs(attrs), attrs, path)
+    from .stores.zarr_store import open_volume_group
+
+    group = open_volume_group(path)
+    attrs = dict(group.attrs)
+    return Volume(group["image"], Geometry.from_attrs(attrs), attrs, path)
