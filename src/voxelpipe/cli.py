@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--verify-slices", type=int, default=2,
                          help="slices per series checked by MD5 against pydicom's decode (default 2; 0 = off)")
     convert.add_argument("--chunks", type=_chunks, default=None, metavar="Z,Y,X",
-                         help="chunk shape (default 16,256,256; slab depth = Z)")
+                         help="chunk shape (default 8,256,256; slab depth = Z)")
     convert.add_argument("--clevel", type=int, default=1, help="Blosc zstd level 0-9 (default 1)")
     convert.add_argument("--summary-suffix", default=None, metavar="S",
                          help="summary_<S>.csv (default run, or shardIIofNN)")

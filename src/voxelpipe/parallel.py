@@ -36,10 +36,13 @@ def threads_per_worker(workers: int) -> int:
 
 
 def init_worker(threads: int) -> None:
-    """Pool initialiser: cap numba's thread count in this worker."""
+    """Pool initialiser (also used for in-process runs): numba and Blosc threads of this process."""
     import numba
 
+    from .stores.zarr_store import set_blosc_threads
+
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    set_blosc_threads(threads)
 
 
 def context() -> multiprocessing.context.BaseContext:
@@ -59,6 +62,9 @@ def get_pool(workers: int) -> multiprocessing.pool.Pool:
     pool = _pools.get(workers)
     if pool is None:
         pool = context().Pool(workers, initializer=init_worker, initargs=(threads_per_worker(workers),))
+        if not _pools:
+            # registered after multiprocessing's own exit hook, so it runs first (atexit is last-in first-out)
+            atexit.register(shutdown)
         _pools[workers] = pool
     return pool
 
@@ -71,9 +77,9 @@ def discard_pool(workers: int) -> None:
         pool.join()
 
 
-@atexit.register
 def shutdown() -> None:
     """Stop every pool of this process."""
+    atexit.unregister(shutdown)
     for workers in list(_pools):
         pool = _pools.pop(workers)
         pool.close()

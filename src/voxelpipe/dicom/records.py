@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
 from ..errors import BadTagValueError, DicomReadError, MissingTagError
 from .files import Header
 from .flatten import DUPLICATE_PREFIX, column_name
+from .pixels import NATIVE_SYNTAXES
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
 OBJECT_MODALITIES = frozenset(
@@ -245,8 +245,8 @@ def _check_pixel_length(header: Header, row: dict[str, str], record: FileRecord)
     bits = _int(path, row, "BitsAllocated", 16) or 16
     total_bits = record.rows * record.columns * samples * record.frames * bits
     expected = (total_bits + 7) // 8
-    syntax = UID(record.transfer_syntax) if record.transfer_syntax else None
-    if (syntax is None or not syntax.is_compressed) and pixel.value_length < expected:
+    native = not record.transfer_syntax or record.transfer_syntax in NATIVE_SYNTAXES
+    if native and pixel.value_length < expected:
         raise DicomReadError(path, f"truncated: PixelData (7FE0,0010) holds {pixel.value_length} bytes, "
                                    f"Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated needs "
                                    f"{expected}")

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 
 from ..errors import InputError
-from ..parallel import default_workers, imap
+from ..parallel import default_workers, imap, init_worker, threads_per_worker
 from ..progress import Progress
 from ..stores.hdf5_store import keys_in, merge_into
 from ..stores.zarr_store import STORE_SUFFIXES
@@ -83,18 +83,23 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                         options=options) for r in rows]
     run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")
     if fmt == "hdf5" and not overwrite:  # reruns append: skip series already in the run file
+        for task in tasks:  # complete per-series files left by a run killed before it merged them
+            if os.path.exists(volume_path(task)) and task.key not in keys_in(run_h5):
+                merge_into(run_h5, volume_path(task), task.key, whole_file=mode == "2d")
         present = keys_in(run_h5)
         summary = [_skipped(t, run_h5) for t in tasks if t.key in present]
         tasks = [t for t in tasks if t.key not in present]
     else:
         summary = []
     workers = default_workers() if workers is None else max(1, workers)
+    if workers == 1 or len(tasks) <= 1:  # in this process: give its kernels and Blosc every core
+        init_worker(threads_per_worker(1))
     log.info("convert: %d series to %s (%s%s), %d worker(s)", len(tasks), out, fmt,
              f"/{store}" if fmt == "zarr" else "", workers)
     with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
         for row in imap(convert_series, tasks, workers):
             if fmt == "hdf5" and row["status"] == "converted":
-                merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d")
+                merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
                 row["path"] = run_h5
             if row["status"] == "failed":
                 log.warning("convert: %s failed: %s", row["series_key"], row["reason"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from ..synthetic import write_demo_study
+from .convert import convert
 from .scan import scan
 
 
@@ -21,7 +22,14 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
     for row in result.series:
         print(f"  series {row['series_key']}: {row['modality']} {row['n_slices']} slices "
               f"{row['rows']}x{row['columns']}, spacing {row['spacing_median']} mm")
-    outputs = {"dicom": dicom_dir, "manifest": manifest}
     for name in ("metadata.csv", "series_all.csv", "series_files.csv", "objects.csv", "unreadable_files.csv"):
         print(f"  {os.path.join(manifest, name)}")
-    return outputs
+    volumes = os.path.join(out, "volumes")
+    summary = convert(manifest=os.path.join(manifest, "series_all.csv"), out=volumes, workers=workers,
+                      progress=progress, overwrite=True)
+    print(f"convert: {sum(r['status'] == 'converted' for r in summary)} volume(s) -> {volumes}")
+    for row in summary:
+        print(f"  {row['path']}: {row['shape']} {row['dtype']}, {row['status']} {row['reason']}"
+              f"(ratio {row['ratio']}, verification {row['verification']})")
+    print(f"  {os.path.join(volumes, 'summary_run.csv')}")
+    return {"dicom": dicom_dir, "manifest": manifest, "volumes": volumes}

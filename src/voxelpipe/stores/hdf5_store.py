@@ -97,11 +97,13 @@ class Hdf5VolumeWriter:
             remove(self.partial)
 
 
-def merge_into(run_file: str, series_file: str, key: str, whole_file: bool = False) -> bool:
+def merge_into(run_file: str, series_file: str, key: str, whole_file: bool = False, replace: bool = False) -> bool:
     """Copy dataset ``image`` of ``series_file`` into ``run_file`` as ``key`` (compressed chunks copied as they
     are), or with ``whole_file`` every dataset of it as a group ``key`` (2-D mode: one dataset per instance);
-    then delete ``series_file``. Returns False when ``key`` was already present (kept, not replaced)."""
+    then delete ``series_file``. Returns False when ``key`` was already present and kept (``replace`` False)."""
     with h5py.File(run_file, "a") as run, h5py.File(series_file, "r") as single:
+        if key in run and replace:
+            del run[key]
         if key in run:
             present = True
         else:
