@@ -39,6 +39,8 @@ COLUMN = {name: column_name(tag) for name, tag in TAGS.items()}
 PHASE_TAGS = ("TriggerTime", "EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber")
 _ENCAPSULATED_MIN = 8
 PER_FRAME_PREFIX = "Per-Frame Functional Groups Sequence_"
+SHARED_PREFIX = "Shared Functional Groups Sequence_"
+PIXEL_MEASURES_PREFIX = "Pixel Measures Sequence_"
 
 
 @dataclass
@@ -198,7 +200,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord) -> None
     record.instance_number = _int(path, row, "InstanceNumber")
     record.image_type = row.get(COLUMN["ImageType"], "")
     record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
-    record.pixel_spacing = row.get(COLUMN["PixelSpacing"], "")
+    record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
     _check_pixel_length(header, row, record)
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
@@ -214,6 +216,15 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord) -> None
     slope = _float(path, row, "RescaleSlope", 1.0)
     intercept = _float(path, row, "RescaleIntercept", 0.0)
     record.slices = [Slice(ipp, iop, slope, intercept)] * record.frames
+
+
+def _pixel_spacing_text(row: dict[str, str]) -> str:
+    """PixelSpacing: top level, else from the shared / per-frame Pixel Measures functional group (first value)."""
+    for prefix in ("", SHARED_PREFIX + PIXEL_MEASURES_PREFIX, PER_FRAME_PREFIX + PIXEL_MEASURES_PREFIX):
+        text = row.get(prefix + COLUMN["PixelSpacing"], "")
+        if text:
+            return cell_values(text)[0]
+    return ""
 
 
 def _check_orientation(path: str, iop: tuple[float, ...]) -> None:

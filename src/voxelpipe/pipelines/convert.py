@@ -105,16 +105,36 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                 log.warning("convert: %s failed: %s", row["series_key"], row["reason"])
             summary.append(row)
             bar.update()
+    unreadable = _unreadable_files(manifest)
+    if unreadable:
+        log.warning("convert: %d file(s) of the manifest could not be read; see %s", len(unreadable),
+                    _unreadable_csv(manifest))
     write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
     counts = defaultdict(int)
     for row in summary:
         counts[row["status"]] += 1
     write_json(os.path.join(out, f"summary_{suffix}.json"),
                {"series": summary, "counts": dict(counts), "options": options,
+                "unreadable_files": len(unreadable), "unreadable_list": _unreadable_csv(manifest),
                 "seconds": round(time.perf_counter() - started, 3)})
     log.info("convert: %s in %.1f s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing",
              time.perf_counter() - started)
     return summary
+
+
+def _unreadable_csv(manifest: str) -> str:
+    folder = os.path.dirname(os.path.abspath(manifest))
+    for candidate in (folder, os.path.dirname(folder)):
+        path = os.path.join(candidate, "unreadable_files.csv")
+        if os.path.isfile(path):
+            return path
+    return ""
+
+
+def _unreadable_files(manifest: str) -> list[dict]:
+    """The rows of the manifest's unreadable_files.csv (files no series could use), for the run's report."""
+    path = _unreadable_csv(manifest)
+    return read_csv(path) if path else []
 
 
 def _skipped(task: SeriesTask, run_h5: str) -> dict:

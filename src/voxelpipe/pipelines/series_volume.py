@@ -21,7 +21,7 @@ from .. import __version__
 from ..dicom.files import read_header
 from ..dicom.pixels import PixelFormat, decode_into
 from ..dicom.records import PHASE_TAGS, FileRecord, make_record
-from ..errors import DicomReadError, InputError, ValuesDoNotFitError, VoxelpipeError
+from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, VoxelpipeError
 from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from ..rescale import output_dtype, rescale
 from ..stores.hdf5_store import Hdf5VolumeWriter
@@ -116,12 +116,14 @@ def _convert(task: SeriesTask) -> dict:
     first = ordered[0]
     fmt = first.fmt
     ipps = np.array([f.ipp for f in ordered[:n_slices]])  # frame-major order: the first n_slices are frame 0
-    geometry = geometry_from_slices(ipps, first.record.slices[0].iop, _pixel_spacing(first.record),
+    pixel_spacing, spacing_source = _pixel_spacing(first.record)
+    geometry = geometry_from_slices(ipps, first.record.slices[0].iop, pixel_spacing,
                                     (n_slices, fmt.rows, fmt.columns))
     slopes = np.array([f.slope for f in ordered])
     intercepts = np.array([f.intercept for f in ordered])
     shape = (n_slices, fmt.rows, fmt.columns) if n_frames == 1 else (n_frames, n_slices, fmt.rows, fmt.columns)
     attrs = _attrs(task, geometry, first, ordered, n_frames, frame_tag, dropped)
+    attrs["pixel_spacing_source"] = spacing_source
     exact = output_dtype(*_stored_range(fmt), slopes, intercepts)
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
     for dtype in ([INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]):
@@ -143,12 +145,20 @@ def _stored_range(fmt: PixelFormat) -> tuple[int, int]:
     return 0, (1 << bits) - 1
 
 
-def _pixel_spacing(record: FileRecord) -> tuple[float, float]:
+def _pixel_spacing(record: FileRecord) -> tuple[tuple[float, float], str]:
+    """(row spacing, column spacing) in mm and where it came from; 1 mm, said so, when PixelSpacing is absent."""
     text = record.pixel_spacing
     if not text:
-        return (1.0, 1.0)
-    values = [float(v) for v in text.split("\\")[:2]]
-    return (values[0], values[1]) if len(values) == 2 else (values[0], values[0])
+        return (1.0, 1.0), "default 1 mm: PixelSpacing (0028,0030) absent"
+    try:
+        values = [float(v) for v in text.split("\\")[:2]]
+    except ValueError:
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "not numbers") from None
+    if len(values) == 1:
+        values.append(values[0])
+    if min(values) <= 0:
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "spacing must be positive")
+    return (values[0], values[1]), "PixelSpacing (0028,0030)"
 
 
 def _read_frames(paths: list[str]) -> tuple[list[Frame], int]:
