@@ -40,6 +40,10 @@ class MissingTagError(DicomReadError):
         super().__init__(path, "missing tag(s) needed for a volume: " + ", ".join(self.tags))
 
 
+class NoGeometryError(MissingTagError):
+    """An image without ImagePositionPatient / ImageOrientationPatient: not a volume slice (2-D use only)."""
+
+
 class BadTagValueError(DicomReadError):
     """A tag holds a value that cannot be used."""
 

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 
 from ..errors import DicomReadError, NotDicomError
 from .flatten import flatten
-from .rawheader import Truncated, Unsupported, read_raw_header
+from .rawheader import DEFLATED, Truncated, Unsupported, read_raw_header
 
 # Groups a dataset without preamble commonly starts with (file meta, DICOMDIR, identifying).
 _PLAUSIBLE_FIRST_GROUPS = frozenset({0x0002, 0x0004, 0x0008})
@@ -111,7 +111,10 @@ def _read_with_pydicom(path: str, size: int) -> Header:
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     pixel = None
-    if pixel_at + 8 <= size:
-        # Deflated files cannot be addressed by offset; record only that pixel data exists.
+    if syntax in DEFLATED:
+        # A deflated file has no byte offsets to speak of: read it whole to learn whether pixel data exists.
+        if "PixelData" in pydicom.dcmread(path, force=True):
+            pixel = PixelDataLocation(-1, -1, -1, size)
+    elif pixel_at + 8 <= size:
         pixel = PixelDataLocation(pixel_at, -1, -1, size - pixel_at)
     return Header(path=path, size=size, row=flatten(ds), pixel=pixel, transfer_syntax=syntax)

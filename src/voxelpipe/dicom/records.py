@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from ..errors import BadTagValueError, DicomReadError, MissingTagError
+from ..errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
 from .files import Header
 from .flatten import DUPLICATE_PREFIX, column_name
 from .pixels import NATIVE_SYNTAXES
@@ -78,6 +78,8 @@ class FileRecord:
     image_type: str = ""
     is_localizer: bool = False
     pixel_spacing: str = ""
+    slope: float = 1.0  # top-level RescaleSlope / RescaleIntercept (per-frame values are in ``slices``)
+    intercept: float = 0.0
     slices: list[Slice] = field(default_factory=list)
     phase: dict[str, str] = field(default_factory=dict)
     referenced_series_uids: list[str] = field(default_factory=list)
@@ -140,10 +142,12 @@ def is_object(row: dict[str, str], header: Header) -> bool:
     return header.pixel is None and COLUMN["Rows"] not in row and not modality
 
 
-def make_record(header: Header) -> FileRecord:
+def make_record(header: Header, require_geometry: bool = True) -> FileRecord:
     """Build the record of a header from its flattened row.
 
-    Raises DicomReadError (MissingTagError, BadTagValueError) when an image cannot become a volume.
+    Raises DicomReadError (MissingTagError, BadTagValueError) when an image cannot become a volume; with
+    ``require_geometry=False`` an image without ImagePositionPatient/ImageOrientationPatient gets a record
+    with no ``slices`` (2-D use) instead of NoGeometryError.
     """
     row = header.row
     record = FileRecord(
@@ -163,7 +167,7 @@ def make_record(header: Header) -> FileRecord:
     if record.kind == "object":
         _add_references(row, record)
     else:
-        _fill_image(header, row, record)
+        _fill_image(header, row, record, require_geometry)
     return record
 
 
@@ -183,7 +187,7 @@ def _add_references(row: dict[str, str], record: FileRecord) -> None:
     record.referenced_instance_uids = list(instances)
 
 
-def _fill_image(header: Header, row: dict[str, str], record: FileRecord) -> None:
+def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require_geometry: bool) -> None:
     path = header.path
     missing = [f"{name} {_tag_text(name)}" for name in ("SeriesInstanceUID", "Rows", "Columns")
                if not row.get(COLUMN[name])]
@@ -206,16 +210,18 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord) -> None
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
         record.slices = _enhanced_slices(header.dataset(), path, record.frames)
         return
+    record.slope = _float(path, row, "RescaleSlope", 1.0)
+    record.intercept = _float(path, row, "RescaleIntercept", 0.0)
     missing = [f"{name} {_tag_text(name)}" for name in ("ImagePositionPatient", "ImageOrientationPatient")
                if not row.get(COLUMN[name])]
     if missing:
-        raise MissingTagError(path, missing)
+        if require_geometry:
+            raise NoGeometryError(path, missing)
+        return
     ipp = _floats(path, "ImagePositionPatient", row[COLUMN["ImagePositionPatient"]], 3)
     iop = _floats(path, "ImageOrientationPatient", row[COLUMN["ImageOrientationPatient"]], 6)
     _check_orientation(path, iop)
-    slope = _float(path, row, "RescaleSlope", 1.0)
-    intercept = _float(path, row, "RescaleIntercept", 0.0)
-    record.slices = [Slice(ipp, iop, slope, intercept)] * record.frames
+    record.slices = [Slice(ipp, iop, record.slope, record.intercept)] * record.frames
 
 
 def _pixel_spacing_text(row: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ import os
 import time
 from collections import defaultdict
 
-from ..errors import InputError
+from ..errors import InputError, VoxelpipeError
 from ..parallel import default_workers, imap, init_worker, threads_per_worker
 from ..progress import Progress
 from ..stores.hdf5_store import keys_in, merge_into
@@ -72,6 +72,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         manifest = os.path.join(out, "manifest", "series_all.csv")
     rows, files = load_manifest(manifest)
     rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
+    if mode == "2d":
+        rows = _add_images_without_geometry(manifest, rows, files)
     if num_shards:
         rows = balance(rows, num_shards)[shard_id]
     suffix = summary_suffix or (f"shard{shard_id:02d}of{num_shards:02d}" if num_shards else "run")
@@ -105,10 +107,10 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                 log.warning("convert: %s failed: %s", row["series_key"], row["reason"])
             summary.append(row)
             bar.update()
-    unreadable = _unreadable_files(manifest)
+    unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
     if unreadable:
-        log.warning("convert: %d file(s) of the manifest could not be read; see %s", len(unreadable),
-                    _unreadable_csv(manifest))
+        log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
+                    "see %s", len(unreadable), _unreadable_csv(manifest))
     write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
     counts = defaultdict(int)
     for row in summary:
@@ -135,6 +137,28 @@ def _unreadable_files(manifest: str) -> list[dict]:
     """The rows of the manifest's unreadable_files.csv (files no series could use), for the run's report."""
     path = _unreadable_csv(manifest)
     return read_csv(path) if path else []
+
+
+def _add_images_without_geometry(manifest: str, rows: list[dict], files: dict[str, list[str]]) -> list[dict]:
+    """2-D mode also converts the images `scan` left out of volumes for lack of geometry (kind no_geometry),
+    grouped by their SeriesInstanceUID."""
+    from ..dicom.files import read_header
+    from ..dicom.records import COLUMN
+    from ..keys import series_key
+
+    by_key = {r["series_key"]: dict(r) for r in rows}
+    for entry in _unreadable_files(manifest):
+        if entry.get("kind") != "no_geometry":
+            continue
+        try:
+            header = read_header(entry["path"])
+        except VoxelpipeError:
+            continue  # changed since the scan; it stays in the unreadable list
+        key = series_key(header.row.get(COLUMN["SeriesInstanceUID"], "") or entry["path"])
+        files[key].append(entry["path"])
+        row = by_key.setdefault(key, {"series_key": key, "n_bytes": 0})
+        row["n_bytes"] = int(row.get("n_bytes") or 0) + header.size
+    return list(by_key.values())
 
 
 def _skipped(task: SeriesTask, run_h5: str) -> dict:

@@ -20,7 +20,7 @@ from .. import __version__
 from ..dicom.files import iter_files, read_header
 from ..dicom.records import FileRecord, make_record
 from ..dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
-from ..errors import DicomReadError, InputError, NotDicomError
+from ..errors import DicomReadError, InputError, NoGeometryError, NotDicomError
 from ..parallel import default_workers, imap
 from ..progress import Progress
 from ..tables import RowSpool, write_csv, write_json
@@ -64,6 +64,8 @@ def _scan_one(path: str) -> tuple[str, dict | None, FileRecord | None, str]:
         return "unreadable", None, None, exc.reason
     try:
         return "ok", header.row, make_record(header), ""
+    except NoGeometryError as exc:
+        return "no_geometry", header.row, None, exc.reason
     except DicomReadError as exc:
         return "unusable", header.row, None, exc.reason
 

@@ -1,4 +1,5 @@
-"""2-D mode: every image file of a series becomes its own array ``(frame, row, column)`` (``(frame, row,
+"""2-D mode: every image file of a series (images without ImagePositionPatient included: scan lists them as
+``no_geometry``) becomes its own array ``(frame, row, column)`` (``(frame, row,
 column, sample)`` for colour), keyed by a hash of its SOPInstanceUID, with one metadata row per file.
 
 Layout: Zarr — one store per series ``data/<series_key>.zarr`` holding an array per instance; HDF5 — one
@@ -46,6 +47,9 @@ def convert_instances(task) -> dict:
         for source in task.paths:
             array, attrs = _read_instance(source)
             name = hash_key(attrs["sop_instance_uid"] or source)
+            if name in sink.names:  # two files with one SOPInstanceUID (copies): keep both, told apart by path
+                name = hash_key(f"{attrs['sop_instance_uid']}|{source}")
+            sink.names.add(name)
             sink.add(name, array, attrs)
             rows.append({"series_key": task.key, "instance_key": name, "sop_instance_uid": attrs["sop_instance_uid"],
                          "instance_number": attrs["instance_number"], "shape": "x".join(map(str, array.shape)),
@@ -63,7 +67,7 @@ def convert_instances(task) -> dict:
 
 def _read_instance(path: str) -> tuple[np.ndarray, dict]:
     header = read_header(path)
-    record = make_record(header)
+    record = make_record(header, require_geometry=False)
     if record.kind != "image":
         raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
     fmt = PixelFormat.from_row(header.row, header.transfer_syntax, path)
@@ -77,8 +81,8 @@ def _read_instance(path: str) -> tuple[np.ndarray, dict]:
         attrs["image_orientation_patient"] = list(record.slices[0].iop)
     if fmt.samples_per_pixel > 1:
         return stored, attrs
-    slopes = [s.slope for s in record.slices] if record.slices else [1.0] * fmt.frames
-    intercepts = [s.intercept for s in record.slices] if record.slices else [0.0] * fmt.frames
+    slopes = [s.slope for s in record.slices] if record.slices else [record.slope] * fmt.frames
+    intercepts = [s.intercept for s in record.slices] if record.slices else [record.intercept] * fmt.frames
     attrs.update(rescale_slope=slopes, rescale_intercept=intercepts)
     return rescale(stored, slopes, intercepts), attrs
 
@@ -89,6 +93,7 @@ class _Sink:
     def __init__(self, task, partial: str):
         self.task = task
         self.partial = partial
+        self.names: set[str] = set()
         self.arrays: dict[str, np.ndarray] = {}
         self.attrs: dict[str, dict] = {}
         self.store = None
