@@ -1,0 +1,270 @@
+"""Zarr chunk and shard shapes for a CT volume: write speed, ratio, random-slice and random-patch reads (issue 3).
+
+The issue asks for "chunk and shard shapes chosen by measurement (write speed, ratio, random-slice read, random
+64^3 patch read) and documented". One phantom volume (``voxelpipe.synthetic.phantom_hu(300, 512, 512, seed=0)``,
+int16 HU, 157 MB) is written once per round with each candidate layout, then read back:
+
+* ``chunks-1x512x512``, ``chunks-8x256x256``, ``chunks-16x256x256`` (convert's default), ``chunks-32x128x128``,
+  ``chunks-64x64x64``: through ``voxelpipe.stores.zarr_store.ZarrVolumeWriter`` (Blosc zstd, bitshuffle, the
+  default level), slab by slab of ``chunks[0]`` slices, as ``convert`` streams them, in one process with one
+  Blosc thread. The timed part is the whole write: every slab, then ``finish()`` (close, rename).
+* ``shards-16x512x512-16x64x64``: inner chunks (16, 64, 64) in shards of (16, 512, 512). The writer encodes
+  chunks itself and stores them under zarr's plain chunk keys, so it cannot write the sharding codec's shard
+  objects; the module checks that on a tiny array (``WRITER_SHARDS``) and, when the writer cannot, writes this
+  layout with zarr's own API (``create_array(chunks=..., shards=...)`` and ``array[z0:z1] = slab`` per shard
+  slab), with the same codec. Its write speed is then zarr-python's, not the writer's; the table says so.
+
+Measured per layout (write: median of 3 rounds; reads from the page cache, files just written, through
+``zarr.open_group(path, mode="r")["image"]``, seeded rng, 20 reads each, median ms):
+
+* write MB/s (raw int16 bytes / write seconds), compression ratio (raw bytes / bytes on disk), stored objects;
+* random axial slice ``image[z]``; random coronal slice ``image[:, y]`` (the cost of a thin-z layout);
+* random 64^3 patch ``image[z:z+64, y:y+64, x:x+64]`` (origins uniform over the valid range).
+
+Each case also checks that the stored volume equals the source. Nothing is asserted about speed.
+
+Run:
+
+* smoke test (pyproject addopts ``--benchmark-disable``): one write per layout of a 64x128x128 volume, 3 reads
+  of each kind::
+
+    python -m pytest benches/bench_chunks.py -q
+
+* timed, with the table in the terminal summary::
+
+    python -m pytest benches/bench_chunks.py --benchmark-enable -q -s
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec
+
+from voxelpipe.stores.zarr_store import DEFAULT_CLEVEL, ZarrVolumeWriter, disk_size
+from voxelpipe.synthetic import phantom_hu
+
+try:
+    from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS
+except ImportError:  # pragma: no cover - renamed in src/
+    DEFAULT_CHUNKS = (16, 256, 256)
+
+DATA_VERSION = "chunks-v1"
+FULL_SHAPE = (300, 512, 512)
+SMALL_SHAPE = (64, 128, 128)
+SEED = 0
+ROUNDS = 3
+N_READS = 20  # per kind of read when timed
+SMOKE_READS = 3  # when benchmarks are disabled
+PATCH = 64
+
+# id -> (chunks, shards or None)
+LAYOUTS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {
+    "chunks-1x512x512": ((1, 512, 512), None),
+    "chunks-8x256x256": ((8, 256, 256), None),
+    "chunks-16x256x256": ((16, 256, 256), None),
+    "chunks-32x128x128": ((32, 128, 128), None),
+    "chunks-64x64x64": ((64, 64, 64), None),
+    "shards-16x512x512-16x64x64": ((16, 64, 64), (16, 512, 512)),
+}
+
+RESULTS: dict[str, dict] = {}  # layout id -> measurements, read at session end
+INFO: dict[str, object] = {}
+
+
+def _fit(block: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A chunk or shard shape no larger than the array (the small smoke volume)."""
+    return tuple(min(b, s) for b, s in zip(block, shape))
+
+
+@pytest.fixture(scope="session")
+def chunk_volume(benchmarks_enabled) -> np.ndarray:
+    """The phantom volume; the full one is cached under the system temp folder (it takes ~8 s to make)."""
+    shape = FULL_SHAPE if benchmarks_enabled else SMALL_SHAPE
+    if not benchmarks_enabled:
+        return phantom_hu(*shape, seed=SEED)
+    path = Path(tempfile.gettempdir()) / f"voxelpipe-bench-{DATA_VERSION}" / (
+        "phantom_" + "x".join(map(str, shape)) + f"_seed{SEED}.npy")
+    if path.is_file():
+        try:
+            volume = np.load(path)
+            if volume.shape == shape and volume.dtype == np.int16:
+                return volume
+        except (OSError, ValueError):
+            pass
+    volume = phantom_hu(*shape, seed=SEED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npy")
+    np.save(partial, volume)
+    os.replace(partial, path)
+    return volume
+
+
+def _writer_supports_shards(folder: Path) -> bool:
+    """Does ZarrVolumeWriter(shards=...) write something zarr reads back as written?"""
+    data = (np.arange(16 * 32 * 32, dtype=np.int16) % 1000).reshape(16, 32, 32)
+    path = str(folder / "probe.zarr")
+    try:
+        writer = ZarrVolumeWriter(path, "dir", data.shape, data.dtype, (16, 16, 16), {}, shards=(16, 32, 32))
+        writer.write(0, data)
+        writer.finish()
+        return bool(np.array_equal(zarr.open_group(path, mode="r")["image"][...], data))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not supported"
+        INFO["writer_shards_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return False
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path + ".partial", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def writer_shards(tmp_path_factory) -> bool:
+    supported = _writer_supports_shards(tmp_path_factory.mktemp("shard_probe"))
+    INFO["writer_shards"] = supported
+    return supported
+
+
+def _write_with_writer(volume: np.ndarray, path: str, chunks, shards) -> int:
+    writer = ZarrVolumeWriter(path, "dir", volume.shape, volume.dtype, chunks, {}, clevel=DEFAULT_CLEVEL,
+                              shards=shards)
+    depth = (shards or chunks)[0]
+    try:
+        for z0 in range(0, volume.shape[0], depth):
+            writer.write(z0, volume[z0:z0 + depth])
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _write_with_zarr(volume: np.ndarray, path: str, chunks, shards) -> int:
+    """zarr's own API (sharding codec): same codec, one shard slab of slices at a time."""
+    store = zarr.storage.LocalStore(path)
+    group = zarr.create_group(store=store, zarr_format=3)
+    codec = BloscCodec(cname="zstd", clevel=DEFAULT_CLEVEL, shuffle="bitshuffle", typesize=volume.dtype.itemsize)
+    array = group.create_array("image", shape=volume.shape, dtype=volume.dtype, chunks=chunks, shards=shards,
+                               compressors=[codec], fill_value=0, dimension_names=["slice", "row", "column"])
+    depth = (shards or chunks)[0]
+    for z0 in range(0, volume.shape[0], depth):
+        array[z0:z0 + depth] = volume[z0:z0 + depth]
+    store.close()
+    return disk_size(path)
+
+
+def _timed_reads(array, rng: np.random.Generator, n: int, index) -> list[float]:
+    times = []
+    for _ in range(n):
+        key = index(rng)
+        t0 = time.perf_counter()
+        np.asarray(array[key])
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _measure_reads(path: str, shape: tuple[int, int, int], n_reads: int) -> dict:
+    array = zarr.open_group(path, mode="r")["image"]
+    np.asarray(array[0])  # untimed: opening, metadata, first codec use
+    rng = np.random.default_rng(20240601)
+    nz, ny, nx = shape
+    pz, py, px = min(PATCH, nz), min(PATCH, ny), min(PATCH, nx)
+
+    def axial(r):
+        return int(r.integers(nz))
+
+    def coronal(r):
+        return np.s_[:, int(r.integers(ny))]
+
+    def patch(r):
+        z, y, x = int(r.integers(nz - pz + 1)), int(r.integers(ny - py + 1)), int(r.integers(nx - px + 1))
+        return np.s_[z:z + pz, y:y + py, x:x + px]
+
+    out = {}
+    for name, index in (("axial", axial), ("coronal", coronal), ("patch", patch)):
+        times = _timed_reads(array, rng, n_reads, index)
+        out[f"{name}_ms"] = 1e3 * float(np.median(times))
+        out[f"{name}_ms_mean"] = 1e3 * float(np.mean(times))
+    return out
+
+
+def _n_objects(path: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(path))
+
+
+def _table() -> list[str]:
+    timed = {k: r for k, r in RESULTS.items() if r.get("median") is not None}
+    if not timed:
+        return []
+    shape = timed[next(iter(timed))]["shape"]
+    mb = np.prod(shape) * 2 / 1e6
+    lines = [
+        f"phantom {shape[0]}x{shape[1]}x{shape[2]} int16 ({mb:.0f} MB), Blosc zstd clevel {DEFAULT_CLEVEL} "
+        f"bitshuffle, one process, one Blosc thread; write = median of {ROUNDS} rounds; reads = median of "
+        f"{N_READS} random reads from the page cache via zarr.open_group(...)['image']",
+        f"{'layout':<28} {'write MB/s':>10} {'ratio':>6} {'objects':>8} {'axial ms':>9} {'coronal ms':>11} "
+        f"{'64^3 ms':>8}  written by",
+    ]
+    for key in LAYOUTS:
+        r = timed.get(key)
+        if r is None:
+            continue
+        mark = " *" if r["chunks"] == tuple(DEFAULT_CHUNKS) and r["shards"] is None else ""
+        lines.append(f"{key + mark:<28} {r['write_mb_s']:>10.1f} {r['ratio']:>6.3f} {r['objects']:>8d} "
+                     f"{r['axial_ms']:>9.2f} {r['coronal_ms']:>11.2f} {r['patch_ms']:>8.2f}  {r['writer']}")
+    lines.append(f"* = convert's current default chunks {tuple(DEFAULT_CHUNKS)}")
+    if INFO.get("writer_shards") is False:
+        lines.append("ZarrVolumeWriter(shards=...) does not produce readable shards (it stores raw Blosc chunks "
+                     "under plain chunk keys); the sharded layout was written with zarr's API instead"
+                     + (f" [probe: {INFO['writer_shards_error']}]" if INFO.get("writer_shards_error") else ""))
+    return lines
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_chunk_layout(benchmark, bench_summary, benchmarks_enabled, chunk_volume, writer_shards, tmp_path, layout):
+    """Write the phantom with one layout (timed), then measure ratio and random reads."""
+    volume = chunk_volume
+    chunks, shards = LAYOUTS[layout]
+    chunks = _fit(chunks, volume.shape)
+    if shards is not None:
+        shards = _fit(shards, volume.shape)
+    use_writer = shards is None or writer_shards
+    write = _write_with_writer if use_writer else _write_with_zarr
+    benchmark.group = "zarr-chunks-write"
+    bench_summary("zarr chunk/shard layouts: write speed, ratio, random reads", _table)
+
+    paths: list[str] = []
+
+    def setup():
+        for old in paths:  # the previous round's volume goes, untimed
+            shutil.rmtree(old, ignore_errors=True)
+        paths.clear()
+        paths.append(str(tmp_path / f"v{time.monotonic_ns()}.zarr"))
+        return (volume, paths[-1], chunks, shards), {}
+
+    t0 = time.perf_counter()
+    bytes_out = benchmark.pedantic(write, setup=setup, rounds=ROUNDS, iterations=1)
+    elapsed = time.perf_counter() - t0  # one run when disabled
+    path = paths[-1]
+
+    stored = zarr.open_group(path, mode="r")["image"]  # correctness: the volume round-trips
+    assert stored.shape == volume.shape and tuple(stored.chunks) == chunks
+    np.testing.assert_array_equal(stored[...], volume)
+
+    median = benchmark.stats.stats.median if benchmark.stats is not None else None
+    seconds = median if median is not None else elapsed
+    record = {
+        "shape": volume.shape, "chunks": chunks, "shards": shards, "median": median,
+        "write_mb_s": volume.nbytes / seconds / 1e6, "ratio": volume.nbytes / bytes_out, "bytes_out": bytes_out,
+        "objects": _n_objects(path) - 2,  # less the group's and the array's zarr.json
+        "writer": "ZarrVolumeWriter" if use_writer else "zarr API (writer has no shards)",
+    }
+    record.update(_measure_reads(path, volume.shape, N_READS if benchmarks_enabled else SMOKE_READS))
+    benchmark.extra_info.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in record.items()
+                                 if k not in ("median",)})
+    RESULTS[layout] = record
+    shutil.rmtree(path, ignore_errors=True)
