@@ -72,6 +72,7 @@ import pytest
 
 import voxelpipe
 from voxelpipe.parallel import cpu_count
+from voxelpipe.stores.zarr_store import MAX_BLOCKSIZE
 from voxelpipe.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
 
 try:  # voxelpipe's default chunks, so the floor compresses what convert compresses
@@ -321,7 +322,9 @@ def _floor(data: VariantData, out: str | None = None, threads: int = WORKERS) ->
     chunks = tuple(min(c, s) for c, s in zip(DEFAULT_CHUNKS, data.expected[0].shape))
 
     def one(i: int) -> tuple[int, int]:
-        encoder = Blosc(cname="zstd", clevel=CLEVEL, shuffle=Blosc.BITSHUFFLE, typesize=2)
+        # the block size voxelpipe's writer uses (one block per chunk, up to 1 MiB), so the floor is like for like
+        blocksize = min(int(np.prod(chunks)) * 2, MAX_BLOCKSIZE)
+        encoder = Blosc(cname="zstd", clevel=CLEVEL, shuffle=Blosc.BITSHUFFLE, blocksize=blocksize)
         n_in = 0
         for path in data.paths[i]:
             with open(path, "rb") as fh:

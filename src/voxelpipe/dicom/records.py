@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from ..errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
 from .files import Header
 from .flatten import DUPLICATE_PREFIX, column_name
-from .pixels import NATIVE_SYNTAXES
+from .pixels import NATIVE_SYNTAXES, PixelFormat
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
 OBJECT_MODALITIES = frozenset(
@@ -78,6 +78,7 @@ class FileRecord:
     image_type: str = ""
     is_localizer: bool = False
     pixel_spacing: str = ""
+    pixel_format: PixelFormat | None = None  # None when the header does not describe decodable pixels
     slope: float = 1.0  # top-level RescaleSlope / RescaleIntercept (per-frame values are in ``slices``)
     intercept: float = 0.0
     slices: list[Slice] = field(default_factory=list)
@@ -207,6 +208,10 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
     _check_pixel_length(header, row, record)
+    try:
+        record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)
+    except DicomReadError:
+        record.pixel_format = None  # convert reads the header again and reports the reason
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
         record.slices = _enhanced_slices(header.dataset(), path, record.frames)
         return

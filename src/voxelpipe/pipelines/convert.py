@@ -64,12 +64,14 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     """
     started = time.perf_counter()
     _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    records: dict = {}
     if manifest is None:
         if not inputs:
             raise InputError("give DICOM folders or --manifest")
-        scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"), shards=1,
-             workers=workers, progress=progress)
+        scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
+                       shards=1, workers=workers, progress=progress)
         manifest = os.path.join(out, "manifest", "series_all.csv")
+        records = scanned.records  # headers already read: workers need not parse them again
     rows, files = load_manifest(manifest)
     rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
     if mode == "2d":
@@ -82,7 +84,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
                         store=store,
                         chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
-                        options=options) for r in rows]
+                        options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
+             for r in rows]
     run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")
     if fmt == "hdf5" and not overwrite:  # reruns append: skip series already in the run file
         for task in tasks:  # complete per-series files left by a run killed before it merged them

@@ -52,6 +52,7 @@ class ScanResult:
     seconds: float
     out: str | None = None
     metadata: list[dict] = field(default_factory=list)  # only when no output folder was given
+    records: dict[str, list[FileRecord]] = field(default_factory=dict)  # series key -> its files, slice order
 
 
 def _scan_one(path: str) -> tuple[str, dict | None, FileRecord | None, str]:
@@ -151,7 +152,8 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     result = ScanResult(series=series_rows, series_files=file_rows, objects=objects, unreadable=unreadable,
                         shards=shard_rows, metadata_columns=list(metadata_columns),
                         n_metadata_rows=spool.count if spool else len(metadata), n_files=len(files),
-                        seconds=seconds, out=out, metadata=metadata)
+                        seconds=seconds, out=out, metadata=metadata,
+                        records={s.key: s.records for s in series})
     if out:
         write_json(os.path.join(out, "scan.json"), _summary(result, paths, shards, workers, table_format))
     log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),

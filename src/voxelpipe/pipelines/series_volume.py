@@ -49,6 +49,7 @@ class SeriesTask:
     verify_slices: int = 2
     overwrite: bool = False
     options: dict | None = None  # recorded in provenance
+    records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _size(path: str) -> int:
 
 
 def _convert(task: SeriesTask) -> dict:
-    frames, dropped = _read_frames(task.paths)
+    frames, dropped = _read_frames(task.paths, task.records)
     layout = _layout(frames)
     ordered, n_frames, n_slices, frame_tag = layout
     first = ordered[0]
@@ -161,15 +162,23 @@ def _pixel_spacing(record: FileRecord) -> tuple[tuple[float, float], str]:
     return (values[0], values[1]), "PixelSpacing (0028,0030)"
 
 
-def _read_frames(paths: list[str]) -> tuple[list[Frame], int]:
+def _records(paths: list[str], known: list[FileRecord] | None):
+    """The record of every file: the scan's when given and complete, else read from the header."""
+    by_path = {r.path: r for r in known or []}
+    for path in paths:
+        record = by_path.get(path)
+        if record is None or record.pixel_format is None:
+            record = make_record(read_header(path))
+        yield path, record
+
+
+def _read_frames(paths: list[str], known: list[FileRecord] | None = None) -> tuple[list[Frame], int]:
     """Headers of every file as frames; exact duplicate files (same SOPInstanceUID) dropped and counted."""
     frames: list[Frame] = []
     seen: set[str] = set()
     dropped = 0
     reference: tuple | None = None
-    for path in paths:
-        header = read_header(path)
-        record = make_record(header)
+    for path, record in _records(paths, known):
         if record.kind != "image":
             raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
         if record.is_localizer:
@@ -178,7 +187,9 @@ def _read_frames(paths: list[str]) -> tuple[list[Frame], int]:
             dropped += 1
             continue
         seen.add(record.sop_instance_uid)
-        fmt = PixelFormat.from_row(header.row, header.transfer_syntax)
+        fmt = record.pixel_format
+        if fmt is None:
+            fmt = PixelFormat.from_row(read_header(path).row, record.transfer_syntax, path)  # raises the reason
         signature = (fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated, fmt.pixel_representation)
         if reference is None:
             reference = signature

@@ -6,6 +6,7 @@ complete, so an existing final name always means a complete volume.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
@@ -20,6 +21,7 @@ from zarr.core.sync import sync
 STORE_SUFFIXES = {"dir": ".zarr", "zip": ".zarr.zip", "sqlite": ".zarr.sqlite"}
 PARTIAL = ".partial"
 DEFAULT_CLEVEL = 1
+MAX_BLOCKSIZE = 1 << 20
 
 
 def open_store(path: str, kind: str, mode: str = "r"):
@@ -52,6 +54,10 @@ def remove(path: str) -> None:
         os.remove(path)
 
 
+async def _set_all(store, values: dict) -> None:
+    await asyncio.gather(*(store.set(key, value) for key, value in values.items()))
+
+
 def set_blosc_threads(threads: int) -> None:
     """Blosc threads for this process (``import zarr`` switches numcodecs' Blosc threading off)."""
     numcodecs.blosc.set_nthreads(max(1, threads))
@@ -68,8 +74,9 @@ class ZarrVolumeWriter:
     """
 
     def __init__(self, path: str, kind: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                 attrs: dict, clevel: int = DEFAULT_CLEVEL, shards: tuple[int, ...] | None = None):
+                 attrs: dict, clevel: int = DEFAULT_CLEVEL):
         self.path = path
+        self.kind = kind
         self.partial = path + PARTIAL
         remove(self.partial)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -81,10 +88,14 @@ class ZarrVolumeWriter:
             raise ValueError("big-endian arrays are not written; zarr's default bytes codec is little endian")
         self.dtype = dtype
         self.chunks = tuple(chunks)
-        self.encoder = Blosc(cname="zstd", clevel=clevel, shuffle=Blosc.BITSHUFFLE, typesize=dtype.itemsize)
-        codec = BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle", typesize=dtype.itemsize)
+        # one Blosc block per chunk (up to 1 MiB): ~1.7x faster zstd and a slightly better ratio than Blosc's
+        # automatic block size on CT chunks (measured: 576-739 against 335 MB/s, ratio 2.63 against 2.53)
+        blocksize = min(int(np.prod(chunks)) * dtype.itemsize, MAX_BLOCKSIZE)
+        self.encoder = Blosc(cname="zstd", clevel=clevel, shuffle=Blosc.BITSHUFFLE, blocksize=blocksize)
+        codec = BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle", typesize=dtype.itemsize,
+                           blocksize=blocksize)
         self.array = self.group.create_array(
-            "image", shape=shape, dtype=dtype, chunks=chunks, shards=shards, compressors=[codec],
+            "image", shape=shape, dtype=dtype, chunks=chunks, compressors=[codec],
             fill_value=0, dimension_names=["slice", "row", "column"][-len(shape):] if len(shape) <= 3 else
             ["frame", "slice", "row", "column"],
         )
@@ -108,6 +119,7 @@ class ZarrVolumeWriter:
         prototype = default_buffer_prototype()
         full = np.zeros(chunks, dtype=self.dtype)
         grid = [range(0, n, c) for n, c in zip(block.shape, chunks)]
+        encoded: dict[str, bytes] = {}
         for starts in np.ndindex(*(len(g) for g in grid)):
             lo = [grid[a][i] for a, i in enumerate(starts)]
             piece = block[tuple(slice(l, l + c) for l, c in zip(lo, chunks))]
@@ -117,9 +129,17 @@ class ZarrVolumeWriter:
                 piece = full
             index = tuple((origin[a] + lo[a]) // chunks[a] if a < lead else lo[a] // chunks[a]
                           for a in range(len(chunks)))
-            data = self.encoder.encode(np.ascontiguousarray(piece))
             key = "image/" + self.array.metadata.encode_chunk_key(index)
-            sync(self.store.set(key, prototype.buffer.from_bytes(data)))
+            encoded[key] = self.encoder.encode(np.ascontiguousarray(piece))
+        if self.kind == "dir":
+            # LocalStore layout is one file per key; writing them here is ~3x faster than the async store API
+            for key, data in encoded.items():
+                path = os.path.join(self.partial, *key.split("/"))
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as fh:
+                    fh.write(data)
+        else:  # one trip to zarr's event loop per slab; the store writes the chunks concurrently
+            sync(_set_all(self.store, {k: prototype.buffer.from_bytes(v) for k, v in encoded.items()}))
 
     def read(self, index: tuple) -> np.ndarray:
         """Read back written data (verification before publishing)."""
