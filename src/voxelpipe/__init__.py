@@ -1,6 +1,8 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
-Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume`` (heavier modules load on first use).
+Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``
+(heavier modules load on first use); ``voxelpipe.reorient.reorient`` and ``voxelpipe.resample.resample`` live in
+modules of the same name.
 """
 from ._version import __version__
 from .errors import VoxelpipeError
@@ -11,6 +13,9 @@ _LAZY = {
     "aggregate": ("voxelpipe.pipelines.convert", "aggregate"),
     "open_volume": ("voxelpipe.volume", "open_volume"),
     "Volume": ("voxelpipe.volume", "Volume"),
+    "save_volume": ("voxelpipe.volume", "save_volume"),
+    "resample_to": ("voxelpipe.resample", "resample_to"),
+    "project": ("voxelpipe.projection", "project"),
 }
 
 __all__ = ["__version__", "VoxelpipeError", "ScanResult", "scan", *_LAZY]

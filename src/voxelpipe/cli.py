@@ -120,6 +120,31 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("out", metavar="OUT", help="output folder of convert")
     aggregate.set_defaults(func=_run_aggregate)
 
+    resample = commands.add_parser("resample", help="reorient and resample converted volumes onto a new grid")
+    resample.add_argument("source", metavar="IN", help="convert output folder, or one volume")
+    resample.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    grid = resample.add_mutually_exclusive_group()
+    grid.add_argument("--spacing", type=_floats3, default=None, metavar="S0,S1,S2", help="new spacing, mm")
+    grid.add_argument("--shape", type=_chunks, default=None, metavar="N0,N1,N2", help="new shape")
+    grid.add_argument("--like", default=None, metavar="REF", help="a volume whose grid to resample onto")
+    resample.add_argument("--order", choices=["linear", "nearest", "label"], default="linear",
+                          help="interpolation (label: masks, linear then >= 0.5) (default linear)")
+    resample.add_argument("--orientation", default=None, metavar="CODE",
+                          help="reorient first to an axis code, e.g. LAS, RAS, LPS")
+    resample.add_argument("--key", default=None, help="only this series key")
+    resample.set_defaults(func=_run_resample)
+
+    project = commands.add_parser("project", help="rotated maximum/mean intensity projections of volumes")
+    project.add_argument("source", metavar="IN", help="convert output folder, or one volume")
+    project.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    project.add_argument("--angles", default="0:360:45", help="start:stop:step or a comma list, degrees "
+                                                              "(default 0:360:45)")
+    project.add_argument("--axis", default="S", choices=["S", "A", "L"], help="rotation axis (default S)")
+    project.add_argument("--kind", choices=["max", "mean"], default="max", help="projection (default max)")
+    project.add_argument("--with-masks", action="store_true", help="project masks/<name> arrays alongside")
+    project.add_argument("--key", default=None, help="only this series key")
+    project.set_defaults(func=_run_project)
+
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
     demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
@@ -142,6 +167,38 @@ def _chunks(text: str) -> tuple[int, int, int]:
     if len(parts) != 3 or min(parts) < 1:
         raise ValueError(text)
     return parts
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    parts = tuple(float(v) for v in text.split(","))
+    if len(parts) != 3 or min(parts) <= 0:
+        raise ValueError(text)
+    return parts
+
+
+def _report(rows: list[dict], verb: str, out: str) -> int:
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{verb} {len(rows) - len(failed)}, failed {len(failed)} volume(s) -> {out}")
+    for row in failed:
+        print(f"  failed {row['source']}: {row['reason']}")
+    return 1 if failed else 0
+
+
+def _run_resample(args: argparse.Namespace) -> int:
+    from .pipelines.transform import resample_volumes
+
+    rows = resample_volumes(args.source, args.out, spacing=args.spacing, shape=args.shape, like=args.like,
+                            order=args.order, orientation=args.orientation, key=args.key,
+                            progress=not args.no_progress)
+    return _report(rows, "resampled", args.out)
+
+
+def _run_project(args: argparse.Namespace) -> int:
+    from .pipelines.transform import parse_angles, project_volumes
+
+    rows = project_volumes(args.source, args.out, angles=parse_angles(args.angles), axis=args.axis,
+                           kind=args.kind, with_masks=args.with_masks, key=args.key, progress=not args.no_progress)
+    return _report(rows, "projected", args.out)
 
 
 def _run_convert(args: argparse.Namespace) -> int:

@@ -66,3 +66,42 @@ def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
     group = open_volume_group(path)
     attrs = dict(group.attrs)
     return Volume(group["image"], Geometry.from_attrs(attrs), attrs, path)
+
+
+def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = (8, 256, 256),
+                clevel: int = 1, attrs: dict | None = None) -> int:
+    """Write a volume as a Zarr store (kind from the suffix: ``.zarr``, ``.zarr.zip``, ``.zarr.sqlite``) with its
+    geometry in the attributes, atomically; returns the bytes written. 4-D arrays keep their frame axis."""
+    from .stores.zarr_store import ZarrVolumeWriter, store_kind
+
+    path = os.fspath(path)
+    array = volume.array
+    shape = tuple(array.shape)
+    spatial = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape[-3:]))
+    chunk_shape = spatial if len(shape) == 3 else (1,) + spatial
+    merged = dict(volume.attrs)
+    merged.update(attrs or {})
+    merged.update(volume.geometry.to_attrs())
+    merged["dtype"] = str(np.dtype(array.dtype))
+    writer = ZarrVolumeWriter(path, store_kind(path), shape, np.dtype(array.dtype), chunk_shape,
+                              json.loads(json.dumps(merged, default=_json_default)), clevel=clevel)
+    try:
+        depth = spatial[0]
+        for z0 in range(0, shape[-3], depth):
+            if len(shape) == 3:
+                writer.write(z0, np.ascontiguousarray(array[z0:z0 + depth]))
+            else:
+                for t in range(shape[0]):
+                    writer.write_at((t, slice(z0, z0 + depth)), np.ascontiguousarray(array[t, z0:z0 + depth]))
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

@@ -6,6 +6,7 @@ import os
 from ..synthetic import write_demo_study
 from .convert import convert
 from .scan import scan
+from .transform import parse_angles, project_volumes, resample_volumes
 
 
 def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool = True) -> dict[str, str]:
@@ -32,4 +33,11 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
         print(f"  {row['path']}: {row['shape']} {row['dtype']}, {row['status']} {row['reason']}"
               f"(ratio {row['ratio']}, verification {row['verification']})")
     print(f"  {os.path.join(volumes, 'summary_run.csv')}")
-    return {"dicom": dicom_dir, "manifest": manifest, "volumes": volumes}
+    resampled = os.path.join(out, "resampled_las_1mm")
+    rows = resample_volumes(volumes, resampled, spacing=(1.0, 1.0, 1.0), orientation="LAS", progress=progress)
+    print(f"resample: {len(rows)} volume(s) reoriented to LAS and resampled to 1 mm -> {resampled}")
+    projections = os.path.join(out, "projections")
+    rows = project_volumes(volumes, projections, angles=parse_angles("0:360:45"), progress=progress)
+    print(f"project: {len(rows)} volume(s), 8 maximum intensity projections each -> {projections}")
+    return {"dicom": dicom_dir, "manifest": manifest, "volumes": volumes, "resampled": resampled,
+            "projections": projections}

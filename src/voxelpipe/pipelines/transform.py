@@ -1,0 +1,178 @@
+"""`resample` and `project` over converted volumes.
+
+Inputs are what `convert` wrote: an output folder (every volume under ``data/``, or one with ``key``) or a single
+volume path. Results are volumes again, written under ``OUT/data/<series_key>.zarr`` with their geometry, so
+every stage reads and writes the same kind of store.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+
+import numpy as np
+
+from ..errors import InputError
+from ..progress import Progress
+from ..stores.zarr_store import STORE_SUFFIXES
+from ..tables import write_csv
+from ..volume import Volume, open_volume, save_volume
+
+log = logging.getLogger("voxelpipe")
+SUMMARY_COLUMNS = ["series_key", "status", "reason", "source", "path", "shape", "spacing", "seconds"]
+
+
+def find_volumes(source: str, key: str | None = None) -> list[str]:
+    """Volume paths of a convert output folder (``data/*.zarr*``, ``*.npz``), or ``source`` itself."""
+    if any(source.rstrip("/").endswith(suffix) for suffix in (*STORE_SUFFIXES.values(), ".npz")):
+        return [source.rstrip("/")]
+    folder = os.path.join(source, "data") if os.path.isdir(os.path.join(source, "data")) else source
+    found = sorted(p for suffix in (*STORE_SUFFIXES.values(), ".npz")
+                   for p in glob.glob(os.path.join(folder, "*" + suffix)))
+    if key is not None:
+        found = [p for p in found if os.path.basename(p).split(".")[0] == key]
+    if not found:
+        raise InputError(f"{source}: no converted volume found" + (f" with key {key}" if key else ""))
+    return found
+
+
+def _key(path: str) -> str:
+    return os.path.basename(path.rstrip("/")).split(".")[0]
+
+
+def _apply_per_frame(volume: Volume, operation) -> Volume:
+    """Run a 3-D ``operation`` on every frame of a 4-D volume (or once on a 3-D one)."""
+    array = np.asarray(volume.array[...])
+    if array.ndim == 3:
+        return operation(Volume(array, volume.geometry, volume.attrs, volume.path))
+    results = [operation(Volume(array[t], volume.geometry, volume.attrs, volume.path)) for t in range(array.shape[0])]
+    return Volume(np.stack([r.array for r in results]), results[0].geometry, results[0].attrs, volume.path)
+
+
+def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
+                     order: str = "linear", orientation: str | None = None, key: str | None = None,
+                     progress: bool = True) -> list[dict]:
+    """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
+    from ..reorient import reorient
+    from ..resample import resample, resample_to
+
+    if sum(v is not None for v in (spacing, shape, like)) != 1:
+        raise InputError("give exactly one of --spacing, --shape or --like")
+    reference = open_volume(like) if like else None
+    rows = []
+    paths = find_volumes(source, key)
+    with Progress(len(paths), "resample", unit="volumes", enabled=progress) as bar:
+        for path in paths:
+            started = time.perf_counter()
+            row = {"series_key": _key(path), "source": path, "status": "failed"}
+            try:
+                volume = open_volume(path)
+                if orientation:
+                    volume = reorient(volume, orientation)
+                if reference is not None:
+                    result = _apply_per_frame(volume, lambda v: resample_to(v, reference, order=order))
+                else:
+                    result = _apply_per_frame(volume, lambda v: resample(v, spacing=spacing, shape=shape, order=order))
+                target = os.path.join(out, "data", row["series_key"] + ".zarr")
+                save_volume(result, target, attrs={"resampled_from": path, "resample_order": order,
+                                                   "orientation": orientation or ""})
+                row.update(status="resampled", path=target, shape="x".join(map(str, result.array.shape)),
+                           spacing="x".join(f"{s:g}" for s in result.geometry.spacing))
+            except (InputError, OSError, ValueError) as exc:
+                row["reason"] = str(exc)
+                log.warning("resample: %s failed: %s", path, exc)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            rows.append(row)
+            bar.update()
+    write_csv(os.path.join(out, "resample_summary.csv"), rows, SUMMARY_COLUMNS)
+    return rows
+
+
+def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "S", kind: str = "max",
+                    with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
+    """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
+    (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
+    from ..projection import project
+
+    rows = []
+    paths = find_volumes(source, key)
+    with Progress(len(paths), "project", unit="volumes", enabled=progress) as bar:
+        for path in paths:
+            started = time.perf_counter()
+            row = {"series_key": _key(path), "source": path, "status": "failed"}
+            try:
+                volume = open_volume(path)
+                if np.asarray(volume.array).ndim != 3:
+                    raise InputError(f"{path}: projections need a 3-D volume, got shape {volume.shape}")
+                masks = _masks(path) if with_masks else {}
+                first_mask = next(iter(masks.values()), None)
+                result = project(volume, angles, axis=axis, kind=kind, mask=first_mask)
+                target = os.path.join(out, "data", row["series_key"] + ".zarr")
+                _write_projections(target, result, masks, volume, angles, axis, kind)
+                row.update(status="projected", path=target, shape="x".join(map(str, result.images.shape)),
+                           spacing="x".join(f"{s:g}" for s in result.pixel_spacing))
+            except (InputError, OSError, ValueError) as exc:
+                row["reason"] = str(exc)
+                log.warning("project: %s failed: %s", path, exc)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            rows.append(row)
+            bar.update()
+    write_csv(os.path.join(out, "project_summary.csv"), rows, SUMMARY_COLUMNS)
+    return rows
+
+
+def _masks(path: str) -> dict[str, np.ndarray]:
+    """``masks/<name>`` arrays stored beside ``image`` in a Zarr volume (none for other formats)."""
+    if path.endswith(".npz"):
+        return {}
+    from ..stores.zarr_store import open_volume_group
+
+    group = open_volume_group(path)
+    if "masks" not in group:
+        return {}
+    return {name: np.asarray(array[...]) for name, array in group["masks"].arrays()}
+
+
+def _write_projections(target: str, result, masks: dict, volume: Volume, angles, axis: str, kind: str) -> None:
+    """The projections as a Zarr group, published by rename; masks after the first are projected here."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from ..stores.zarr_store import PARTIAL, open_store, remove
+
+    partial = target + PARTIAL
+    remove(partial)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    store = open_store(partial, "dir", "w")
+    attrs = {"angles_deg": [float(a) for a in angles], "axis": axis, "kind": kind,
+             "pixel_spacing": [float(s) for s in result.pixel_spacing], "source_spacing":
+             volume.geometry.spacing.tolist(), "axes": ["angle", "along_axis", "across"]}
+    group = zarr.create_group(store=store, zarr_format=3, attributes=attrs)
+    codec = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=4)
+    group.create_array("image", data=np.ascontiguousarray(result.images), compressors=[codec])
+    from ..projection import project
+
+    for index, (name, mask) in enumerate(masks.items()):
+        images = result.mask_images if index == 0 else project(volume, angles, axis=axis, mask=mask).mask_images
+        group.create_array(f"masks/{name}", data=np.ascontiguousarray(images),
+                           compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=1)])
+    store.close()
+    remove(target)
+    os.replace(partial, target)
+
+
+def parse_angles(text: str) -> list[float]:
+    """``start:stop:step`` (stop excluded, like range) or a comma list, in degrees."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            return [float(a) for a in np.arange(start, stop, step)]
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--angles {text!r}: expected start:stop:step (e.g. 0:360:45) or a comma list") from None
+
+
+__all__ = ["resample_volumes", "project_volumes", "parse_angles", "find_volumes"]
