@@ -50,6 +50,30 @@ def _apply_per_frame(volume: Volume, operation) -> Volume:
     return Volume(np.stack([r.array for r in results]), results[0].geometry, results[0].attrs, volume.path)
 
 
+def _for_each_volume(paths: list[str], out: str, label: str, status: str, operation,
+                     progress: bool = True) -> list[dict]:
+    """Run ``operation(path, target) -> (shape, spacing)`` on every volume; a failure fails that volume only.
+    Writes ``OUT/<label>_summary.csv``."""
+    rows = []
+    with Progress(len(paths), label, unit="volumes", enabled=progress) as bar:
+        for path in paths:
+            started = time.perf_counter()
+            row = {"series_key": _key(path), "source": path, "status": "failed"}
+            target = os.path.join(out, "data", row["series_key"] + ".zarr")
+            try:
+                shape, spacing = operation(path, target)
+                row.update(status=status, path=target, shape="x".join(map(str, shape)),
+                           spacing="x".join(f"{s:g}" for s in spacing))
+            except (InputError, OSError, ValueError) as exc:
+                row["reason"] = str(exc)
+                log.warning("%s: %s failed: %s", label, path, exc)
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            rows.append(row)
+            bar.update()
+    write_csv(os.path.join(out, f"{label}_summary.csv"), rows, SUMMARY_COLUMNS)
+    return rows
+
+
 def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
                      order: str = "linear", orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
@@ -60,33 +84,20 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
     if sum(v is not None for v in (spacing, shape, like)) != 1:
         raise InputError("give exactly one of --spacing, --shape or --like")
     reference = open_volume(like) if like else None
-    rows = []
-    paths = find_volumes(source, key)
-    with Progress(len(paths), "resample", unit="volumes", enabled=progress) as bar:
-        for path in paths:
-            started = time.perf_counter()
-            row = {"series_key": _key(path), "source": path, "status": "failed"}
-            try:
-                volume = open_volume(path)
-                if orientation:
-                    volume = reorient(volume, orientation)
-                if reference is not None:
-                    result = _apply_per_frame(volume, lambda v: resample_to(v, reference, order=order))
-                else:
-                    result = _apply_per_frame(volume, lambda v: resample(v, spacing=spacing, shape=shape, order=order))
-                target = os.path.join(out, "data", row["series_key"] + ".zarr")
-                save_volume(result, target, attrs={"resampled_from": path, "resample_order": order,
-                                                   "orientation": orientation or ""})
-                row.update(status="resampled", path=target, shape="x".join(map(str, result.array.shape)),
-                           spacing="x".join(f"{s:g}" for s in result.geometry.spacing))
-            except (InputError, OSError, ValueError) as exc:
-                row["reason"] = str(exc)
-                log.warning("resample: %s failed: %s", path, exc)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            rows.append(row)
-            bar.update()
-    write_csv(os.path.join(out, "resample_summary.csv"), rows, SUMMARY_COLUMNS)
-    return rows
+
+    def one(path: str, target: str):
+        volume = open_volume(path)
+        if orientation:
+            volume = reorient(volume, orientation)
+        if reference is not None:
+            result = _apply_per_frame(volume, lambda v: resample_to(v, reference, order=order))
+        else:
+            result = _apply_per_frame(volume, lambda v: resample(v, spacing=spacing, shape=shape, order=order))
+        save_volume(result, target, attrs={"resampled_from": path, "resample_order": order,
+                                           "orientation": orientation or ""})
+        return result.array.shape, result.geometry.spacing
+
+    return _for_each_volume(find_volumes(source, key), out, "resample", "resampled", one, progress)
 
 
 def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "S", kind: str = "max",
@@ -95,31 +106,16 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
     from ..projection import project
 
-    rows = []
-    paths = find_volumes(source, key)
-    with Progress(len(paths), "project", unit="volumes", enabled=progress) as bar:
-        for path in paths:
-            started = time.perf_counter()
-            row = {"series_key": _key(path), "source": path, "status": "failed"}
-            try:
-                volume = open_volume(path)
-                if np.asarray(volume.array).ndim != 3:
-                    raise InputError(f"{path}: projections need a 3-D volume, got shape {volume.shape}")
-                masks = _masks(path) if with_masks else {}
-                first_mask = next(iter(masks.values()), None)
-                result = project(volume, angles, axis=axis, kind=kind, mask=first_mask)
-                target = os.path.join(out, "data", row["series_key"] + ".zarr")
-                _write_projections(target, result, masks, volume, angles, axis, kind)
-                row.update(status="projected", path=target, shape="x".join(map(str, result.images.shape)),
-                           spacing="x".join(f"{s:g}" for s in result.pixel_spacing))
-            except (InputError, OSError, ValueError) as exc:
-                row["reason"] = str(exc)
-                log.warning("project: %s failed: %s", path, exc)
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            rows.append(row)
-            bar.update()
-    write_csv(os.path.join(out, "project_summary.csv"), rows, SUMMARY_COLUMNS)
-    return rows
+    def one(path: str, target: str):
+        volume = open_volume(path)
+        if np.asarray(volume.array).ndim != 3:
+            raise InputError(f"{path}: projections need a 3-D volume, got shape {volume.shape}")
+        masks = _masks(path) if with_masks else {}
+        result = project(volume, angles, axis=axis, kind=kind, mask=next(iter(masks.values()), None))
+        _write_projections(target, result, masks, volume, angles, axis, kind)
+        return result.images.shape, result.pixel_spacing
+
+    return _for_each_volume(find_volumes(source, key), out, "project", "projected", one, progress)
 
 
 def _masks(path: str) -> dict[str, np.ndarray]:
