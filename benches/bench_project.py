@@ -51,10 +51,6 @@ Run:
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -62,6 +58,7 @@ import numba
 import numpy as np
 import pytest
 
+from numba_timing import compile_line, first_call
 from voxelpipe.geometry import Geometry
 from voxelpipe.kernels.project import project_into
 from voxelpipe.projection import project
@@ -107,13 +104,8 @@ def numba_first_call(ct, benchmarks_enabled) -> dict:
     """The first call in this process (compile, or load from the on-disk cache) on a tiny volume, before any
     other; and, when benchmarks are enabled, a cold compile in a fresh interpreter with an empty cache."""
     tiny = Volume(ct.array[:2, :16, :16].copy(), Geometry((2, 16, 16), SPACING, (0, 0, 0), AXIAL))
-    t0 = time.perf_counter()
-    project(tiny, ANGLES, fill=FILL)
-    COMPILE["first_call_seconds"] = time.perf_counter() - t0
-    COMPILE["loaded_from_disk_cache"] = sum(project_into.stats.cache_hits.values()) > 0
-    if benchmarks_enabled:
-        COMPILE["cold_compile_seconds"] = _cold_compile_seconds()
-    return COMPILE
+    return first_call(lambda: project(tiny, ANGLES, fill=FILL), project_into, COMPILE,
+                      COLD_COMPILE_CODE if benchmarks_enabled else None)
 
 
 @pytest.fixture(scope="module")
@@ -187,23 +179,16 @@ IMPLS: dict[str, Callable[[Volume], np.ndarray]] = {
 }
 
 
-def _cold_compile_seconds() -> float | None:
-    """Compile the kernel for float32 in a fresh interpreter with an empty numba cache (imports excluded)."""
-    code = (
-        "import time, numpy as np\n"
-        "from voxelpipe.geometry import Geometry\n"
-        "from voxelpipe.projection import project\n"
-        "from voxelpipe.volume import Volume\n"
-        "a = np.zeros((2, 8, 8), np.float32)\n"
-        "v = Volume(a, Geometry(a.shape, (1, 1, 1), (0, 0, 0), np.eye(3)[:, [2, 1, 0]]))\n"
-        "t = time.perf_counter(); project(v, [0, 45, 90]); print(time.perf_counter() - t)\n"
-    )
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        return None
-    return float(done.stdout.strip().splitlines()[-1])
+# compiles the kernel for float32 in a fresh interpreter with an empty numba cache (imports excluded)
+COLD_COMPILE_CODE = (
+    "import time, numpy as np\n"
+    "from voxelpipe.geometry import Geometry\n"
+    "from voxelpipe.projection import project\n"
+    "from voxelpipe.volume import Volume\n"
+    "a = np.zeros((2, 8, 8), np.float32)\n"
+    "v = Volume(a, Geometry(a.shape, (1, 1, 1), (0, 0, 0), np.eye(3)[:, [2, 1, 0]]))\n"
+    "t = time.perf_counter(); project(v, [0, 45, 90]); print(time.perf_counter() - t)\n"
+)
 
 
 def _check(impl: str, images: np.ndarray, reference: np.ndarray) -> dict:
@@ -248,11 +233,7 @@ def _ratio_table() -> list[str]:
         lines.append(f"{impl:<12} {r['rounds']:>6} {r['median']:>9.3f} {speed:>9} {target:>8} {med:>13} {p99:>10} "
                      f"{far:>7}")
     if COMPILE:
-        cold = COMPILE.get("cold_compile_seconds")
-        lines.append(
-            f"numba (not timed above): first call in this process {COMPILE['first_call_seconds']:.2f} s "
-            f"(loaded from disk cache: {COMPILE['loaded_from_disk_cache']}); cold compile with an empty cache: "
-            + (f"{cold:.1f} s" if cold is not None else "not measured"))
+        lines.append(compile_line(COMPILE))
     lines.append("|d|: peer vs voxelpipe (central 512 columns); >1px: voxelpipe pixels outside the peer's range over "
                  "columns j-1..j+1 (+-10 HU)")
     lines.append("targets (not asserted): >= 1.5x the cv2 approach, >= 25x scipy")

@@ -39,10 +39,6 @@ Targets from the issue (not asserted): >= 2.5x SimpleITK, >= 8x scipy.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -50,6 +46,8 @@ import numba
 import numpy as np
 import pytest
 
+from numba_timing import compile_line
+from numba_timing import first_call as measure_first_call
 from voxelpipe.geometry import Geometry
 from voxelpipe.kernels.resample import resample_separable
 from voxelpipe.resample import index_matrix, resample
@@ -84,12 +82,8 @@ def ct(benchmarks_enabled) -> Volume:
 def first_call(ct, benchmarks_enabled) -> dict:
     """Numba compile (or on-disk cache load) of the kernel, measured before anything else calls it."""
     tiny = Volume(np.ascontiguousarray(ct.array[:3, :16, :16]), Geometry((3, 16, 16), SPACING, ORIGIN, AXIAL))
-    t0 = time.perf_counter()
-    resample(tiny, spacing=NEW_SPACING, fill=FILL)
-    COMPILE["first_call_seconds"] = time.perf_counter() - t0
-    COMPILE["loaded_from_disk_cache"] = sum(resample_separable.stats.cache_hits.values()) > 0
-    if benchmarks_enabled:
-        COMPILE["cold_compile_seconds"] = _cold_compile_seconds()
+    measure_first_call(lambda: resample(tiny, spacing=NEW_SPACING, fill=FILL), resample_separable, COMPILE,
+                       COLD_COMPILE_CODE if benchmarks_enabled else None)
     print(f"\nvoxelpipe numba: first call {COMPILE['first_call_seconds']:.2f} s "
           f"(from disk cache: {COMPILE['loaded_from_disk_cache']}), cold compile "
           f"{COMPILE.get('cold_compile_seconds')} s")
@@ -133,23 +127,16 @@ def _scipy(array: np.ndarray, matrix: np.ndarray, out_shape) -> np.ndarray:
                                     order=1, mode="constant", cval=FILL, output=np.float32)
 
 
-def _cold_compile_seconds() -> float | None:
-    """Compile the float32 separable kernel in a fresh interpreter with an empty numba cache (imports excluded)."""
-    code = (
-        "import time, numpy as np\n"
-        "from voxelpipe.geometry import Geometry\n"
-        "from voxelpipe.resample import resample\n"
-        "from voxelpipe.volume import Volume\n"
-        "a = np.zeros((3, 8, 8), np.float32)\n"
-        "v = Volume(a, Geometry(a.shape, (1.25, 0.7, 0.7), (0, 0, 0), np.eye(3)))\n"
-        "t = time.perf_counter(); resample(v, spacing=1.0); print(time.perf_counter() - t)\n"
-    )
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        return None
-    return float(done.stdout.strip().splitlines()[-1])
+# compiles the float32 separable kernel in a fresh interpreter with an empty numba cache (imports excluded)
+COLD_COMPILE_CODE = (
+    "import time, numpy as np\n"
+    "from voxelpipe.geometry import Geometry\n"
+    "from voxelpipe.resample import resample\n"
+    "from voxelpipe.volume import Volume\n"
+    "a = np.zeros((3, 8, 8), np.float32)\n"
+    "v = Volume(a, Geometry(a.shape, (1.25, 0.7, 0.7), (0, 0, 0), np.eye(3)))\n"
+    "t = time.perf_counter(); resample(v, spacing=1.0); print(time.perf_counter() - t)\n"
+)
 
 
 def _inside(ct: Volume, out_geometry: Geometry) -> np.ndarray:
@@ -200,11 +187,7 @@ def _ratio_table() -> list[str]:
         lines.append(f"{impl:<10} {r['rounds']:>6} {r['median']:>9.3f} {n_out / r['median'] / 1e6:>8.1f} {speed:>9} "
                      f"{target:>8} {diff:>10}")
     if COMPILE:
-        cold = COMPILE.get("cold_compile_seconds")
-        lines.append(
-            f"numba (not timed above): first call in this process {COMPILE['first_call_seconds']:.2f} s "
-            f"(loaded from disk cache: {COMPILE['loaded_from_disk_cache']}); cold compile with an empty cache: "
-            + (f"{cold:.1f} s" if cold is not None else "not measured"))
+        lines.append(compile_line(COMPILE))
     lines.append("max|d|: peer vs voxelpipe (SimpleITK: voxels between the first and last input centres; it extends "
                  "the edge voxel over the outer half voxel where voxelpipe and scipy write the fill)")
     lines.append("targets (not asserted): >= 2.5x SimpleITK, >= 8x scipy")

@@ -1,0 +1,41 @@
+"""Numba compile time for the benchmarks: kept out of the timings, measured and reported on its own."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+
+def cold_compile_seconds(code: str, timeout: float = 900) -> float | None:
+    """Run ``code`` (which prints the seconds of its first kernel call last) in a fresh interpreter with an empty
+    numba cache; None when it fails."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    if done.returncode != 0:
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def first_call(call: Callable[[], object], dispatcher, info: dict, cold_code: str | None) -> dict:
+    """Time ``call()`` (the process's first use of ``dispatcher``: a compile or a disk-cache load) into ``info``;
+    with ``cold_code`` also a cold compile in a fresh interpreter."""
+    t0 = time.perf_counter()
+    call()
+    info["first_call_seconds"] = time.perf_counter() - t0
+    info["loaded_from_disk_cache"] = sum(dispatcher.stats.cache_hits.values()) > 0
+    if cold_code is not None:
+        info["cold_compile_seconds"] = cold_compile_seconds(cold_code)
+    return info
+
+
+def compile_line(info: dict) -> str:
+    """The report line for ``first_call``'s figures."""
+    cold = info.get("cold_compile_seconds")
+    return (f"numba (not timed above): first call in this process {info['first_call_seconds']:.2f} s "
+            f"(loaded from disk cache: {info['loaded_from_disk_cache']}); cold compile with an empty cache: "
+            + (f"{cold:.1f} s" if cold is not None else "not measured"))
