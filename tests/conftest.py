@@ -10,7 +10,6 @@ against scan's own output.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,18 +18,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, write_localizer, write_series
+from voxelpipe.synthetic import SeriesSpec, write_localizer, write_series
+from helpers import resave
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA_SKIP = "../shared/data not found: real-data tests need the shared test data beside the repo"
 SMALL = dict(rows=16, columns=16)
 
-
-def sha_key(series_uid: str) -> str:
-    """The series key DESIGN.md specifies: SHA-256 of the SeriesInstanceUID, first 16 hex characters."""
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,18 +57,6 @@ class Case:
     paths: dict[str, list[str]] = field(default_factory=dict)  # role -> paths (image series: in slice order)
     extra: dict[str, object] = field(default_factory=dict)
 
-
-def _resave(path: str, edit, new_path: str | None = None, new_uid: bool = False) -> str:
-    """Read ``path`` with pydicom, apply ``edit(ds)``, save (to ``new_path`` when given)."""
-    ds = pydicom.dcmread(path)
-    if new_uid:
-        uid = generate_uid(ROOT_UID)
-        ds.SOPInstanceUID = uid
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-    edit(ds)
-    target = new_path or path
-    ds.save_as(target, enforce_file_format=True)
-    return target
 
 
 def _write_shuffled(folder: Path, spec: SeriesSpec, **kwargs) -> list[str]:
@@ -133,7 +116,7 @@ def _build_cases(root: Path) -> dict[str, Case]:
         def coronal(ds, i=i):
             ds.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
             ds.ImagePositionPatient = ["-6", f"{-10 + 2 * i:g}", "30"]
-        _resave(path, coronal)
+        resave(path, coronal)
     cases["orientation"] = Case(folder, [a, b], {"a": paths_a, "b": paths_b})
 
     # RescaleSlope differs on two slices
@@ -141,7 +124,7 @@ def _build_cases(root: Path) -> dict[str, Case]:
     folder = root / "rescale"
     paths = write_series(folder, spec)
     for index in (3, 7):
-        _resave(paths[index], lambda ds: setattr(ds, "RescaleSlope", "2"))
+        resave(paths[index], lambda ds: setattr(ds, "RescaleSlope", "2"))
     cases["rescale"] = Case(folder, [spec], {"series": paths})
 
     # cine-like: every position twice, told apart by TriggerTime
@@ -153,8 +136,8 @@ def _build_cases(root: Path) -> dict[str, Case]:
         def second(ds, i=i):
             ds.TriggerTime = "100"
             ds.InstanceNumber = spec.n_slices + i + 1
-        phase2.append(_resave(path, second, new_path=str(folder / f"PH2_{i:03d}.dcm"), new_uid=True))
-        _resave(path, lambda ds: setattr(ds, "TriggerTime", "0"))
+        phase2.append(resave(path, second, new_path=str(folder / f"PH2_{i:03d}.dcm"), new_uid=True))
+        resave(path, lambda ds: setattr(ds, "TriggerTime", "0"))
     cases["cine"] = Case(folder, [spec], {"phase1": paths, "phase2": phase2})
 
     # bad files beside a good series
@@ -180,7 +163,7 @@ def _build_cases(root: Path) -> dict[str, Case]:
     def private(ds):
         block = ds.private_block(0x0009, "VOXELPIPE TEST", create=True)
         block.add_new(0x01, "LO", "extra value")
-    _resave(paths[2], private)
+    resave(paths[2], private)
     cases["metadata"] = Case(folder, [spec], {"series": paths}, {"private_file": paths[2]})
 
     # found by content, not by name: a DICOM file called .txt and a text file called .dcm
@@ -234,7 +217,7 @@ def _write_bad_files(folder: Path, paths: list[str], spec: SeriesSpec) -> dict[s
     bad["random"].write_bytes(random_bytes)
 
     # an image of the same series without ImagePositionPatient
-    bad["no_ipp"] = Path(_resave(paths[0], lambda d: delattr(d, "ImagePositionPatient"),
+    bad["no_ipp"] = Path(resave(paths[0], lambda d: delattr(d, "ImagePositionPatient"),
                                  new_path=str(folder / "no_ipp.dcm"), new_uid=True))
     assert "ImagePositionPatient" not in pydicom.dcmread(bad["no_ipp"])
     return {role: str(path) for role, path in bad.items()}

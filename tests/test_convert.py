@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -22,11 +21,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import generate_uid
 
 import voxelpipe
 import voxelpipe.cli
 from voxelpipe.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
+from helpers import resave, sha_key
 
 TIMEOUT = 240
 TOL_MM = 1e-4  # positions are written with 6 significant digits
@@ -35,10 +34,6 @@ TOL_MM = 1e-4  # positions are written with 6 significant digits
 # ----------------------------------------------------------------------------------------------------------
 # helpers: references computed from what was written
 # ----------------------------------------------------------------------------------------------------------
-def sha_key(series_uid: str) -> str:
-    """DESIGN.md: a series key is SHA-256 of the SeriesInstanceUID (first 16 hex characters)."""
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
-
 
 def phantom(spec: SeriesSpec) -> np.ndarray:
     return phantom_hu(spec.n_slices, spec.rows, spec.columns, spec.seed)
@@ -92,15 +87,6 @@ def convert(*args, **kwargs) -> list[dict]:
     kwargs.setdefault("progress", False)
     return voxelpipe.convert(*args, **kwargs)
 
-
-def resave(path: str, edit, new_uid: bool = False, **save_kwargs) -> None:
-    ds = pydicom.dcmread(path)
-    if new_uid:
-        uid = generate_uid(ROOT_UID)
-        ds.SOPInstanceUID = uid
-        ds.file_meta.MediaStorageSOPInstanceUID = uid
-    edit(ds)
-    ds.save_as(path, enforce_file_format=True, **save_kwargs)
 
 
 def scan_to(folder, manifest: Path) -> Path:

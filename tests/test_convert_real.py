@@ -3,7 +3,6 @@
 ``ImageSeriesReader`` and dcm2niix's NIfTI affine. Skipped when the shared data (or a tool) is absent."""
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import shutil
@@ -17,12 +16,10 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
+from helpers import sha_key
 
 ATOL_MM = 1e-4
 
-
-def sha_key(series_uid: str) -> str:
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
 def normal_of(ds) -> np.ndarray:

@@ -4,7 +4,6 @@ killed with SIGKILL then rerun gives the same volumes as an uninterrupted run. R
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import signal
 import subprocess
@@ -18,13 +17,11 @@ import pytest
 
 import voxelpipe
 from voxelpipe.synthetic import SeriesSpec, phantom_hu, write_series
+from helpers import sha_key
 
 TIMEOUT = 240
 GEOMETRY = ("shape", "spacing", "origin", "direction", "affine", "affine_ras", "slice_positions")
 
-
-def sha_key(series_uid: str) -> str:
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
 def phantom(spec: SeriesSpec) -> np.ndarray:

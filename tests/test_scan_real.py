@@ -3,7 +3,6 @@ in the test. Skipped when the shared data is absent (pydicom's bundled dicomdirt
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import struct
 import warnings
@@ -15,15 +14,12 @@ import pydicom
 import pytest
 
 from voxelpipe import scan
+from helpers import sha_key
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM"}
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 
-
-def sha_key(series_uid: str) -> str:
-    """DESIGN.md: the series key is SHA-256 of the SeriesInstanceUID (first 16 hex characters)."""
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
 def real(path) -> str:

@@ -11,13 +11,10 @@ import pydicom
 import pytest
 
 from voxelpipe import scan
+from helpers import sha_key
 
 TOL_MM = 1e-3  # positions are written with 6 significant digits and reported rounded to 0.1 µm
 
-
-def sha_key(series_uid: str) -> str:
-    """DESIGN.md: the series key is SHA-256 of the SeriesInstanceUID (first 16 hex characters)."""
-    return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
 def real(path: str) -> str:
