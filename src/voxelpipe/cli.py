@@ -145,6 +145,36 @@ def build_parser() -> argparse.ArgumentParser:
     project.add_argument("--key", default=None, help="only this series key")
     project.set_defaults(func=_run_project)
 
+    contours = commands.add_parser("contours", help="masks from text polygon contours (cardiac MRI challenge "
+                                   "layout): image/mask pairs as npz or Zarr, optional PNG overlays")
+    contours.add_argument("--link", required=True, help="link.csv: patient_id (DICOM folder), original_id "
+                          "(contour folder)")
+    contours.add_argument("--dicom-dir", required=True, help="folder holding one DICOM folder per patient_id")
+    contours.add_argument("--contour-dir", required=True, help="folder holding one contour folder per original_id")
+    contours.add_argument("--out", required=True, help="output folder")
+    contours.add_argument("--contours", default="i,o", help="contour kinds to read, comma separated "
+                          "(i = inner/endocardium, o = outer/epicardium) (default i,o)")
+    contours.add_argument("--format", dest="fmt", default="npz", choices=["npz", "zarr"],
+                          help="npz (one file per pair, a folder per patient) or zarr (default npz)")
+    contours.add_argument("--overlay", action="store_true", help="also write a PNG overlay per pair")
+    contours.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    contours.set_defaults(func=_run_contours)
+
+    masks = commands.add_parser("masks", help="rasterise RTSTRUCT or SEG objects onto converted volumes as "
+                                "masks/<name>")
+    masks.add_argument("--volume", help="a converted Zarr volume (OUT/data/<key>.zarr)")
+    source = masks.add_mutually_exclusive_group()
+    source.add_argument("--rtstruct", help="RTSTRUCT file for --volume")
+    source.add_argument("--seg", help="DICOM SEG file for --volume")
+    masks.add_argument("--manifest", help="scan output folder (or its objects.csv): every RTSTRUCT/SEG found "
+                       "there goes onto its referenced series' volume under --out")
+    masks.add_argument("--out", help="convert output folder holding data/<key>.zarr (with --manifest)")
+    masks.add_argument("--roi", nargs="+", default=None, help="only these ROI / segment names (default: all)")
+    masks.add_argument("--report", default=None, help="write the per-ROI report here as CSV (default: "
+                       "masks_report.csv beside the volume's data folder)")
+    masks.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    masks.set_defaults(func=_run_masks)
+
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
     demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
@@ -223,6 +253,18 @@ def _run_aggregate(args: argparse.Namespace) -> int:
     rows = aggregate(args.out)
     print(f"aggregated {len(rows)} series -> {args.out}/summary_all.csv")
     return 0
+
+
+def _run_contours(args: argparse.Namespace) -> int:
+    from .pipelines.contours import contours_command
+
+    return contours_command(args)
+
+
+def _run_masks(args: argparse.Namespace) -> int:
+    from .pipelines.masks import masks_command
+
+    return masks_command(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
