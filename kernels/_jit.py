@@ -16,7 +16,11 @@ SAFE_FASTMATH = frozenset({"nsz", "arcp", "afn", "reassoc"})
 JIT_OPTIONS = {"cache": True, "nogil": True, "fastmath": set(SAFE_FASTMATH)}
 
 
-def jit(*args, parallel: bool = False, **kwargs):
-    """``numba.njit`` with the project's options; ``parallel=True`` enables ``prange``."""
+def jit(*args, parallel: bool = False, exact: bool = False, **kwargs):
+    """``numba.njit`` with the project's options; ``parallel=True`` enables ``prange``; ``exact=True`` turns
+    fastmath off entirely, for kernels that must round exactly like a reference (the polygon crossing test:
+    ``arcp`` would turn a division into a multiply by a reciprocal, ``reassoc`` would regroup products)."""
     options = dict(JIT_OPTIONS, parallel=parallel, **kwargs)
+    if exact:
+        options["fastmath"] = False
     return numba.njit(*args, **options)

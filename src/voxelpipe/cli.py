@@ -157,7 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     contours.add_argument("--format", dest="fmt", default="npz", choices=["npz", "zarr"],
                           help="npz (one file per pair, a folder per patient) or zarr (default npz)")
     contours.add_argument("--overlay", action="store_true", help="also write a PNG overlay per pair")
-    contours.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    contours.add_argument("--overwrite", action="store_true", help="rewrite outputs that are already complete")
+    contours.add_argument("--workers", type=_positive_int, default=None,
+                          help="worker processes, one patient per task (default: serial below 8 patients, "
+                               "then one per 4 patients up to the cores)")
     contours.set_defaults(func=_run_contours)
 
     masks = commands.add_parser("masks", help="rasterise RTSTRUCT or SEG objects onto converted volumes as "

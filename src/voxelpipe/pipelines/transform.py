@@ -119,15 +119,12 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "
 
 
 def _masks(path: str) -> dict[str, np.ndarray]:
-    """``masks/<name>`` arrays stored beside ``image`` in a Zarr volume (none for other formats)."""
-    if path.endswith(".npz"):
+    """``masks/<name>`` arrays stored beside ``image`` in a Zarr volume, in memory (none for other formats)."""
+    if path.endswith((".npz", ".h5", ".hdf5")):
         return {}
-    from ..stores.zarr_store import open_volume_group
+    from ..masks import open_masks
 
-    group = open_volume_group(path)
-    if "masks" not in group:
-        return {}
-    return {name: np.asarray(array[...]) for name, array in group["masks"].arrays()}
+    return {name: np.asarray(array[...]) for name, array in open_masks(path).items()}
 
 
 def _write_projections(target: str, result, masks: dict, volume: Volume, angles, axis: str, kind: str) -> None:

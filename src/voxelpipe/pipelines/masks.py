@@ -1,0 +1,336 @@
+"""`masks`: rasterise RTSTRUCT and SEG objects onto converted volumes as ``masks/<name>`` uint8 arrays.
+
+Two forms::
+
+    python -m voxelpipe masks --volume OUT/data/<key>.zarr (--rtstruct FILE | --seg FILE) [--roi NAME ...]
+    python -m voxelpipe masks --manifest SCAN_DIR_or_objects.csv --out CONVERT_OUT [--roi NAME ...]
+
+The manifest form takes every RTSTRUCT / SEG row of scan's ``objects.csv`` and puts it onto the volume of each
+series it references (``referenced_series_keys``) found as ``OUT/data/<key>.zarr`` (``.zarr.zip``,
+``.zarr.sqlite``). Objects are grouped by volume, one volume per task (so each volume has exactly one writer),
+tasks run in the process pool of :mod:`voxelpipe.parallel`; one bad object or volume never stops the batch.
+
+Every ROI / segment gets a report row (``REPORT_COLUMNS``; status written / empty / skipped / failed), written as
+CSV (``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
+folder). Rows of an earlier report for other volumes or objects are kept; rows for the same volume and object
+are replaced, like the masks themselves. Errors about the request itself (no such volume, a ``--roi`` name the
+file does not have, a file that is not an RTSTRUCT / SEG, another frame of reference) stop the single-volume
+form with the message; in the manifest form they become ``failed`` rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ..dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
+from ..errors import InputError, VoxelpipeError
+from ..parallel import default_workers, imap, init_worker, threads_per_worker
+from ..progress import Progress
+from ..stores.zarr_store import STORE_SUFFIXES
+from ..tables import read_csv, write_csv
+
+log = logging.getLogger("voxelpipe")
+
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+REPORT_NAME = "masks_report.csv"
+MAX_PENDING_BYTES = 512 << 20  # masks held before they are written (a structure set with 50 ROIs on a big CT)
+PRINT_ALL_ROWS = 40  # the summary lists every row up to this many, else only the failed ones
+
+
+@dataclass
+class MaskSource:
+    kind: str  # RTSTRUCT | SEG
+    path: str
+
+
+@dataclass
+class VolumeTask:
+    """Everything a worker needs to put masks onto one volume (picklable)."""
+
+    volume: str
+    sources: list[MaskSource] = field(default_factory=list)
+    rois: list[str] | None = None
+    strict: bool = False  # single-volume form: errors reading an object propagate
+
+
+def _row(volume: str, source: str, kind: str, status: str, note: str) -> dict:
+    return {"volume": volume, "source": source, "source_kind": kind, "roi_name": "", "mask_name": "",
+            "roi_number": "", "status": status, "voxels": "", "volume_ml": "", "contours": "",
+            "contours_unmatched": "", "contours_skipped": "", "note": note}
+
+
+def _check_zarr(path: str) -> None:
+    if not path.endswith(tuple(STORE_SUFFIXES.values())):
+        raise InputError(f"{path}: masks are stored in converted Zarr volumes ("
+                         f"{', '.join(STORE_SUFFIXES.values())}); convert with --format zarr")
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such volume")
+
+
+def _missing_names(rows: list[dict], wanted: Sequence[str]) -> list[str]:
+    have = {str(r["roi_name"]).strip().casefold() for r in rows} | {str(r["roi_number"]) for r in rows}
+    return [w for w in dict.fromkeys(wanted) if str(w).strip().casefold() not in have]
+
+
+def _read_source(task: VolumeTask, source: MaskSource, geometry, frame_uid: str | None,
+                 taken: set[str]) -> Iterator[tuple[object, dict]]:
+    """(mask or None, row) of every ROI / segment of one object on the task's volume."""
+    if source.kind == "RTSTRUCT":
+        yield from iter_rtstruct_masks(source.path, geometry, task.rois, frame_of_reference_uid=frame_uid,
+                                       volume=task.volume, taken=taken)
+        return
+    from ..dicom.seg import load_slice_uids, read_seg_masks
+
+    masks, rows = read_seg_masks(source.path, geometry, slice_uids=load_slice_uids(task.volume),
+                                 segments=task.rois, frame_of_reference_uid=frame_uid, volume=task.volume,
+                                 taken=taken)
+    if task.rois:
+        missing = _missing_names(rows, task.rois)
+        if missing:
+            raise RoiNotFoundError(source.path, missing, [r["roi_name"] for r in rows])
+    by_name = {m.name: m for m in masks}
+    for row in rows:
+        yield by_name.get(row["mask_name"]) if row["mask_name"] else None, row
+
+
+def masks_for_volume(task: VolumeTask) -> list[dict]:
+    """Rasterise every source of ``task`` onto its volume and write the masks; returns the report rows.
+
+    Never raises for a bad object or volume unless ``task.strict`` (then errors reading an object propagate)."""
+    from ..masks import write_masks
+    from ..volume import open_volume
+
+    rows: list[dict] = []
+    try:
+        _check_zarr(task.volume)
+        volume = open_volume(task.volume)
+    except (VoxelpipeError, OSError, ValueError, KeyError) as exc:
+        if task.strict:
+            raise
+        return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", f"volume unusable: {exc}")
+                for s in task.sources]
+    geometry = volume.geometry
+    frame_uid = str(volume.attrs.get("frame_of_reference_uid", "") or "")
+    taken: set[str] = set()
+    pending: list[tuple[object, dict]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            write_masks(task.volume, [m for m, _ in pending])
+        except (VoxelpipeError, OSError, ValueError) as exc:
+            log.warning("masks: writing %d mask(s) into %s failed: %s", len(pending), task.volume, exc)
+            for _, row in pending:
+                row.update(status="failed", note="; ".join(filter(None, [row["note"], f"not written: {exc}"])))
+        pending.clear()
+
+    for source in task.sources:
+        source_rows: list[dict] = []
+        try:
+            for mask, row in _read_source(task, source, geometry, frame_uid, taken):
+                row["source"] = os.path.abspath(source.path)
+                row["volume"] = task.volume
+                source_rows.append(row)
+                if mask is not None:
+                    taken.add(mask.name)
+                    pending.append((mask, row))
+                    if sum(m.array.nbytes for m, _ in pending) >= MAX_PENDING_BYTES:
+                        flush()
+        except Exception as exc:  # one bad object never stops the others
+            if task.strict and isinstance(exc, (VoxelpipeError, OSError)):
+                raise
+            known = isinstance(exc, (VoxelpipeError, OSError))
+            reason = str(exc) if known else f"unexpected {type(exc).__name__}: {exc}"
+            log.warning("masks: %s on %s failed: %s", source.path, task.volume, reason)
+            mine = {id(r) for r in source_rows}
+            lost = {id(r) for _, r in pending if id(r) in mine}  # read but not written: dropped
+            pending[:] = [(m, r) for m, r in pending if id(r) not in mine]
+            source_rows = [r for r in source_rows if id(r) not in lost]
+            source_rows.append(_row(task.volume, os.path.abspath(source.path), source.kind, "failed", reason))
+        rows.extend(source_rows)
+    flush()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the two forms
+# ----------------------------------------------------------------------------------------------------------
+def add_masks(volume: str | os.PathLike, *, rtstruct: str | os.PathLike | None = None,
+              seg: str | os.PathLike | None = None, rois: Sequence[str] | None = None,
+              report: str | os.PathLike | None = None) -> list[dict]:
+    """Rasterise one RTSTRUCT or SEG onto the converted volume ``volume`` and add the masks to it; returns the
+    report rows (also written to ``report``, default ``masks_report.csv`` beside the volume's data folder)."""
+    if (rtstruct is None) == (seg is None):
+        raise InputError("give exactly one of rtstruct= (--rtstruct) or seg= (--seg) with a volume")
+    volume = os.path.abspath(os.fspath(volume).rstrip("/\\"))
+    source = MaskSource("RTSTRUCT", os.fspath(rtstruct)) if rtstruct is not None else MaskSource("SEG", os.fspath(seg))
+    if not os.path.isfile(source.path):
+        raise InputError(f"{source.path}: no such {source.kind} file")
+    _check_zarr(volume)
+    init_worker(threads_per_worker(1))  # this process does the work: every core for the kernel and Blosc
+    rows = masks_for_volume(VolumeTask(volume, [source], list(rois) if rois else None, strict=True))
+    write_report(os.fspath(report) if report else default_report(volume), rows)
+    return rows
+
+
+def default_report(volume: str) -> str:
+    """``masks_report.csv`` in the convert output folder (the parent of ``data/``), else beside the volume."""
+    folder = os.path.dirname(os.path.abspath(volume))
+    if os.path.basename(folder) == "data":
+        folder = os.path.dirname(folder)
+    return os.path.join(folder, REPORT_NAME)
+
+
+def load_objects(manifest: str | os.PathLike) -> tuple[str, list[dict]]:
+    """The objects.csv of a scan folder (or the file itself) and its rows."""
+    path = os.fspath(manifest)
+    if os.path.isdir(path):
+        path = os.path.join(path, "objects.csv")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: objects.csv not found (give scan's output folder or its objects.csv)")
+    rows = read_csv(path)
+    if rows and "referenced_series_keys" not in rows[0]:
+        raise InputError(f"{path}: not scan's objects.csv (no referenced_series_keys column)")
+    return path, rows
+
+
+def object_kind(row: dict) -> str:
+    """RTSTRUCT, SEG, or '' for other objects."""
+    sop_class = row.get("sop_class_uid", "")
+    modality = row.get("modality", "").upper()
+    if sop_class == RTSTRUCT_SOP_CLASS or modality == "RTSTRUCT":
+        return "RTSTRUCT"
+    if sop_class in SEG_SOP_CLASSES or modality == "SEG":
+        return "SEG"
+    return ""
+
+
+def find_volume(out: str, key: str) -> str | None:
+    for suffix in STORE_SUFFIXES.values():
+        path = os.path.join(out, "data", key + suffix)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
+                  rois: Sequence[str] | None = None) -> tuple[list[VolumeTask], list[dict]]:
+    """Tasks (one per volume, its objects in objects.csv order) and the rows of objects that reference no
+    converted volume."""
+    out = os.fspath(out)
+    _, objects = load_objects(manifest)
+    tasks: dict[str, VolumeTask] = {}
+    rows: list[dict] = []
+    for obj in objects:
+        kind = object_kind(obj)
+        if not kind:
+            continue
+        source = os.path.abspath(obj["path"])
+        keys = [k for k in obj.get("referenced_series_keys", "").split(";") if k]
+        if not keys:
+            refs = obj.get("referenced_series_uids", "")
+            rows.append(_row("", source, kind, "skipped", "references no series found by the scan"
+                             + (f" (ReferencedSeriesInstanceUID {refs})" if refs else " (no series reference)")))
+            continue
+        for key in keys:
+            volume = find_volume(os.path.abspath(out), key)
+            if volume is None:
+                other = [p for p in (os.path.join(out, "data", key + s) for s in (".npz", ".h5")) if os.path.exists(p)]
+                rows.append(_row("", source, kind, "skipped",
+                                 f"series {key} has no converted Zarr volume in {os.path.join(out, 'data')}"
+                                 + (f" (found {os.path.basename(other[0])}: masks need Zarr)" if other else "")))
+                continue
+            task = tasks.setdefault(volume, VolumeTask(volume, [], list(rois) if rois else None))
+            if all(s.path != source for s in task.sources):
+                task.sources.append(MaskSource(kind, source))
+    return [tasks[v] for v in sorted(tasks)], rows
+
+
+def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
+                            rois: Sequence[str] | None = None, workers: int | None = None,
+                            report: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
+    """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
+    ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``)."""
+    out = os.fspath(out)
+    if not os.path.isdir(out):
+        raise InputError(f"{out}: no such convert output folder")
+    tasks, rows = plan_manifest(manifest, out, rois)
+    workers = default_workers() if workers is None else max(1, workers)
+    if workers == 1 or len(tasks) <= 1:
+        init_worker(threads_per_worker(1))
+    log.info("masks: %d object(s) onto %d volume(s), %d worker(s)", sum(len(t.sources) for t in tasks),
+             len(tasks), workers)
+    with Progress(len(tasks), "masks", unit="volumes", enabled=progress) as bar:
+        for result in imap(masks_for_volume, tasks, min(workers, max(1, len(tasks)))):
+            rows.extend(result)
+            bar.update()
+    write_report(os.fspath(report) if report else os.path.join(out, REPORT_NAME), rows)
+    return rows
+
+
+def write_report(path: str, rows: list[dict]) -> None:
+    """Write ``rows`` as CSV, atomically. Rows of an existing report are kept unless this run redid them: the
+    same volume and object, the same volume and mask name (the mask was replaced), or an object that this run
+    placed (rows without a volume: it found none before)."""
+    kept: list[dict] = []
+    if os.path.isfile(path):
+        pairs = {(r["volume"], r["source"]) for r in rows}
+        names = {(r["volume"], r["mask_name"]) for r in rows if r["mask_name"] and r["status"] != "failed"}
+        sources = {r["source"] for r in rows}
+        try:
+            old = read_csv(path)
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = []
+        kept = [r for r in old if (r.get("volume", ""), r.get("source", "")) not in pairs
+                and (r.get("volume", ""), r.get("mask_name", "")) not in names
+                and not (not r.get("volume") and r.get("source", "") in sources)]
+    write_csv(path, kept + rows, REPORT_COLUMNS)
+
+
+def summarise(rows: Iterable[dict], report: str) -> list[str]:
+    rows = list(rows)
+    counts = defaultdict(int)
+    for row in rows:
+        counts[row["status"]] += 1
+    volumes = len({r["volume"] for r in rows if r["volume"]})
+    lines = [f"masks: {counts['written']} written, {counts['empty']} empty, {counts['skipped']} skipped, "
+             f"{counts['failed']} failed on {volumes} volume(s) -> report {report}"]
+    shown = rows if len(rows) <= PRINT_ALL_ROWS else [r for r in rows if r["status"] == "failed"]
+    for row in shown:
+        what = row["roi_name"] or os.path.basename(row["source"])
+        line = f"  {row['status']:<7} {row['source_kind']:<8} {what}"
+        if row["mask_name"]:
+            line += f" -> masks/{row['mask_name']}: {row['voxels']} voxels, {float(row['volume_ml']):.2f} mL"
+        if row["note"]:
+            line += f" ({row['note']})"
+        lines.append(line)
+    return lines
+
+
+def masks_command(args) -> int:
+    """The ``masks`` subcommand: 0 when nothing failed, 1 when some ROI / object / volume failed."""
+    if args.manifest:
+        if args.volume or args.rtstruct or args.seg:
+            raise InputError("--manifest takes the objects from scan's objects.csv: leave out --volume, "
+                             "--rtstruct and --seg")
+        if not args.out:
+            raise InputError("--manifest needs --out, the convert output folder holding data/<key>.zarr")
+        rows = add_masks_from_manifest(args.manifest, args.out, rois=args.roi, workers=args.workers,
+                                       report=args.report, progress=not args.no_progress)
+        report = args.report or os.path.join(args.out, REPORT_NAME)
+    else:
+        if not args.volume or not (args.rtstruct or args.seg):
+            raise InputError("give --volume with --rtstruct or --seg, or --manifest with --out")
+        rows = add_masks(args.volume, rtstruct=args.rtstruct, seg=args.seg, rois=args.roi, report=args.report)
+        report = args.report or default_report(args.volume)
+    for line in summarise(rows, report):
+        print(line)
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+__all__ = ["add_masks", "add_masks_from_manifest", "masks_command", "masks_for_volume", "plan_manifest",
+           "load_objects", "default_report", "write_report", "VolumeTask", "MaskSource", "REPORT_COLUMNS"]
