@@ -107,9 +107,7 @@ def first_call(benchmarks_enabled) -> dict:
     tiny = [np.array([[0.0, 0.0], [3.0, 1.0], [1.0, 3.0]])]
     measure_first_call(lambda: fill_polygons(tiny, (4, 4)), fill_polygons_2d, COMPILE,
                        COLD_COMPILE_CODE if benchmarks_enabled else None)
-    print(f"\nvoxelpipe numba: first call {COMPILE['first_call_seconds']:.2f} s "
-          f"(from disk cache: {COMPILE['loaded_from_disk_cache']}), cold compile "
-          f"{COMPILE.get('cold_compile_seconds')} s")
+    print("\n" + compile_line(COMPILE))
     return dict(COMPILE)
 
 

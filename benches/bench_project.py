@@ -253,10 +253,7 @@ def test_project_eight_angle_mip(benchmark, bench_summary, ct, reference, impl):
 
     if impl == "voxelpipe":
         benchmark.extra_info.update(COMPILE)  # measured by the numba_first_call fixture, before any other call
-        cold = COMPILE.get("cold_compile_seconds")
-        print(f"\nvoxelpipe numba: first call in this process {COMPILE['first_call_seconds']:.2f} s (from disk cache: "
-              f"{COMPILE['loaded_from_disk_cache']}); cold compile, empty cache: "
-              + (f"{cold:.1f} s" if cold is not None else "not measured (benchmarks disabled)"))
+        print("\n" + compile_line(COMPILE))
         fn(ct)  # warm-up on the full volume (first touch of the output buffers, thread pool start)
 
     rounds = ROUNDS[impl]

@@ -84,9 +84,7 @@ def first_call(ct, benchmarks_enabled) -> dict:
     tiny = Volume(np.ascontiguousarray(ct.array[:3, :16, :16]), Geometry((3, 16, 16), SPACING, ORIGIN, AXIAL))
     measure_first_call(lambda: resample(tiny, spacing=NEW_SPACING, fill=FILL), resample_separable, COMPILE,
                        COLD_COMPILE_CODE if benchmarks_enabled else None)
-    print(f"\nvoxelpipe numba: first call {COMPILE['first_call_seconds']:.2f} s "
-          f"(from disk cache: {COMPILE['loaded_from_disk_cache']}), cold compile "
-          f"{COMPILE.get('cold_compile_seconds')} s")
+    print("\n" + compile_line(COMPILE))
     return dict(COMPILE)
 
 

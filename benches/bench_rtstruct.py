@@ -103,9 +103,7 @@ def first_call(nsclc, rois, benchmarks_enabled) -> dict:
 
     measure_first_call(lambda: read_rtstruct_masks(nsclc["rtstruct"], nsclc["geometry"], rois), fill_polygons_3d,
                        COMPILE, COLD_COMPILE_CODE if benchmarks_enabled else None)
-    print(f"\nvoxelpipe numba: first call {COMPILE['first_call_seconds']:.2f} s "
-          f"(from disk cache: {COMPILE['loaded_from_disk_cache']}), cold compile "
-          f"{COMPILE.get('cold_compile_seconds')} s")
+    print("\n" + compile_line(COMPILE))
     if benchmarks_enabled:  # where voxelpipe's time goes (median of 5, untimed by pytest-benchmark)
         import pydicom
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
+from .volume import _json_default
 
 MASKS_GROUP = "masks"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -175,10 +176,3 @@ def remove_tree(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path)
 
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

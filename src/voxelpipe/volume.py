@@ -100,6 +100,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int,
 
 
 def _json_default(value):
+    """``json.dumps`` default for numpy values in attributes."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

@@ -379,6 +379,17 @@ def _group_value(item, shared, sequence: str, keyword: str):
     return None
 
 
+def _distinct_values(per_frame, shared, sequence: str, keyword: str) -> dict:
+    """Each distinct value of ``sequence > keyword`` over the frames (per-frame, else shared groups), with the
+    first frame index that has it: ``{value as strings: (frame index, value)}``."""
+    values: dict = {}
+    for i, item in enumerate(per_frame):
+        value = _group_value(item, shared, sequence, keyword)
+        if value is not None:
+            values.setdefault(tuple(str(v) for v in value), (i, value))
+    return values
+
+
 def _min_step(geometry: Geometry) -> float:
     if len(geometry.slice_positions) > 1:
         return float(np.min(np.abs(np.diff(geometry.slice_positions))))
@@ -394,11 +405,7 @@ def _check_grid(path: str, ds, shared, per_frame, geometry: Geometry, notes: lis
                            "(placing a SEG needs the volume's grid; resample one onto the other first)")
     extent = max(rows, cols) - 1
     volume_iop = np.concatenate([geometry.direction[:, 2], geometry.direction[:, 1]])
-    orientations = {}
-    for i, item in enumerate(per_frame):
-        value = _group_value(item, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
-        if value is not None:
-            orientations.setdefault(tuple(str(v) for v in value), (i, value))
+    orientations = _distinct_values(per_frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
     if not orientations:
         notes.append("no PlaneOrientationSequence: orientation not checked")
     for i, value in orientations.values():
@@ -411,11 +418,7 @@ def _check_grid(path: str, ds, shared, per_frame, geometry: Geometry, notes: lis
                                      f"{i + 1}", list(value),
                                f"the volume's orientation is {np.round(volume_iop, 6).tolist()} (moves pixels by "
                                f"up to {worst:.3g} px): the SEG is on another grid; placing does not resample")
-    spacings = {}
-    for i, item in enumerate(per_frame):
-        value = _group_value(item, shared, "PixelMeasuresSequence", "PixelSpacing")
-        if value is not None:
-            spacings.setdefault(tuple(str(v) for v in value), (i, value))
+    spacings = _distinct_values(per_frame, shared, "PixelMeasuresSequence", "PixelSpacing")
     if not spacings:
         notes.append("no PixelMeasuresSequence PixelSpacing: pixel spacing not checked")
     volume_spacing = geometry.spacing[1:3]

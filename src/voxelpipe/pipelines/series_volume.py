@@ -26,7 +26,7 @@ from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_
 from ..rescale import output_dtype, rescale
 from ..stores.hdf5_store import Hdf5VolumeWriter
 from ..stores.npz_store import NpzVolumeWriter
-from ..stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter, remove
+from ..stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter
 from ..tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
