@@ -1,7 +1,8 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
-Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``
-(heavier modules load on first use); ``voxelpipe.reorient.reorient`` and ``voxelpipe.resample.resample`` live in
+Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``,
+``Mask``/``write_masks``/``open_masks``, ``fill_polygons`` (heavier modules load on first use); training batches come
+from ``voxelpipe.reader``; ``voxelpipe.reorient.reorient`` and ``voxelpipe.resample.resample`` live in
 modules of the same name.
 """
 from ._version import __version__
@@ -16,6 +17,10 @@ _LAZY = {
     "save_volume": ("voxelpipe.volume", "save_volume"),
     "resample_to": ("voxelpipe.resample", "resample_to"),
     "project": ("voxelpipe.projection", "project"),
+    "Mask": ("voxelpipe.masks", "Mask"),
+    "write_masks": ("voxelpipe.masks", "write_masks"),
+    "open_masks": ("voxelpipe.masks", "open_masks"),
+    "fill_polygons": ("voxelpipe.polygon", "fill_polygons"),
 }
 
 __all__ = ["__version__", "VoxelpipeError", "ScanResult", "scan", *_LAZY]
