@@ -259,13 +259,13 @@ def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
     if not os.path.isdir(out):
         raise InputError(f"{out}: no such convert output folder")
     tasks, rows = plan_manifest(manifest, out, rois)
-    workers = default_workers() if workers is None else max(1, workers)
-    if workers == 1 or len(tasks) <= 1:
+    workers = min(default_workers() if workers is None else max(1, workers), max(1, len(tasks)))
+    if workers == 1:
         init_worker(threads_per_worker(1))
     log.info("masks: %d object(s) onto %d volume(s), %d worker(s)", sum(len(t.sources) for t in tasks),
              len(tasks), workers)
     with Progress(len(tasks), "masks", unit="volumes", enabled=progress) as bar:
-        for result in imap(masks_for_volume, tasks, min(workers, max(1, len(tasks)))):
+        for result in imap(masks_for_volume, tasks, workers):
             rows.extend(result)
             bar.update()
     write_report(os.fspath(report) if report else os.path.join(out, REPORT_NAME), rows)
