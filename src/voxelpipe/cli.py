@@ -178,6 +178,55 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
     masks.set_defaults(func=_run_masks)
 
+    suv = commands.add_parser("suv", help="PET body-weight SUV factor and its audit record, as JSON per series")
+    suv.add_argument("paths", nargs="+", metavar="PET_FILE_OR_DIR", help="PET DICOM files or folders")
+    suv.set_defaults(func=_run_suv)
+
+    index = commands.add_parser("petct-index", help="find PET/CT studies (CT, PET, mask) in a project folder")
+    index.add_argument("project", help="project folder: <patient>/<study>/ holding DICOM series or sub-folders")
+    index.add_argument("--out", required=True, help="index CSV of complete studies (the incomplete ones go to "
+                       "<out stem>_incomplete.csv with what is missing)")
+    index.add_argument("--export-zip", default=None, metavar="ZIP", help="also write the studies as zipped NIfTI "
+                       "(<hash>/<hash>_ct.nii.gz, _petsuv.nii.gz, _mask.nii.gz)")
+    index.add_argument("--mapping", default=None, help="write the private subject-ID mapping here (CSV)")
+    index.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    index.set_defaults(func=_run_petct_index)
+
+    petct = commands.add_parser("petct", help="PET/CT preparation: SUV, reorient, resample to the CT grid, "
+                                "iso-contour masks, normalised HDF5/Zarr per subject")
+    petct.add_argument("source", help="INDEX.csv from petct-index, or project.zip in the zipped NIfTI form")
+    petct.add_argument("--out", required=True, help="OUT.h5 or OUT.zarr (reruns skip subjects already present)")
+    petct.add_argument("--shape", type=_chunks, default=None, help="output grid X,Y,Z voxels")
+    petct.add_argument("--spacing", type=_floats3, default=None, help="output spacing X,Y,Z mm")
+    petct.add_argument("--orientation", default="LAS", help="axis codes of the output arrays (default LAS)")
+    petct.add_argument("--iso", type=float, default=0.41, help="mask_iso: fraction of each lesion's SUVmax "
+                       "(default 0.41, EANM)")
+    petct.add_argument("--iso-suv", type=float, default=None, help="mask_iso: absolute SUV threshold instead")
+    petct.add_argument("--ct-window", type=_floats2, default=(-1000.0, 1000.0), help="CT HU clip range "
+                       "LOW,HIGH scaled to [0, 1] (default -1000,1000)")
+    petct.add_argument("--suv-window", type=_floats2, default=(0.0, 20.0), help="SUV clip range LOW,HIGH "
+                       "scaled to [0, 1] (default 0,20)")
+    petct.add_argument("--roi", nargs="+", default=None, help="mask ROI / segment names to use (default: all)")
+    petct.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    petct.set_defaults(func=_run_petct)
+
+    merge = commands.add_parser("merge", help="merge subject files (HDF5 or Zarr) of petct into one")
+    merge.add_argument("inputs", nargs="+", help="input .h5 / .zarr files")
+    merge.add_argument("--out", required=True, help="merged .h5 / .zarr")
+    merge.add_argument("--on-duplicate", default="error", choices=["error", "skip"],
+                       help="a subject key in several inputs: error (default) or keep the first")
+    merge.set_defaults(func=_run_merge)
+
+    project2d = commands.add_parser("project-2d", help="rotated MIPs of every subject of a petct file into a "
+                                    "2-D file, with the mask projections")
+    project2d.add_argument("source", help="petct output .h5 / .zarr")
+    project2d.add_argument("--out", required=True, help="2-D output .h5 / .zarr")
+    project2d.add_argument("--angles", default="0:360:45", help="degrees: a list 0,45,90 or start:stop:step "
+                           "(default 0:360:45)")
+    project2d.add_argument("--axis", default="S", choices=["S", "A", "L"], help="rotation axis (default S)")
+    project2d.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    project2d.set_defaults(func=_run_project_2d)
+
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
     demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
@@ -205,6 +254,13 @@ def _chunks(text: str) -> tuple[int, int, int]:
 def _floats3(text: str) -> tuple[float, float, float]:
     parts = tuple(float(v) for v in text.split(","))
     if len(parts) != 3 or min(parts) <= 0:
+        raise ValueError(text)
+    return parts
+
+
+def _floats2(text: str) -> tuple[float, float]:
+    parts = tuple(float(v) for v in text.split(","))
+    if len(parts) != 2 or not parts[0] < parts[1]:
         raise ValueError(text)
     return parts
 
@@ -268,6 +324,36 @@ def _run_masks(args: argparse.Namespace) -> int:
     from .pipelines.masks import masks_command
 
     return masks_command(args)
+
+
+def _run_suv(args: argparse.Namespace) -> int:
+    from .pipelines.suv import suv_command
+
+    return suv_command(args)
+
+
+def _run_petct_index(args: argparse.Namespace) -> int:
+    from .pipelines.petct_index import petct_index_command
+
+    return petct_index_command(args)
+
+
+def _run_petct(args: argparse.Namespace) -> int:
+    from .pipelines.petct import petct_command
+
+    return petct_command(args)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .pipelines.merge import merge_command
+
+    return merge_command(args)
+
+
+def _run_project_2d(args: argparse.Namespace) -> int:
+    from .pipelines.project2d import project_2d_command
+
+    return project_2d_command(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
