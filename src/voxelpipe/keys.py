@@ -19,3 +19,23 @@ def series_key(series_uid: str, secret: str | None = None) -> str:
     else:
         digest = hashlib.sha256(data).hexdigest()
     return digest[:KEY_LENGTH]
+
+
+SUBJECT_PATIENT_HEX = 7
+SUBJECT_STUDY_HEX = 3
+
+
+def _digest(text: str, secret: str | None) -> str:
+    data = text.encode("utf-8")
+    if secret:
+        return hmac.new(secret.encode("utf-8"), data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+def subject_id(patient: str, study_uid: str, secret: str | None = None) -> str:
+    """Pseudonymous subject ID of one study: the first 7 hex characters of SHA-256(patient) followed by the
+    last 3 of SHA-256(study_uid) (UTF-8 bytes), e.g. ``3f9a0c1e7b``. With ``secret`` (default: the
+    ``VOXELPIPE_KEY_SECRET`` environment variable) both digests are HMAC-SHA-256 keyed with it, so the IDs
+    cannot be recomputed from a patient list without the secret."""
+    secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
+    return _digest(str(patient), secret)[:SUBJECT_PATIENT_HEX] + _digest(str(study_uid), secret)[-SUBJECT_STUDY_HEX:]

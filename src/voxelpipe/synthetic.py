@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 ROOT_UID = "1.2.826.0.1.3680043.10.1492."  # voxelpipe synthetic data
@@ -104,12 +105,13 @@ def slice_geometry(spec: SeriesSpec, index: int) -> tuple[list[float], list[floa
 
 
 def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, names: str = "instance",
-                 skip: Sequence[int] = (), duplicate: Sequence[int] = (), hu: np.ndarray | None = None) -> list[str]:
+                 skip: Sequence[int] = (), duplicate: Sequence[int] = (), hu: np.ndarray | None = None,
+                 tags: dict | None = None) -> list[str]:
     """Write one series as single-frame DICOM files into ``folder``; return the paths in slice order.
 
     ``names``: ``instance`` (IM0001.dcm ...) or ``shuffled`` (random names, no extension).
     ``skip``: slice indices left out (missing slices); ``duplicate``: slice indices written twice.
-    ``hu``: the HU volume to store (default: the phantom).
+    ``hu``: the HU volume to store (default: the phantom). ``tags``: extra keyword → value set on every file.
     """
     spec = spec or SeriesSpec()
     os.makedirs(folder, exist_ok=True)
@@ -117,6 +119,8 @@ def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, n
     stored = np.round((volume.astype(np.float64) - spec.intercept) / spec.slope).astype(np.int16)
     rng = np.random.default_rng(spec.seed + 1)
     base = _base_dataset(spec)
+    for keyword, value in (tags or {}).items():
+        setattr(base, keyword, value)
     paths = []
     copies = [i for i in range(spec.n_slices) if i not in set(skip)] + list(duplicate)
     for number, index in enumerate(sorted(copies), start=1):
@@ -165,3 +169,440 @@ def write_demo_study(folder: str | os.PathLike) -> dict[str, list[str]]:
              "ct_5mm": write_series(os.path.join(folder, "ct_5mm"), thick)}
     files["localizer"] = [write_localizer(os.path.join(folder, "ct"), ct)]
     return files
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PET/CT studies: a CT and a PET series of the same phantom with hot spheres, plus an RTSTRUCT or SEG mask
+# ----------------------------------------------------------------------------------------------------------
+PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
+RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+F18_HALF_LIFE_S = 6586.2
+
+PET_ORIENTATIONS = {  # ImageOrientationPatient shortcuts for the PET
+    "axial": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "flipped": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),  # rows run right→left and columns anterior←posterior
+    "rotated": (math.cos(math.radians(15)), math.sin(math.radians(15)), 0.0,
+                -math.sin(math.radians(15)), math.cos(math.radians(15)), 0.0),  # 15° in-plane rotation
+}
+
+
+def grid_lps(ipp0: Sequence[float], iop: Sequence[float], spacing: Sequence[float],
+             shape: Sequence[int]) -> np.ndarray:
+    """LPS centres (shape + (3,)) of the voxels of an evenly spaced series: slice k starts at
+    ipp0 + k·spacing[0]·normal; row r adds r·spacing[1]·column cosine, column c adds c·spacing[2]·row cosine."""
+    row_cos = np.asarray(iop[:3], dtype=np.float64)
+    col_cos = np.asarray(iop[3:6], dtype=np.float64)
+    normal = np.cross(row_cos, col_cos)
+    k, r, c = (np.arange(n, dtype=np.float64) for n in shape)
+    return (np.asarray(ipp0, dtype=np.float64)
+            + (k * spacing[0])[:, None, None, None] * normal
+            + (r * spacing[1])[None, :, None, None] * col_cos
+            + (c * spacing[2])[None, None, :, None] * row_cos)
+
+
+def body_masks(lps: np.ndarray, centre: Sequence[float], half_width: float, half_height: float) -> tuple:
+    """(body, lungs, spine) boolean masks of the phantom at LPS points, as ``phantom_hu`` draws them for a
+    grid centred on ``centre`` (x, y) with half extents ``half_width`` (x) and ``half_height`` (y)."""
+    x = (lps[..., 0] - centre[0]) / half_width
+    y = (lps[..., 1] - centre[1]) / half_height
+    body = (x / 0.9) ** 2 + (y / 0.7) ** 2 <= 1
+    lungs = (((x - 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 <= 1) | (((x + 0.4) / 0.3) ** 2 + (y / 0.45) ** 2 <= 1)
+    spine = (x / 0.12) ** 2 + ((y - 0.45) / 0.12) ** 2 <= 1
+    return body, lungs & body, spine
+
+
+def sphere_contours(centre: Sequence[float], radius: float, plane_z: Sequence[float],
+                    n_points: int = 48) -> list[np.ndarray]:
+    """Closed planar (N, 3) LPS contours of a sphere on axial planes at the given z (mm): one circle per plane
+    that cuts the sphere; the polygon circumscribes the circle so the pixel-centre fill matches the sphere."""
+    out = []
+    angles = 2 * np.pi * np.arange(n_points) / n_points
+    for z in plane_z:
+        dz = float(z) - centre[2]
+        if abs(dz) >= radius:
+            continue
+        r = math.sqrt(radius ** 2 - dz ** 2) / math.cos(math.pi / n_points)
+        out.append(np.column_stack([centre[0] + r * np.cos(angles), centre[1] + r * np.sin(angles),
+                                    np.full(n_points, float(z))]))
+    return out
+
+
+def write_rtstruct(path: str | os.PathLike, ct_datasets_or_paths: Sequence, rois: dict[str, list[np.ndarray]],
+                   *, label: str = "synthetic", colors: dict[str, tuple[int, int, int]] | None = None) -> str:
+    """An RT Structure Set for the image series given as pydicom datasets or file paths: ``rois`` maps ROI name →
+    list of closed planar (N, 3) LPS contours. Each contour references the image whose plane it lies in."""
+    refs = [d if isinstance(d, Dataset) else _read_header(d) for d in ct_datasets_or_paths]
+    ref = refs[0]
+    iop = [float(v) for v in ref.ImageOrientationPatient]
+    normal = np.cross(iop[:3], iop[3:6])
+    positions = np.array([float(np.asarray([float(v) for v in d.ImagePositionPatient]) @ normal) for d in refs])
+    frame_uid = str(ref.FrameOfReferenceUID)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
+    uid = generate_uid(ROOT_UID)
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = RTSTRUCT_STORAGE
+    ds.SOPInstanceUID = uid
+    ds.Modality = "RTSTRUCT"
+    ds.PatientName = getattr(ref, "PatientName", "")
+    ds.PatientID = getattr(ref, "PatientID", "")
+    ds.StudyDate = getattr(ref, "StudyDate", "")
+    ds.StudyInstanceUID = ref.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid(ROOT_UID)
+    ds.SeriesNumber = 99
+    ds.StructureSetLabel = label
+    images = []
+    for d in refs:
+        image = Dataset()
+        image.ReferencedSOPClassUID = d.SOPClassUID
+        image.ReferencedSOPInstanceUID = d.SOPInstanceUID
+        images.append(image)
+    series = Dataset()
+    series.SeriesInstanceUID = ref.SeriesInstanceUID
+    series.ContourImageSequence = DicomSequence(images)
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = ref.StudyInstanceUID
+    study.RTReferencedSeriesSequence = DicomSequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_uid
+    frame.RTReferencedStudySequence = DicomSequence([study])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    ds.StructureSetROISequence = DicomSequence()
+    ds.ROIContourSequence = DicomSequence()
+    ds.RTROIObservationsSequence = DicomSequence()
+    for number, (name, contours) in enumerate(rois.items(), start=1):
+        item = Dataset()
+        item.ROINumber = number
+        item.ReferencedFrameOfReferenceUID = frame_uid
+        item.ROIName = name
+        item.ROIGenerationAlgorithm = "MANUAL"
+        ds.StructureSetROISequence.append(item)
+        contour_item = Dataset()
+        contour_item.ROIDisplayColor = list((colors or {}).get(name, (255, 0, 0)))
+        contour_item.ReferencedROINumber = number
+        contour_item.ContourSequence = DicomSequence()
+        for points in contours:
+            points = np.asarray(points, dtype=np.float64)
+            nearest = int(np.argmin(np.abs(positions - float(points[0] @ normal))))
+            contour = Dataset()
+            image = Dataset()
+            image.ReferencedSOPClassUID = refs[nearest].SOPClassUID
+            image.ReferencedSOPInstanceUID = refs[nearest].SOPInstanceUID
+            contour.ContourImageSequence = DicomSequence([image])
+            contour.ContourGeometricType = "CLOSED_PLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourData = [f"{v:.4f}" for v in points.ravel()]
+            contour_item.ContourSequence.append(contour)
+        ds.ROIContourSequence.append(contour_item)
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.RTROIInterpretedType = "GTV"
+        observation.ROIInterpreter = ""
+        ds.RTROIObservationsSequence.append(observation)
+    ds.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)
+
+
+def write_seg(path: str | os.PathLike, ct_datasets_or_paths: Sequence, masks: dict[str, np.ndarray]) -> str:
+    """A BINARY DICOM SEG on the grid of the image series (datasets or paths, in slice order): ``masks`` maps
+    segment label → boolean (slice, row, column) array of that grid. One frame per segment per non-empty slice."""
+    refs = [d if isinstance(d, Dataset) else _read_header(d) for d in ct_datasets_or_paths]
+    ref = refs[0]
+    sop_uid = generate_uid(ROOT_UID)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = SEG_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = SEG_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "SEG"
+    ds.PatientName = getattr(ref, "PatientName", "")
+    ds.PatientID = getattr(ref, "PatientID", "")
+    ds.StudyInstanceUID = ref.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid(ROOT_UID)
+    ds.SeriesNumber = 98
+    ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
+    ds.SegmentationType = "BINARY"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(ref.Rows), int(ref.Columns)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    referenced = Dataset()
+    referenced.SeriesInstanceUID = ref.SeriesInstanceUID
+    referenced.ReferencedInstanceSequence = DicomSequence()
+    for d in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = d.SOPClassUID
+        item.ReferencedSOPInstanceUID = d.SOPInstanceUID
+        referenced.ReferencedInstanceSequence.append(item)
+    ds.ReferencedSeriesSequence = DicomSequence([referenced])
+    segments, per_frame, frames = [], [], []
+    for number, (label, mask) in enumerate(masks.items(), start=1):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = label
+        item.SegmentAlgorithmType = "MANUAL"
+        for keyword, meaning in (("SegmentedPropertyCategoryCodeSequence", "Morphologically Altered Structure"),
+                                 ("SegmentedPropertyTypeCodeSequence", "Neoplasm")):
+            code = Dataset()
+            code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "49755003", "SCT", meaning
+            setattr(item, keyword, DicomSequence([code]))
+        segments.append(item)
+        for k in range(mask.shape[0]):
+            if not mask[k].any():
+                continue
+            frame = Dataset()
+            ident = Dataset()
+            ident.ReferencedSegmentNumber = number
+            frame.SegmentIdentificationSequence = DicomSequence([ident])
+            position = Dataset()
+            position.ImagePositionPatient = list(refs[k].ImagePositionPatient)
+            frame.PlanePositionSequence = DicomSequence([position])
+            source = Dataset()
+            source.ReferencedSOPClassUID = refs[k].SOPClassUID
+            source.ReferencedSOPInstanceUID = refs[k].SOPInstanceUID
+            derivation = Dataset()
+            derivation.SourceImageSequence = DicomSequence([source])
+            frame.DerivationImageSequence = DicomSequence([derivation])
+            per_frame.append(frame)
+            frames.append(np.asarray(mask[k], dtype=bool))
+    ds.SegmentSequence = DicomSequence(segments)
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = list(ref.ImageOrientationPatient)
+    measures = Dataset()
+    measures.PixelSpacing = list(ref.PixelSpacing)
+    measures.SliceThickness = ref.SliceThickness
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    stack = np.stack(frames) if frames else np.zeros((0, ds.Rows, ds.Columns), bool)
+    data = np.packbits(stack.ravel(), bitorder="little").tobytes()
+    ds.PixelData = data + b"\0" * (len(data) % 2)
+    ds.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)
+
+
+def _read_header(path) -> Dataset:
+    import pydicom
+
+    return pydicom.dcmread(os.fspath(path), stop_before_pixels=True)
+
+
+def suv_factor_expected(weight_kg: float, dose_bq: float, uptake_s: float, half_life_s: float = F18_HALF_LIFE_S,
+                        decay_correction: str = "START") -> float:
+    """SUVbw factor (g/Bq → SUV = Bq/ml × factor, 1 ml = 1 g): START decays the dose to the series start,
+    ADMIN does not decay it."""
+    dose = dose_bq * (0.5 ** (uptake_s / half_life_s) if decay_correction.upper() == "START" else 1.0)
+    return weight_kg * 1000.0 / dose
+
+
+def write_petct_study(folder: str | os.PathLike, *, ct_shape: Sequence[int] = (40, 64, 64),
+                      ct_spacing: Sequence[float] = (2.5, 0.8, 0.8), pet_shape: Sequence[int] = (30, 32, 32),
+                      pet_spacing: Sequence[float] = (3.5, 2.0, 2.0), seed: int = 0, pet_units: str = "BQML",
+                      decay_correction: str = "START", mask: str = "RTSTRUCT",
+                      sphere_lps: Sequence[float] = (6.0, -3.0, 4.0), sphere_radius_mm: float = 7.0,
+                      sphere_suv: float = 10.0, background_suv: float = 1.5, lung_suv: float = 0.4,
+                      extra_spheres: Sequence[tuple[Sequence[float], float, float]] = (),
+                      pet_offset: Sequence[float] = (3.3, -2.1, 1.7), pet_orientation: str | Sequence[float] = "axial",
+                      pet_descending: bool = True, patient_id: str = "VP-PETCT-001",
+                      patient_name: str = "Synthetic^PETCT", study_uid: str | None = None,
+                      patient_weight: float | None = 75.0, dose_bq: float = 370e6, uptake_s: float = 3600.0,
+                      half_life_s: float = F18_HALF_LIFE_S, roi_name: str = "GTV",
+                      ct_sphere_hu: float = 120.0) -> dict:
+    """Write a PET/CT study of the phantom with a hot sphere into ``folder``: ``CT/IM*.dcm``, ``PT/IM*.dcm`` and
+    ``RTSTRUCT.dcm`` (``mask="RTSTRUCT"``: ROI ``roi_name`` with the spheres' contours on the CT slices),
+    ``SEG.dcm`` (``mask="SEG"``: one segment on the CT grid) or no mask (``"none"``).
+
+    The CT grid is centred on LPS (0, 0, 0) (axial, ``ct_shape`` (slices, rows, columns), ``ct_spacing``); the
+    spheres (``sphere_lps``, ``sphere_radius_mm``; ``extra_spheres``: (lps, radius, suv) each) have
+    ``ct_sphere_hu`` in the CT. The PET grid (``pet_shape``, ``pet_spacing``) is centred on the CT centre +
+    ``pet_offset`` (mm), with ImageOrientationPatient ``pet_orientation`` (a key of ``PET_ORIENTATIONS`` or six
+    cosines); ``pet_descending`` writes the PET files head first. PET voxels hold SUV ``sphere_suv`` in the
+    sphere, ``background_suv`` in soft tissue, ``lung_suv`` in the lungs, 0 in air — evaluated at each voxel
+    centre — stored as activity (Bq/ml for BQML) = SUV / factor with a per-slice RescaleSlope; ``pet_units``
+    ``GML`` stores SUV itself, ``CNTS`` stores counts with the Philips private SUV scale factor (7053,1000) and
+    activity scale (7053,1009); any other units string is written as is (for error tests).
+    ``patient_weight=None`` leaves PatientWeight out. Times: injection 10:00:00, series start 10:00 + uptake.
+
+    Returns a dict: folder, ct_dir, pet_dir, ct_files, pet_files (slice order as written), mask_kind,
+    mask_path, study_uid, ct_series_uid, pet_series_uid, frame_of_reference_uid, patient_id, sphere_lps,
+    sphere_radius_mm, sphere_suv, spheres (list of (lps, radius, suv)), suv_factor (expected SUV per Bq/ml),
+    pet_iop, pet_ipp0, pet_spacing, pet_shape, ct_iop, ct_ipp0, ct_spacing, ct_shape, pet_slopes (per PET slice,
+    ascending position), ct_sphere_mask (bool, CT grid: voxels at ``ct_sphere_hu``) and pet_suv (float64, PET
+    grid in ascending slice position: the exact SUV of every voxel centre).
+    """
+    import datetime
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    study_uid = study_uid or generate_uid(ROOT_UID, entropy_srcs=[patient_id, str(seed), "petct study"])
+    spheres = [(tuple(float(v) for v in sphere_lps), float(sphere_radius_mm), float(sphere_suv))]
+    spheres += [(tuple(float(v) for v in c), float(r), float(s)) for c, r, s in extra_spheres]
+
+    # CT: axial, centred on (0, 0, 0)
+    n, rows, cols = (int(v) for v in ct_shape)
+    ct_origin = (-(cols - 1) / 2 * ct_spacing[2], -(rows - 1) / 2 * ct_spacing[1], -(n - 1) / 2 * ct_spacing[0])
+    ct_spec = SeriesSpec(n_slices=n, rows=rows, columns=cols, spacing=tuple(float(v) for v in ct_spacing),
+                         origin=tuple(round(v, 6) for v in ct_origin), patient_id=patient_id, study_uid=study_uid,
+                         series_uid=generate_uid(ROOT_UID), series_description="synthetic PET/CT CT", seed=seed)
+    ct_iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    half = (cols / 2 * ct_spacing[2], rows / 2 * ct_spacing[1])
+    centre_xy = (ct_origin[0] + cols / 2 * ct_spacing[2], ct_origin[1] + rows / 2 * ct_spacing[1])
+    hu = phantom_hu(n, rows, cols, seed)
+    # axial CT: voxel (k, r, c) at origin + (c·dx, r·dy, k·dz); distances are separable (no (n, rows, cols, 3))
+    zs = ct_spec.origin[2] + np.arange(n) * ct_spec.spacing[0]
+    ys = ct_spec.origin[1] + np.arange(rows) * ct_spec.spacing[1]
+    xs = ct_spec.origin[0] + np.arange(cols) * ct_spec.spacing[2]
+    ct_sphere_mask = np.zeros((n, rows, cols), dtype=bool)
+    for centre, radius, _ in spheres:
+        ct_sphere_mask |= (((zs - centre[2]) ** 2)[:, None, None] + ((ys - centre[1]) ** 2)[None, :, None]
+                           + ((xs - centre[0]) ** 2)[None, None, :]) <= radius ** 2
+    hu[ct_sphere_mask] = int(round(ct_sphere_hu))
+    ct_files = write_series(os.path.join(folder, "CT"), ct_spec, hu=hu,
+                            tags={"PatientName": patient_name, "StudyTime": "095000", "SeriesTime": "105500",
+                                  "AcquisitionTime": "105500"})
+    frame_uid = generate_uid(ROOT_UID, entropy_srcs=[study_uid, "frame of reference"])
+
+    # PET grid
+    iop = PET_ORIENTATIONS[pet_orientation] if isinstance(pet_orientation, str) else tuple(pet_orientation)
+    iop = tuple(float(v) for v in iop)
+    row_cos, col_cos = np.asarray(iop[:3]), np.asarray(iop[3:])
+    normal = np.cross(row_cos, col_cos)
+    pn, prow, pcol = (int(v) for v in pet_shape)
+    ct_centre = np.asarray(ct_origin) + np.array([(cols - 1) / 2 * ct_spacing[2], (rows - 1) / 2 * ct_spacing[1],
+                                                  (n - 1) / 2 * ct_spacing[0]])
+    centre = ct_centre + np.asarray(pet_offset, dtype=np.float64)
+    ipp0 = (centre - normal * (pn - 1) / 2 * pet_spacing[0] - col_cos * (prow - 1) / 2 * pet_spacing[1]
+            - row_cos * (pcol - 1) / 2 * pet_spacing[2])
+    ipp0 = np.round(ipp0, 4)
+    suv = np.zeros((pn, prow, pcol), dtype=np.float64)
+    for k in range(pn):  # one slice at a time: no (slices, rows, columns, 3) array for big grids
+        lps = grid_lps(ipp0 + k * pet_spacing[0] * normal, iop, pet_spacing, (1, prow, pcol))[0]
+        body, lungs, _ = body_masks(lps, centre_xy, half[0], half[1])
+        plane = np.where(body, background_suv, 0.0)
+        plane[lungs] = lung_suv
+        for c, radius, value in spheres:
+            plane[np.sum((lps - np.asarray(c)) ** 2, axis=-1) <= radius ** 2] = value
+        z = lps[..., 2]  # z extent of the phantom: the CT's slab
+        plane[(z < ct_origin[2] - ct_spacing[0] / 2) | (z > ct_origin[2] + (n - 0.5) * ct_spacing[0])] = 0.0
+        suv[k] = plane
+
+    weight = patient_weight if patient_weight is not None else 75.0
+    units = pet_units.upper()
+    if units == "GML":
+        factor = 1.0
+    else:
+        factor = suv_factor_expected(weight, dose_bq, uptake_s, half_life_s, decay_correction)
+    activity = suv / factor  # Bq/ml (or g/ml for GML)
+    counts_scale = 0.25  # CNTS: Bq/ml = counts × this (activity scale factor)
+    values = activity / counts_scale if units == "CNTS" else activity
+
+    injection = datetime.datetime(2026, 1, 1, 10, 0, 0)
+    start = injection + datetime.timedelta(seconds=uptake_s)
+    pet_series_uid = generate_uid(ROOT_UID)
+    pet_dir = os.path.join(folder, "PT")
+    os.makedirs(pet_dir, exist_ok=True)
+    spec = SeriesSpec(n_slices=pn, rows=prow, columns=pcol, spacing=tuple(float(v) for v in pet_spacing),
+                      modality="PT", series_description="synthetic PET/CT PET", series_number=3,
+                      patient_id=patient_id, study_uid=study_uid, series_uid=pet_series_uid)
+    base = _base_dataset(spec)
+    base.file_meta.MediaStorageSOPClassUID = PET_STORAGE
+    base.SOPClassUID = PET_STORAGE
+    base.ImageType = ["ORIGINAL", "PRIMARY"]
+    base.PatientName = patient_name
+    base.FrameOfReferenceUID = frame_uid
+    del base.RescaleType
+    base.StudyTime = "095000"
+    base.SeriesDate = start.strftime("%Y%m%d")
+    base.SeriesTime = start.strftime("%H%M%S")
+    base.AcquisitionDate = start.strftime("%Y%m%d")
+    base.AcquisitionTime = start.strftime("%H%M%S")
+    if patient_weight is not None:
+        base.PatientWeight = f"{patient_weight:g}"
+    base.PatientSize = "1.75"
+    base.PatientSex = "O"
+    base.Units = pet_units
+    base.DecayCorrection = decay_correction
+    base.CorrectedImage = ["DECY", "ATTN", "SCAT"] if decay_correction.upper() != "NONE" else ["ATTN", "SCAT"]
+    base.CountsSource = "EMISSION"
+    base.SeriesType = ["WHOLE BODY", "IMAGE"]
+    base.NumberOfSlices = pn
+    base.ActualFrameDuration = 120000
+    base.FrameReferenceTime = 0
+    base.DecayFactor = "1"
+    base.RescaleIntercept = "0"
+    drug = Dataset()
+    drug.Radiopharmaceutical = "Fluorodeoxyglucose"
+    drug.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S.%f")
+    drug.RadiopharmaceuticalStartDateTime = injection.strftime("%Y%m%d%H%M%S.%f")
+    drug.RadionuclideTotalDose = f"{dose_bq:.10g}"
+    drug.RadionuclideHalfLife = f"{half_life_s:g}"
+    drug.RadionuclidePositronFraction = "0.9673"
+    nuclide = Dataset()
+    nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+    drug.RadionuclideCodeSequence = DicomSequence([nuclide])
+    base.RadiopharmaceuticalInformationSequence = DicomSequence([drug])
+    if units == "CNTS":
+        block = base.private_block(0x7053, "Philips PET Private Group", create=True)
+        block.add_new(0x00, "DS", f"{factor * counts_scale:.10g}")  # SUV scale factor: SUV = counts × this
+        block.add_new(0x09, "DS", f"{counts_scale:g}")  # activity concentration scale factor: Bq/ml = counts × this
+    pet_files, slopes = [], []
+    order = range(pn - 1, -1, -1) if pet_descending else range(pn)
+    for number, k in enumerate(order, start=1):
+        ds = base.copy()
+        ds.file_meta = base.file_meta.copy()
+        sop_uid = generate_uid(ROOT_UID)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = number
+        ds.ImageIndex = number
+        ipp = ipp0 + k * pet_spacing[0] * normal
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
+        ds.SliceLocation = f"{ipp[2]:.4f}"
+        peak = float(values[k].max())
+        slope = float(f"{peak / 32000.0:.8g}") if peak > 0 else 1.0
+        ds.RescaleSlope = f"{slope:.8g}"
+        ds.PixelData = np.round(values[k] / slope).astype(np.int16).tobytes()
+        slopes.append(slope)
+        path = os.path.join(pet_dir, f"IM{number:04d}.dcm")
+        ds.save_as(path, enforce_file_format=True)
+        pet_files.append(path)
+
+    mask_kind = mask.upper() if mask else "NONE"
+    mask_path = ""
+    if mask_kind == "RTSTRUCT":
+        plane_z = [float(ct_origin[2] + k * ct_spacing[0]) for k in range(n)]
+        contours = [c for centre_, radius, _ in spheres for c in sphere_contours(centre_, radius, plane_z)]
+        mask_path = write_rtstruct(os.path.join(folder, "RTSTRUCT.dcm"), ct_files, {roi_name: contours})
+    elif mask_kind == "SEG":
+        mask_path = write_seg(os.path.join(folder, "SEG.dcm"), ct_files, {roi_name: ct_sphere_mask})
+    elif mask_kind != "NONE":
+        raise ValueError(f"mask={mask!r}: expected RTSTRUCT, SEG or none")
+    return {
+        "folder": folder, "ct_dir": os.path.join(folder, "CT"), "pet_dir": pet_dir, "ct_files": ct_files,
+        "pet_files": pet_files, "mask_kind": mask_kind, "mask_path": mask_path, "study_uid": study_uid,
+        "ct_series_uid": ct_spec.series_uid, "pet_series_uid": pet_series_uid, "frame_of_reference_uid": frame_uid,
+        "patient_id": patient_id, "patient_name": patient_name, "sphere_lps": spheres[0][0],
+        "sphere_radius_mm": spheres[0][1], "sphere_suv": spheres[0][2], "spheres": spheres,
+        "background_suv": background_suv, "suv_factor": factor, "pet_units": pet_units,
+        "decay_correction": decay_correction, "patient_weight": patient_weight, "dose_bq": dose_bq,
+        "uptake_s": uptake_s, "half_life_s": half_life_s, "pet_iop": iop, "pet_ipp0": ipp0.tolist(),
+        "pet_spacing": tuple(float(v) for v in pet_spacing), "pet_shape": (pn, prow, pcol), "ct_iop": ct_iop,
+        "ct_ipp0": list(ct_spec.origin), "ct_spacing": ct_spec.spacing, "ct_shape": (n, rows, cols),
+        "pet_slopes": slopes[::-1] if pet_descending else slopes, "ct_sphere_mask": ct_sphere_mask,
+        "pet_suv": suv,
+    }

@@ -110,10 +110,25 @@ def _size(path: str) -> int:
         return 0
 
 
-def _convert(task: SeriesTask) -> dict:
-    frames, dropped = _read_frames(task.paths, task.records)
-    layout = _layout(frames)
-    ordered, n_frames, n_slices, frame_tag = layout
+@dataclass
+class SeriesPlan:
+    """A series read and ordered, before any pixel is decoded: what convert writes and read_series loads."""
+
+    ordered: list[Frame]  # frame-major for 4-D: all slices of frame 0, then frame 1, ...
+    n_frames: int
+    n_slices: int
+    frame_tag: str
+    dropped: int
+    geometry: Geometry
+    shape: tuple[int, ...]
+    spacing_source: str
+    dtypes: list[np.dtype]  # output dtypes to try in turn (int16 first when it may fit, then float32)
+
+
+def plan_series(paths: list[str], records: list[FileRecord] | None = None) -> SeriesPlan:
+    """Read the headers of one series, order its frames and work out its geometry and output dtype."""
+    frames, dropped = _read_frames(paths, records)
+    ordered, n_frames, n_slices, frame_tag = _layout(frames)
     first = ordered[0]
     fmt = first.fmt
     ipps = np.array([f.ipp for f in ordered[:n_slices]])  # frame-major order: the first n_slices are frame 0
@@ -123,13 +138,25 @@ def _convert(task: SeriesTask) -> dict:
     slopes = np.array([f.slope for f in ordered])
     intercepts = np.array([f.intercept for f in ordered])
     shape = (n_slices, fmt.rows, fmt.columns) if n_frames == 1 else (n_frames, n_slices, fmt.rows, fmt.columns)
-    attrs = _attrs(task, geometry, first, ordered, n_frames, frame_tag, dropped)
-    attrs["pixel_spacing_source"] = spacing_source
     exact = output_dtype(*_stored_range(fmt), slopes, intercepts)
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
-    for dtype in ([INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]):
+    dtypes = [INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]
+    return SeriesPlan(ordered, n_frames, n_slices, frame_tag, dropped, geometry, shape, spacing_source, dtypes)
+
+
+def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
+    """The attrs convert stores with the volume (geometry, series tags, rescale values, provenance)."""
+    attrs = _attrs(task, plan.geometry, plan.ordered[0], plan.ordered, plan.n_frames, plan.frame_tag, plan.dropped)
+    attrs["pixel_spacing_source"] = plan.spacing_source
+    return attrs
+
+
+def _convert(task: SeriesTask) -> dict:
+    plan = plan_series(task.paths, task.records)
+    attrs = series_attrs(task, plan)
+    for dtype in plan.dtypes:
         try:
-            return _write(task, ordered, shape, n_frames, dtype, attrs, geometry)
+            return _write(task, plan.ordered, plan.shape, plan.n_frames, dtype, attrs, plan.geometry)
         except _DoesNotFit:
             continue
     raise AssertionError("float32 output cannot overflow")
