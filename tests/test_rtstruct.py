@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 import voxelpipe
 from helpers import resave
 from voxelpipe.dicom.rtstruct import (FrameOfReferenceMismatchError, NotRtstructError, RoiNotFoundError,
                                       assign_slices, parse_rtstruct, read_rtstruct_masks, slice_windows)
 from voxelpipe.geometry import Geometry
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, write_series
+from voxelpipe.synthetic import ROOT_UID, SeriesSpec, object_dataset, referenced_frame_sequence, write_series
 
 polygon2mask = pytest.importorskip("skimage.draw", reason="scikit-image is a test dependency").polygon2mask
 
@@ -107,16 +107,8 @@ def write_rtstruct(path: str | Path, planes: list[Plane], rois: list[RoiSpec], *
     the first image (wrong on purpose: voxelpipe must place contours by position)."""
     ref = pydicom.dcmread(planes[0].path, stop_before_pixels=True)
     frame_uid = frame_uid or str(ref.FrameOfReferenceUID)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_CLASS
-    uid = generate_uid(ROOT_UID)
-    ds.file_meta.MediaStorageSOPInstanceUID = uid
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = RTSTRUCT_CLASS
-    ds.SOPInstanceUID = uid
-    ds.Modality = "RTSTRUCT"
+    ds = object_dataset(RTSTRUCT_CLASS, "RTSTRUCT",
+                        transfer_syntax=ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian)
     ds.PatientID = ref.PatientID
     ds.StudyInstanceUID = ref.StudyInstanceUID
     ds.SeriesInstanceUID = generate_uid(ROOT_UID)
@@ -125,17 +117,8 @@ def write_rtstruct(path: str | Path, planes: list[Plane], rois: list[RoiSpec], *
     image = Dataset()
     image.ReferencedSOPClassUID = ref.SOPClassUID
     image.ReferencedSOPInstanceUID = planes[0].uid
-    series = Dataset()
-    series.SeriesInstanceUID = ref.SeriesInstanceUID
-    series.ContourImageSequence = DicomSequence([image])
-    study = Dataset()
-    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    study.ReferencedSOPInstanceUID = ref.StudyInstanceUID
-    study.RTReferencedSeriesSequence = DicomSequence([series])
-    frame = Dataset()
-    frame.FrameOfReferenceUID = frame_uid
-    frame.RTReferencedStudySequence = DicomSequence([study])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_sequence(frame_uid, ref.StudyInstanceUID,
+                                                                      ref.SeriesInstanceUID, [image])
     ds.StructureSetROISequence = DicomSequence()
     ds.ROIContourSequence = DicomSequence()
     ds.RTROIObservationsSequence = DicomSequence()

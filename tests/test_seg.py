@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import generate_uid
 
 from voxelpipe.dicom.seg import (FrameOfReferenceMismatchError, NotSegError, SegGridError, SegMissingTagError,
                                  SegTagValueError, dicom_lab_to_rgb, load_slice_uids, read_seg_masks)
 from voxelpipe.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
 from voxelpipe.geometry import Geometry, geometry_from_slices
+from voxelpipe.synthetic import object_dataset
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 REPORT_KEYS = {"volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
@@ -287,16 +288,7 @@ def _write_seg(path, frames: list[dict], segments: list[dict], seg_type: str = "
                pixel_spacing=None, per_frame_orientation: bool = False) -> str:
     """A SEG written with pydicom. ``frames``: dicts with ``segment``, ``pixels`` (rows × cols) and optionally
     ``ipp`` (absent: no PlanePositionSequence) and ``ref`` (ReferencedSOPInstanceUID)."""
-    sop_uid = generate_uid()
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SEG_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = SEG_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.Modality = "SEG"
+    ds = object_dataset(SEG_STORAGE, "SEG", sop_uid=generate_uid())
     ds.SeriesInstanceUID = generate_uid()
     ds.StudyInstanceUID = generate_uid()
     ds.FrameOfReferenceUID = for_uid

@@ -93,6 +93,17 @@ def _base_dataset(spec: SeriesSpec) -> Dataset:
     return ds
 
 
+def _new_instance(base: Dataset, number: int) -> Dataset:
+    """A copy of ``base`` (file meta too) with a new SOP instance UID and InstanceNumber ``number``."""
+    ds = base.copy()
+    ds.file_meta = base.file_meta.copy()
+    sop_uid = generate_uid(ROOT_UID)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = number
+    return ds
+
+
 def slice_geometry(spec: SeriesSpec, index: int) -> tuple[list[float], list[float]]:
     """ImagePositionPatient and ImageOrientationPatient of slice ``index`` (gantry tilt about the x axis)."""
     t = math.radians(spec.tilt_deg)
@@ -124,12 +135,7 @@ def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, n
     paths = []
     copies = [i for i in range(spec.n_slices) if i not in set(skip)] + list(duplicate)
     for number, index in enumerate(sorted(copies), start=1):
-        ds = base.copy()
-        ds.file_meta = base.file_meta.copy()
-        sop_uid = generate_uid(ROOT_UID)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = number
+        ds = _new_instance(base, number)
         ipp, iop = slice_geometry(spec, index)
         ds.ImagePositionPatient = [f"{v:g}" for v in ipp]
         ds.ImageOrientationPatient = [f"{v:.6g}" for v in iop]
@@ -228,6 +234,52 @@ def sphere_contours(centre: Sequence[float], radius: float, plane_z: Sequence[fl
     return out
 
 
+def object_dataset(sop_class: str, modality: str, *, sop_uid: str | None = None,
+                   transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """A new instance of ``sop_class``: file meta (``transfer_syntax``, pydicom's implementation UID), SOP class
+    and instance UIDs (``sop_uid``, default a new voxelpipe UID) and Modality."""
+    sop_uid = sop_uid or generate_uid(ROOT_UID)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = modality
+    return ds
+
+
+def referenced_frame_sequence(frame_uid: str, study_uid: str, series_uid: str,
+                              contour_images: Sequence[Dataset]) -> DicomSequence:
+    """An RTSTRUCT's ReferencedFrameOfReferenceSequence: frame of reference → study (RT Study class) → series,
+    whose ContourImageSequence holds ``contour_images``."""
+    series = Dataset()
+    series.SeriesInstanceUID = series_uid
+    series.ContourImageSequence = DicomSequence(contour_images)
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = study_uid
+    study.RTReferencedSeriesSequence = DicomSequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_uid
+    frame.RTReferencedStudySequence = DicomSequence([study])
+    return DicomSequence([frame])
+
+
+def _derived_object(sop_class: str, modality: str, ref: Dataset, series_number: int) -> Dataset:
+    """A new object of ``sop_class`` in a new series of ``ref``'s study, with ``ref``'s patient."""
+    ds = object_dataset(sop_class, modality)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = getattr(ref, "PatientName", "")
+    ds.PatientID = getattr(ref, "PatientID", "")
+    ds.StudyInstanceUID = ref.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid(ROOT_UID)
+    ds.SeriesNumber = series_number
+    return ds
+
+
 def write_rtstruct(path: str | os.PathLike, ct_datasets_or_paths: Sequence, rois: dict[str, list[np.ndarray]],
                    *, label: str = "synthetic", colors: dict[str, tuple[int, int, int]] | None = None) -> str:
     """An RT Structure Set for the image series given as pydicom datasets or file paths: ``rois`` maps ROI name →
@@ -238,23 +290,8 @@ def write_rtstruct(path: str | os.PathLike, ct_datasets_or_paths: Sequence, rois
     normal = np.cross(iop[:3], iop[3:6])
     positions = np.array([float(np.asarray([float(v) for v in d.ImagePositionPatient]) @ normal) for d in refs])
     frame_uid = str(ref.FrameOfReferenceUID)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
-    uid = generate_uid(ROOT_UID)
-    ds.file_meta.MediaStorageSOPInstanceUID = uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = RTSTRUCT_STORAGE
-    ds.SOPInstanceUID = uid
-    ds.Modality = "RTSTRUCT"
-    ds.PatientName = getattr(ref, "PatientName", "")
-    ds.PatientID = getattr(ref, "PatientID", "")
+    ds = _derived_object(RTSTRUCT_STORAGE, "RTSTRUCT", ref, series_number=99)
     ds.StudyDate = getattr(ref, "StudyDate", "")
-    ds.StudyInstanceUID = ref.StudyInstanceUID
-    ds.SeriesInstanceUID = generate_uid(ROOT_UID)
-    ds.SeriesNumber = 99
     ds.StructureSetLabel = label
     images = []
     for d in refs:
@@ -262,17 +299,8 @@ def write_rtstruct(path: str | os.PathLike, ct_datasets_or_paths: Sequence, rois
         image.ReferencedSOPClassUID = d.SOPClassUID
         image.ReferencedSOPInstanceUID = d.SOPInstanceUID
         images.append(image)
-    series = Dataset()
-    series.SeriesInstanceUID = ref.SeriesInstanceUID
-    series.ContourImageSequence = DicomSequence(images)
-    study = Dataset()
-    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
-    study.ReferencedSOPInstanceUID = ref.StudyInstanceUID
-    study.RTReferencedSeriesSequence = DicomSequence([series])
-    frame = Dataset()
-    frame.FrameOfReferenceUID = frame_uid
-    frame.RTReferencedStudySequence = DicomSequence([study])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    ds.ReferencedFrameOfReferenceSequence = referenced_frame_sequence(frame_uid, ref.StudyInstanceUID,
+                                                                      ref.SeriesInstanceUID, images)
     ds.StructureSetROISequence = DicomSequence()
     ds.ROIContourSequence = DicomSequence()
     ds.RTROIObservationsSequence = DicomSequence()
@@ -315,22 +343,7 @@ def write_seg(path: str | os.PathLike, ct_datasets_or_paths: Sequence, masks: di
     segment label → boolean (slice, row, column) array of that grid. One frame per segment per non-empty slice."""
     refs = [d if isinstance(d, Dataset) else _read_header(d) for d in ct_datasets_or_paths]
     ref = refs[0]
-    sop_uid = generate_uid(ROOT_UID)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = SEG_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = SEG_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.Modality = "SEG"
-    ds.PatientName = getattr(ref, "PatientName", "")
-    ds.PatientID = getattr(ref, "PatientID", "")
-    ds.StudyInstanceUID = ref.StudyInstanceUID
-    ds.SeriesInstanceUID = generate_uid(ROOT_UID)
-    ds.SeriesNumber = 98
+    ds = _derived_object(SEG_STORAGE, "SEG", ref, series_number=98)
     ds.FrameOfReferenceUID = ref.FrameOfReferenceUID
     ds.SegmentationType = "BINARY"
     ds.SamplesPerPixel = 1
@@ -562,12 +575,7 @@ def write_petct_study(folder: str | os.PathLike, *, ct_shape: Sequence[int] = (4
     pet_files, slopes = [], []
     order = range(pn - 1, -1, -1) if pet_descending else range(pn)
     for number, k in enumerate(order, start=1):
-        ds = base.copy()
-        ds.file_meta = base.file_meta.copy()
-        sop_uid = generate_uid(ROOT_UID)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = number
+        ds = _new_instance(base, number)
         ds.ImageIndex = number
         ipp = ipp0 + k * pet_spacing[0] * normal
         ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]

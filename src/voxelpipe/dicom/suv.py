@@ -112,10 +112,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def _positive(ds: Dataset, keyword: str, tag: str, where: str, required_for: str) -> float:
-    text = _text(ds, keyword)
-    if not text:
-        raise SuvMissingTagError(where, [tag], required_for)
+def _positive_number(text: str, tag: str, where: str) -> float:
+    """``text`` as a finite positive float, else SuvTagValueError naming ``tag``."""
     try:
         value = float(text)
     except ValueError:
@@ -123,6 +121,13 @@ def _positive(ds: Dataset, keyword: str, tag: str, where: str, required_for: str
     if not math.isfinite(value) or value <= 0:
         raise SuvTagValueError(where, tag, text, "must be a positive number")
     return value
+
+
+def _positive(ds: Dataset, keyword: str, tag: str, where: str, required_for: str) -> float:
+    text = _text(ds, keyword)
+    if not text:
+        raise SuvMissingTagError(where, [tag], required_for)
+    return _positive_number(text, tag, where)
 
 
 _TM = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
@@ -215,13 +220,7 @@ def _private_float(ds: Dataset, group: int, creator: str, offset: int, tag: str,
     text = str(value).strip().strip("\x00")
     if not text:
         return None
-    try:
-        number = float(text)
-    except ValueError:
-        raise SuvTagValueError(where, tag, text, "not a number") from None
-    if not math.isfinite(number) or number <= 0:
-        raise SuvTagValueError(where, tag, text, "must be a positive number")
-    return number
+    return _positive_number(text, tag, where)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
