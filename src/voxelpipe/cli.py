@@ -227,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     project2d.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
     project2d.set_defaults(func=_run_project_2d)
 
+    lung = commands.add_parser("lung", help="lung CT preprocessing: 2 mm volumes, lung masks, crops, nodule "
+                               "features (Data Science Bowl style)")
+    lung.add_argument("dirs", nargs="*", metavar="DIR", help="folders of CT DICOM (one patient each, or nested)")
+    lung.add_argument("--manifest", default=None, help="scan's series_all.csv (or a shard) instead of folders")
+    lung.add_argument("--out", required=True, help="output ROOT folder")
+    lung.add_argument("--spacing", type=_floats3, default=(2.0, 2.0, 2.0), help="output spacing mm along the "
+                      "volume's axes (slice, row, column) (default 2,2,2)")
+    lung.add_argument("--model", default=None, metavar="MODULE:FUNCTION", help="nodule probability model called "
+                      "as f(volume, geometry) -> same-shape float array (default: built-in HU blob detector)")
+    lung.add_argument("--threshold", type=float, default=0.5, help="nodule probability threshold (default 0.5)")
+    lung.add_argument("--pseudonymise", action="store_true", help="patient ids in outputs are keyed hashes "
+                      "(VOXELPIPE_KEY_SECRET) instead of the folder name / PatientID")
+    lung.add_argument("--overwrite", action="store_true", help="redo patients whose outputs are complete")
+    lung.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    lung.set_defaults(func=_run_lung)
+
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
     demo.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
@@ -354,6 +370,12 @@ def _run_project_2d(args: argparse.Namespace) -> int:
     from .pipelines.project2d import project_2d_command
 
     return project_2d_command(args)
+
+
+def _run_lung(args: argparse.Namespace) -> int:
+    from .pipelines.lung import lung_command
+
+    return lung_command(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
