@@ -141,3 +141,16 @@ def test_demo(tmp_path):
         assert str(manifest / name) in done.stdout
         assert (manifest / name).is_file()
     assert read_csv(manifest / "series_all.csv")  # the demo study has image series
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    """mkstemp creates 0600 files; a published table must be readable like any file this user writes."""
+    import os
+
+    from voxelpipe.tables import write_csv
+
+    path = tmp_path / "t.csv"
+    write_csv(path, [{"a": 1}], ["a"])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
