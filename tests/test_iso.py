@@ -89,3 +89,50 @@ def test_empty_mask_and_errors():
         mask_iso(np.ones((3, 3, 3)), np.zeros((3, 3, 2)))
     with pytest.raises(InputError, match="fraction"):
         mask_iso(np.ones((3, 3, 3)), np.ones((3, 3, 3)), fraction=1.5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_precomputed_labels_give_the_same_result(seed):
+    rng = np.random.default_rng(seed)
+    shape = (12, 9, 14)
+    mask = (rng.random(shape) < 0.15).astype(np.uint8)
+    suv = rng.gamma(2.0, 2.0, shape).astype(np.float32)
+    suv[rng.random(shape) < 0.05] = np.nan
+    labels = label_lesions(mask)
+    for kw in ({"fraction": 0.41}, {"fraction": 1.0}, {"absolute": 3.0}):
+        np.testing.assert_array_equal(mask_iso(suv, mask, labels=labels, **kw), mask_iso(suv, mask, **kw))
+    finite = np.nan_to_num(suv, nan=0.0)  # the reference's max() is not NaN-aware
+    np.testing.assert_array_equal(mask_iso(finite, mask, labels=labels), reference(finite, mask))
+    with pytest.raises(InputError, match="labels shape"):
+        mask_iso(suv, mask, labels=(labels[0][:-1], labels[1]))
+
+
+def test_thresholds_compare_in_float64_and_skip_non_finite_lesions():
+    # float32 SUV just below / at a float64 threshold that is not a float32 value
+    mask = np.zeros((4, 4, 4), np.uint8)
+    mask[0, 0, :2] = 1  # lesion 1: peak 10, second voxel 4.1 (threshold 0.41 x 10 = 4.1 in float64)
+    mask[3, 3, 2:] = 1  # lesion 2: only NaN and inf: nothing selected
+    suv = np.zeros(mask.shape, np.float32)
+    suv[0, 0, 0], suv[0, 0, 1] = 10.0, 4.1  # float32(4.1) < 4.1 (float64)
+    suv[3, 3, 2], suv[3, 3, 3] = np.nan, np.inf
+    got = mask_iso(suv, mask)
+    assert got[0, 0, 0] == 1 and got[0, 0, 1] == (np.float64(np.float32(4.1)) >= 0.41 * 10.0)
+    assert not got[3].any()
+    absolute = float(np.float32(2.5)) + 1e-9  # above the float32 value 2.5 in float64
+    suv[0, 0, 1] = 2.5
+    assert mask_iso(suv, mask, absolute=absolute)[0, 0, 1] == 0
+    assert mask_iso(suv, mask, absolute=2.5)[0, 0, 1] == 1
+
+
+def test_two_dimensional_and_nested_bounding_boxes():
+    # a ring around a second lesion: their bounding boxes overlap, each keeps its own SUVmax
+    mask = np.zeros((9, 9), np.uint8)
+    mask[1, 1:8] = mask[7, 1:8] = mask[1:8, 1] = mask[1:8, 7] = 1
+    mask[4, 4] = mask[4, 5] = 1
+    suv = np.ones(mask.shape, np.float64)
+    suv[1, 1] = 20.0  # the ring's peak: the ring's other voxels (1) fall below 0.41 x 20
+    suv[4, 4], suv[4, 5] = 2.0, 1.0  # the inner lesion keeps both (1 >= 0.82)
+    got = mask_iso(suv, mask)
+    assert label_lesions(mask)[1] == 2
+    np.testing.assert_array_equal(got, reference(suv, mask))
+    assert got[4, 4] == got[4, 5] == 1 and got[1, 1] == 1 and got.sum() == 3

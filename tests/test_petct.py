@@ -226,3 +226,78 @@ def test_label_series_mask(project, tmp_path):
     np.testing.assert_array_equal(subject.mask.numpy() == 2, info["ct_sphere_mask"])
     out = prepare_subject(subject)
     assert set(np.unique(out["mask"])) == {0, 2} and out["mask_iso"].max() == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry-only helpers: the same grids as the array operations, without the arrays
+# ---------------------------------------------------------------------------------------------------------
+def _geometry_cases():
+    rng = np.random.default_rng(3)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    oblique = np.eye(3) + np.sin(0.3) * k + (1 - np.cos(0.3)) * k @ k
+    spl = np.column_stack([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])  # axial DICOM: slices S, rows P, columns L
+    out = []
+    for direction in (np.eye(3), spl, oblique):
+        out.append(Geometry((7, 9, 11), (2.5, 0.8, 0.6), (-10.0, 20.0, -30.0), direction))
+    tilted = out[1].affine.copy()
+    tilted[:3, 0] += 0.3 * tilted[:3, 1]  # gantry tilt: sheared slice axis
+    out.append(Geometry((7, 9, 11), (2.5, 0.8, 0.6), tilted[:3, 3], out[1].direction, None, tilted))
+    return out
+
+
+def _same_geometry(a: Geometry, b: Geometry) -> None:
+    assert a.to_attrs() == b.to_attrs()
+
+
+@pytest.mark.parametrize("code", ["LAS", "RAS", "LPS", "SPL", "ASR", "IPL"])
+def test_reoriented_geometry_equals_reorient(code):
+    from voxelpipe.reorient import reorient, reoriented_geometry
+    from voxelpipe.volume import Volume
+
+    for g in _geometry_cases():
+        volume = Volume(np.zeros(g.shape, np.int16), g)
+        _same_geometry(reoriented_geometry(g, code), reorient(volume, code).geometry)
+    with pytest.raises(InputError):
+        reoriented_geometry(g, "LLS")
+
+
+@pytest.mark.parametrize("kw", [{"spacing": 1.7}, {"spacing": (3.0, 0.5, 1.1)}, {"shape": (4, 13, 5)}])
+def test_resampled_geometry_and_output_grid_equal_resample(kw):
+    from voxelpipe.pipelines.petct import output_grid
+    from voxelpipe.resample import resample, resampled_geometry
+    from voxelpipe.volume import Volume
+
+    for g in _geometry_cases():
+        volume = Volume(np.zeros(g.shape, np.uint8), g)
+        expected = resample(volume, order="nearest", **kw).geometry
+        _same_geometry(resampled_geometry(g, **kw), expected)
+        if "spacing" not in kw or not np.isscalar(kw["spacing"]):
+            _same_geometry(output_grid(volume, **kw), expected)
+    with pytest.raises(InputError, match="exactly one"):
+        resampled_geometry(g, spacing=1.0, shape=(2, 2, 2))
+    with pytest.raises(InputError, match="spacing"):
+        resampled_geometry(g, spacing=(1.0, -1.0, 1.0))
+    with pytest.raises(InputError, match="Geometry"):
+        resampled_geometry(volume, spacing=1.0)
+
+
+@pytest.mark.parametrize("orientation", ["LAS", "SPL", "RAS"])
+@pytest.mark.parametrize("kw", [{"spacing": (1.5, 1.7, 2.9)}, {"shape": (17, 23, 9)},
+                                {"shape": (17, 23, 9), "spacing": (1.5, 1.7, 2.9)}])
+def test_ct_sampled_straight_onto_the_grid_equals_reorient_then_resample(subjects, orientation, kw):
+    """prepare_subject samples the CT from its own array onto the reoriented grid: the same values as the
+    reoriented copy resampled (to float32 rounding: the same points, interpolated from the other side)."""
+    from voxelpipe.pipelines.petct import CT_FILL_HU, output_grid
+    from voxelpipe.reorient import reorient
+    from voxelpipe.resample import resample_to
+
+    subject = subjects["a000000001"]
+    out = prepare_subject(subject, orientation=orientation, **kw)
+    ct = reorient(subject.ct, orientation)
+    grid = output_grid(ct, kw.get("shape"), kw.get("spacing"))
+    _same_geometry(Geometry.from_attrs(out["attrs"]["geometry"]), grid)
+    hu = resample_to(ct, grid, order="linear", fill=CT_FILL_HU).numpy()
+    expected = np.clip(hu, -1000.0, 1000.0) / 2000.0 + 0.5
+    np.testing.assert_allclose(out["image"][1], expected, rtol=0, atol=2e-6)

@@ -56,24 +56,20 @@ def _parse(code: str) -> list[tuple[int, int]]:
     return target
 
 
-def reorient(volume: Volume, code: str) -> Volume:
-    """The volume with its last three axes permuted and flipped so that they follow ``code``; geometry exact."""
+def _plan(geometry: Geometry, code: str) -> tuple[list[int], list[bool]]:
+    """For each output axis, the source axis (``perm``) and whether it is flipped, to follow ``code``."""
     target = _parse(code)
-    current = orientation(volume.geometry.affine)
-    geometry = volume.geometry
+    current = orientation(geometry.affine)
     source_of = {world: (axis, sign) for axis, (world, sign) in enumerate(current)}
     perm, flips = [], []
     for world, sign in target:
         axis, current_sign = source_of[world]
         perm.append(axis)
         flips.append(current_sign != sign)
-    array = np.asarray(volume.array[...])
-    lead = array.ndim - 3
-    array = np.transpose(array, list(range(lead)) + [lead + a for a in perm])
-    flip_axes = tuple(lead + b for b, flip in enumerate(flips) if flip)
-    if flip_axes:
-        array = np.flip(array, axis=flip_axes)
-    shape = [geometry.shape[a] for a in perm]
+    return perm, flips
+
+
+def _apply(geometry: Geometry, perm: list[int], flips: list[bool]) -> Geometry:
     affine = np.eye(4)
     affine[:3, 3] = geometry.affine[:3, 3]
     for b, (a, flip) in enumerate(zip(perm, flips)):
@@ -83,12 +79,32 @@ def reorient(volume: Volume, code: str) -> Volume:
             affine[:3, 3] += column * (geometry.shape[a] - 1)
     direction = np.column_stack([geometry.direction[:, a] * (-1 if f else 1) for a, f in zip(perm, flips)])
     spacing = [geometry.spacing[a] for a in perm]
+    shape = [geometry.shape[a] for a in perm]
     if perm[0] == 0:  # axis 0 is still the slice axis: keep the exact slice positions
         positions = geometry.slice_positions[::-1] * -1 if flips[0] else geometry.slice_positions
         positions = np.asarray(positions, dtype=np.float64)
     else:
         positions = None
-    new_geometry = Geometry(shape, spacing, affine[:3, 3], direction, positions, affine)
+    return Geometry(shape, spacing, affine[:3, 3], direction, positions, affine)
+
+
+def reoriented_geometry(geometry: Geometry, code: str) -> Geometry:
+    """The geometry :func:`reorient` gives a volume on ``geometry`` for ``code``, without touching any array."""
+    return _apply(geometry, *_plan(geometry, code))
+
+
+def reorient(volume: Volume, code: str) -> Volume:
+    """The volume with its last three axes permuted and flipped so that they follow ``code``; geometry exact
+    (:func:`reoriented_geometry`)."""
+    geometry = volume.geometry
+    perm, flips = _plan(geometry, code)
+    array = np.asarray(volume.array[...])
+    lead = array.ndim - 3
+    array = np.transpose(array, list(range(lead)) + [lead + a for a in perm])
+    flip_axes = tuple(lead + b for b, flip in enumerate(flips) if flip)
+    if flip_axes:
+        array = np.flip(array, axis=flip_axes)
+    new_geometry = _apply(geometry, perm, flips)
     attrs = dict(volume.attrs)
     attrs.update(new_geometry.to_attrs())
     attrs["axis_codes"] = code.upper()

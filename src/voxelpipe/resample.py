@@ -12,6 +12,8 @@ Grid convention of :func:`resample` -- the field of view, i.e. the outer voxel *
   output affine is the input affine composed with the per-axis scale and offset);
 * the direction is unchanged; ``slice_positions`` of the output follow from the new grid.
 
+:func:`resampled_geometry` gives that output geometry from the input geometry alone (no array).
+
 In index terms, output index ``o`` along axis ``a`` reads input index ``scale[a] * o + offset[a]`` with
 ``scale = new_spacing / spacing_in`` and ``offset = (scale - 1) / 2``.
 
@@ -51,7 +53,7 @@ from voxelpipe.kernels.resample import (
 )
 from voxelpipe.volume import Volume
 
-__all__ = ["resample", "resample_to", "index_matrix", "ORDERS"]
+__all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "ORDERS"]
 
 ORDERS = {"linear": ORDER_LINEAR, "nearest": ORDER_NEAREST, "label": ORDER_LABEL}
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.uint8))
@@ -174,14 +176,20 @@ def index_matrix(in_geometry: Geometry, out_geometry: Geometry) -> np.ndarray:
     return _snap(np.linalg.solve(a_in, a_out))
 
 
+def _separable(matrix: np.ndarray) -> bool:
+    """Whether an index matrix has a diagonal 3×3 part (axis-aligned scale, flip and shift): the separable
+    kernel's case (orders nearest and linear)."""
+    part = np.asarray(matrix)[:3, :3]
+    return np.count_nonzero(part - np.diag(np.diag(part))) == 0
+
+
 def _run(array: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int, int], code: int,
          fill: float) -> np.ndarray:
     """Allocate the output and call the separable kernel (diagonal 3×3 part, nearest/linear) or the general one."""
     out_dtype = np.dtype(np.float32) if code == ORDER_LINEAR else array.dtype
     out = np.empty(out_shape, dtype=out_dtype)
-    part = matrix[:3, :3]
-    if code != ORDER_LABEL and np.count_nonzero(part - np.diag(np.diag(part))) == 0:
-        resample_separable(array, np.ascontiguousarray(np.diag(part)), np.ascontiguousarray(matrix[:3, 3]),
+    if code != ORDER_LABEL and _separable(matrix):
+        resample_separable(array, np.ascontiguousarray(np.diag(matrix[:3, :3])), np.ascontiguousarray(matrix[:3, 3]),
                            out, code, fill, numba.get_num_threads())
     else:
         resample_affine(array, np.ascontiguousarray(matrix), out, code, fill)
@@ -208,19 +216,12 @@ def _slice_positions(affine: np.ndarray, direction: np.ndarray, n: int) -> np.nd
     return float(affine[:3, 3] @ normal) + np.arange(n) * float(affine[:3, 0] @ normal)
 
 
-def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int] | None = None,
-             order: str = "linear", fill: float = 0.0) -> Volume:
-    """``volume`` on a new grid covering the same field of view (voxel edges); give exactly one of
-    ``spacing`` (mm, one number or 3 for axes 0, 1, 2; kept exactly) or ``shape`` (3 voxel counts).
-
-    ``order``: ``"linear"`` (float32 output), ``"nearest"`` or ``"label"`` (input dtype). ``fill``: value of
-    output voxels whose centre lies outside the input's voxel centres (see the module docstring).
-    Returns a new in-memory :class:`Volume` with the resampled geometry (direction unchanged).
-    """
+def _resample_plan(geometry: Geometry, spacing: Spacing | None,
+                   shape: Sequence[int] | None) -> tuple[np.ndarray, Geometry]:
+    """The output-index -> input-index matrix of :func:`resample` and the output geometry (module docstring's
+    grid convention), from the input geometry alone."""
     if (spacing is None) == (shape is None):
         raise InputError("give exactly one of spacing (mm) or shape (voxels)")
-    code = _check_order(order)
-    array, geometry, is_bool = _source(volume)
     a_in = _check_affine("volume", geometry)
     in_shape = np.asarray(geometry.shape, dtype=np.float64)
     in_spacing = np.asarray(geometry.spacing, dtype=np.float64)
@@ -235,7 +236,6 @@ def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int
         new_shape = _check_shape("shape", shape)
         new_spacing = in_shape * in_spacing / np.asarray(new_shape, dtype=np.float64)
         scale = in_shape / np.asarray(new_shape, dtype=np.float64)
-    fill = _fill_value(fill, np.dtype(np.float32) if code == ORDER_LINEAR else volume.dtype)
 
     matrix = np.eye(4)
     matrix[:3, :3] = np.diag(scale)
@@ -245,7 +245,37 @@ def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int
     direction = np.asarray(geometry.direction, dtype=np.float64)
     out_geometry = Geometry(new_shape, new_spacing, a_out[:3, 3], direction,
                             _slice_positions(a_out, direction, new_shape[0]), a_out)
-    out = _run(array, matrix, new_shape, code, fill)
+    return matrix, out_geometry
+
+
+def resampled_geometry(geometry: Geometry, spacing: Spacing | None = None,
+                       shape: Sequence[int] | None = None) -> Geometry:
+    """The geometry :func:`resample` gives a volume on ``geometry`` for the same ``spacing`` / ``shape``
+    (exactly one of them), computed without any array: same field of view (voxel edges), direction unchanged."""
+    if not isinstance(geometry, Geometry):
+        raise InputError(f"geometry must be a Geometry, got {type(geometry).__name__}")
+    if len(geometry.shape) != 3 or 0 in geometry.shape:
+        raise InputError(f"geometry must be 3-D and non-empty, got shape {tuple(geometry.shape)}")
+    return _resample_plan(geometry, spacing, shape)[1]
+
+
+def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int] | None = None,
+             order: str = "linear", fill: float = 0.0) -> Volume:
+    """``volume`` on a new grid covering the same field of view (voxel edges); give exactly one of
+    ``spacing`` (mm, one number or 3 for axes 0, 1, 2; kept exactly) or ``shape`` (3 voxel counts).
+
+    ``order``: ``"linear"`` (float32 output), ``"nearest"`` or ``"label"`` (input dtype). ``fill``: value of
+    output voxels whose centre lies outside the input's voxel centres (see the module docstring).
+    Returns a new in-memory :class:`Volume` with the resampled geometry (direction unchanged; the same as
+    :func:`resampled_geometry`).
+    """
+    if (spacing is None) == (shape is None):
+        raise InputError("give exactly one of spacing (mm) or shape (voxels)")
+    code = _check_order(order)
+    array, geometry, is_bool = _source(volume)
+    matrix, out_geometry = _resample_plan(geometry, spacing, shape)
+    fill = _fill_value(fill, np.dtype(np.float32) if code == ORDER_LINEAR else volume.dtype)
+    out = _run(array, matrix, out_geometry.shape, code, fill)
     return _result(volume, out, out_geometry, is_bool, code, order, fill, matrix)
 
 

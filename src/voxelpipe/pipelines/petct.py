@@ -279,14 +279,17 @@ def load_zip_subjects(zip_path: str | os.PathLike) -> Iterator[Subject]:
 def output_grid(ct: Volume, shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> Geometry:
     """The output grid on the (reoriented) CT: its own grid (neither given), the same field of view with the
     given spacing or shape, or — both given — that shape and spacing centred on the CT's field of view."""
-    g = ct.geometry
+    return _output_geometry(ct.geometry, shape, spacing)
+
+
+def _output_geometry(g: Geometry, shape: Sequence[int] | None, spacing: Sequence[float] | None) -> Geometry:
+    """:func:`output_grid` from the (reoriented) CT geometry alone."""
     if shape is None and spacing is None:
         return g
-    if shape is None or spacing is None:
-        from ..resample import resample
+    if shape is None or spacing is None:  # resample's own geometry rule
+        from ..resample import resampled_geometry
 
-        probe = Volume(np.zeros(g.shape, np.uint8), g)  # resample's own geometry rule (uint8: cheap)
-        return resample(probe, spacing=spacing, shape=shape, order="nearest").geometry
+        return resampled_geometry(g, spacing=spacing, shape=shape)
     shape = tuple(int(v) for v in shape)
     spacing_arr = np.asarray(spacing, dtype=np.float64)
     if len(shape) != 3 or spacing_arr.shape != (3,) or min(shape) < 1 or np.any(spacing_arr <= 0):
@@ -318,19 +321,21 @@ def prepare_subject(subject: Subject, shape: Sequence[int] | None = None, spacin
     [0, 1] from their windows), mask=uint8 [1, X, Y, Z], mask_iso=uint8 [1, X, Y, Z], attrs=dict)`` on the
     CT's grid reoriented to ``orientation`` and resampled to ``shape`` and/or ``spacing`` (array axes 0, 1, 2)."""
     from ..iso import label_lesions, mask_iso
-    from ..reorient import reorient
-    from ..resample import resample, resample_to
+    from ..reorient import reorient, reoriented_geometry
+    from ..resample import _separable, index_matrix, resample_to
 
-    ct = reorient(subject.ct, orientation)
-    if shape is None and spacing is None:
+    if shape is None and spacing is None:  # the CT's own grid, reoriented: an exact permutation/flip copy
+        ct = reorient(subject.ct, orientation)
         grid = ct.geometry
         ct_out = np.asarray(ct.array, dtype=np.float32)
-    elif shape is None or spacing is None:  # same field of view: resample's own rule and geometry
-        resampled = resample(ct, spacing=spacing, shape=shape, order="linear", fill=CT_FILL_HU)
-        grid = resampled.geometry
-        ct_out = np.asarray(resampled.array, dtype=np.float32)
-    else:
-        grid = output_grid(ct, shape, spacing)
+    else:  # the grid from the reoriented CT geometry alone; the CT sampled onto it from its own array ...
+        target = reoriented_geometry(subject.ct.geometry, orientation)
+        grid = _output_geometry(target, shape, spacing)
+        ct = subject.ct
+        if not _separable(index_matrix(ct.geometry, grid)) and _separable(index_matrix(target, grid)):
+            # ... unless reaching the grid permutes axes (e.g. DICOM SPL -> LAS): then the reoriented copy lets
+            # the separable kernel run, faster than the general one (measured 1.15 s vs 1.84 s for 512² × 300)
+            ct = reorient(ct, orientation)
         ct_out = np.asarray(resample_to(ct, grid, order="linear", fill=CT_FILL_HU).array, dtype=np.float32)
     pet = subject.pet
     if pet.dtype != np.float32:
@@ -340,8 +345,9 @@ def prepare_subject(subject: Subject, shape: Sequence[int] | None = None, spacin
     if mask_vol.dtype not in (np.uint8, np.bool_):
         mask_vol = Volume(np.asarray(mask_vol.array).astype(np.uint8), mask_vol.geometry, mask_vol.attrs)
     mask = np.asarray(resample_to(mask_vol, grid, order="label", fill=0).array).astype(np.uint8, copy=False)
-    iso_mask = mask_iso(suv, mask, fraction=iso, absolute=iso_suv)
-    _, lesions = label_lesions(mask)
+    labels = label_lesions(mask)  # once: for mask_iso and the lesion count
+    iso_mask = mask_iso(suv, mask, fraction=iso, absolute=iso_suv, labels=labels)
+    lesions = labels[1]
     image = np.stack([_window(suv, suv_window, "SUV"), _window(ct_out, ct_window, "CT")]).astype(np.float32)
     inside = mask != 0
     attrs = {
