@@ -614,3 +614,172 @@ def write_petct_study(folder: str | os.PathLike, *, ct_shape: Sequence[int] = (4
         "pet_slopes": slopes[::-1] if pet_descending else slopes, "ct_sphere_mask": ct_sphere_mask,
         "pet_suv": suv,
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Chest CT phantom for the lung pipeline (issue 7): lungs, trachea, ribs, spine, a hollow table, nodules
+# ----------------------------------------------------------------------------------------------------------
+CHEST_HU = {"air": -1000, "tissue": 20, "lung": -850, "bone": 700, "table": 200, "nodule": 40, "vessel": 30}
+
+
+def _segment_distance2(z: np.ndarray, y: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distance (mm²) of the grid points (broadcast z, y, x) to the segment a→b (LPS mm, (x, y, z))."""
+    d = b - a
+    t = ((x - a[0]) * d[0] + (y - a[1]) * d[1] + (z - a[2]) * d[2]) / float(d @ d)
+    t = np.clip(t, 0.0, 1.0)
+    return (x - a[0] - t * d[0]) ** 2 + (y - a[1] - t * d[1]) ** 2 + (z - a[2] - t * d[2]) ** 2
+
+
+def chest_phantom(shape: Sequence[int] = (80, 128, 128), spacing: Sequence[float] = (2.0, 2.0, 2.0),
+                  nodules: Sequence | None = None, seed: int = 0):
+    """A chest CT phantom in HU: ``(Volume (int16 HU, axial LPS geometry), truth dict)``.
+
+    Axial grid (axis 0 → +z superior, axis 1 → +y posterior, axis 2 → +x patient left; no rotation),
+    centred on LPS (0, 0, 0) in-plane and in z. Contents: an elliptic body of soft tissue (~20 HU) through every
+    slice (the body touches the first and last slice) in air (-1000 HU); two lung ellipsoids (~-850 HU, noise
+    sd 40) whose apices are cut by the top slice and with small vessels (+30 HU) inside; a trachea (air, Ø 16 mm)
+    from the top slice down to the carina, then two main bronchi running down and out into the lungs (so the
+    airways connect to the lungs, as in real scans); ribs and a spine (+700 HU); a stomach gas bubble under the
+    left lung; a hollow table (200 HU shell with an air channel along z) under the body; spherical nodules
+    (~+40 HU). Noise: Gaussian (sd 20 in tissue).
+
+    ``nodules``: ``((centre, diameter_mm), ...)``; ``centre`` is a voxel index ``(slice, row, column)`` (3
+    numbers, may be fractional) or ``{"lps": (x, y, z)}`` in mm. ``None`` → two defaults: a 10 mm nodule inside
+    the right lung and a 12 mm juxtapleural nodule on the left lung's lateral wall (half in the chest wall).
+
+    Truth dict: ``truth`` (uint8 lung mask: lung ellipsoids ∪ nodules touching them; airways outside the
+    ellipsoids excluded), ``lungs`` (the ellipsoids alone, bool), ``trachea`` (the trachea above the carina,
+    bool), ``bronchi`` (main bronchi outside the lungs, bool), ``body`` (bool), ``outside_air`` (bool),
+    ``nodule_masks`` (int16 label map, nodule i → i+1), ``nodule_centres`` ((n, 3) LPS mm),
+    ``nodule_centres_index`` ((n, 3) voxel index), ``diameters`` ((n,) mm), ``juxtapleural`` ((n,) bool: the
+    nodule comes within one voxel of the lung ellipsoids' surface).
+    """
+    from .geometry import Geometry
+    from .volume import Volume
+
+    n, rows, cols = (int(v) for v in shape)
+    s = np.asarray(spacing, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    origin = np.array([-(cols - 1) / 2 * s[2], -(rows - 1) / 2 * s[1], -(n - 1) / 2 * s[0]])
+    # direction columns: axis 0 → +z, axis 1 → +y, axis 2 → +x (an axial series)
+    geometry = Geometry((n, rows, cols), s, origin, np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+    z = (origin[2] + np.arange(n) * s[0])[:, None, None]
+    y = (origin[1] + np.arange(rows) * s[1])[None, :, None]
+    x = (origin[0] + np.arange(cols) * s[2])[None, None, :]
+    width, height, length = cols * s[2], rows * s[1], n * s[0]
+    z_bottom = origin[2] - s[0] / 2
+
+    # body: elliptic cylinder, a little anterior to leave room for the table
+    ax, ay, cy = 0.42 * width, 0.30 * height, -0.05 * height
+    body2d = (x / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1
+    body = np.broadcast_to(body2d, (n, rows, cols))
+    hu = np.full((n, rows, cols), float(CHEST_HU["air"]))
+    hu[body] = CHEST_HU["tissue"]
+
+    # lungs: ellipsoids, apices above the top slice, bases (diaphragm) near 12 % of the length
+    lung_cx, lung_cy = 0.50 * ax, cy - 0.05 * ay
+    lax, lay = 0.32 * ax, 0.70 * ay
+    lz_c, lz_r = z_bottom + 0.75 * length, 0.63 * length
+    lungs = np.zeros((n, rows, cols), dtype=bool)
+    for sign in (-1.0, 1.0):
+        lungs |= ((((x - sign * lung_cx) / lax) ** 2 + ((y - lung_cy) / lay) ** 2
+                   + ((z - lz_c) / lz_r) ** 2) <= 1)
+    hu[lungs] = CHEST_HU["lung"] + rng.normal(0, 40, int(lungs.sum()))
+
+    # vessels: small spheres inside the lungs (holes for the segmentation to fill)
+    lung_idx = np.argwhere(lungs)
+    for k in rng.choice(len(lung_idx), size=min(40, len(lung_idx)), replace=False):
+        r = rng.uniform(1.5, 3.0)
+        box = tuple(slice(max(0, int(i - r / d) - 1), int(i + r / d) + 2) for i, d in zip(lung_idx[k], s))
+        c = origin + lung_idx[k][::-1] * s[::-1]
+        ball = (x[..., box[2]] - c[0]) ** 2 + (y[:, box[1]] - c[1]) ** 2 + (z[box[0]] - c[2]) ** 2 <= r * r
+        hu[box][ball & lungs[box]] = CHEST_HU["vessel"]
+
+    # airways: trachea down to the carina, main bronchi down and out into each lung
+    ty, t_r, b_r = lung_cy - 0.25 * ay, 8.0, 5.0
+    carina = np.array([0.0, ty, z_bottom + 0.62 * length])
+    top = np.array([0.0, ty, z_bottom + length + 10.0])
+    trachea = _segment_distance2(z, y, x, carina, top) <= t_r ** 2
+    bronchi = np.zeros_like(trachea)
+    for sign in (-1.0, 1.0):
+        end = np.array([sign * 0.8 * lung_cx, lung_cy, carina[2] - 0.25 * length])
+        bronchi |= _segment_distance2(z, y, x, carina, end) <= b_r ** 2
+    airway = trachea | bronchi
+    wall = (_segment_distance2(z, y, x, carina, top) <= (t_r + 2.5) ** 2) & ~airway & ~lungs
+    hu[wall] = CHEST_HU["tissue"] + 40
+    hu[airway] = CHEST_HU["air"] + 80
+    trachea &= ~lungs & (z > carina[2])
+    bronchi &= ~lungs & ~trachea
+
+    # stomach gas bubble under the left lung
+    gas_c = np.array([0.45 * ax, cy + 0.1 * ay, z_bottom + 0.06 * length])
+    gas = ((x - gas_c[0]) ** 2 + (y - gas_c[1]) ** 2 + (z - gas_c[2]) ** 2 <= 9.0 ** 2) & body
+    hu[gas] = CHEST_HU["air"] + 50
+
+    # ribs: oblique bands of small bone discs inside the body wall; spine posterior
+    angles = np.deg2rad(np.concatenate([np.arange(20, 161, 20), np.arange(200, 341, 20)]))
+    rib_r = 0.88
+    for a in angles:
+        px, py = rib_r * ax * np.cos(a), cy + rib_r * ay * np.sin(a)
+        disc = (x - px) ** 2 + (y - py) ** 2 <= 4.5 ** 2
+        band = ((z - z_bottom + 0.3 * py) % 24.0) < 9.0
+        hu[disc & band & body & ~lungs] = CHEST_HU["bone"]
+    spine = ((x / 14.0) ** 2 + ((y - (cy + 0.72 * ay)) / 14.0) ** 2 <= 1) & body
+    hu[np.broadcast_to(spine, hu.shape)] = CHEST_HU["bone"]
+
+    # hollow table under the body: a shell with an air channel running along z (not connected to the outside
+    # in-plane, like a real carbon-fibre table)
+    t_top = cy + ay + 8.0
+    shell = (np.abs(x) <= 0.45 * width) & (y >= t_top) & (y <= t_top + 14.0)
+    cavity = (np.abs(x) <= 0.45 * width - 6.0) & (y >= t_top + 4.0) & (y <= t_top + 10.0)
+    hu[np.broadcast_to(shell & ~cavity, hu.shape)] = CHEST_HU["table"]
+    hu[np.broadcast_to(cavity, hu.shape)] = CHEST_HU["air"]
+
+    # nodules
+    if nodules is None:
+        k_mid = 0.55 * (n - 1)
+        z_mid = origin[2] + k_mid * s[0]
+        half = lax * np.sqrt(max(0.0, 1 - ((z_mid - lz_c) / lz_r) ** 2))  # lung half width at that level
+        right = {"lps": (-lung_cx, lung_cy + 0.2 * lay, z_mid)}
+        left = {"lps": (lung_cx + half - 5.5, lung_cy, z_mid + 8.0)}  # touches the lateral wall (pleura)
+        nodules = ((right, 10.0), (left, 12.0))
+    centres, centres_index, diameters, juxta = [], [], [], []
+    nodule_masks = np.zeros((n, rows, cols), dtype=np.int16)
+    inv = np.linalg.inv(geometry.affine)
+    for i, (centre, diameter) in enumerate(nodules):
+        if isinstance(centre, dict):
+            lps = np.asarray(centre["lps"], dtype=np.float64)
+            index = (inv @ np.append(lps, 1.0))[:3]
+        else:
+            index = np.asarray(centre, dtype=np.float64)
+            lps = (geometry.affine @ np.append(index, 1.0))[:3]
+        r = float(diameter) / 2
+        ball = (x - lps[0]) ** 2 + (y - lps[1]) ** 2 + (z - lps[2]) ** 2 <= r * r
+        hu[ball] = CHEST_HU["nodule"]
+        nodule_masks[ball] = i + 1
+        centres.append(lps)
+        centres_index.append(index)
+        diameters.append(float(diameter))
+        near = (x - lps[0]) ** 2 + (y - lps[1]) ** 2 + (z - lps[2]) ** 2 <= (r + float(s.max())) ** 2
+        juxta.append(bool(np.any(near & ~lungs)))
+
+    noise = rng.normal(0, 20, hu.shape)
+    hu += np.where(lungs & (nodule_masks == 0), 0.0, noise)
+    hu = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+
+    truth = lungs.copy()
+    for i in range(len(diameters)):
+        ball = nodule_masks == i + 1
+        if np.any(ball & lungs):
+            truth |= ball
+    outside_air = ~np.broadcast_to(body2d, hu.shape) & (hu < -320)
+    info = {
+        "truth": truth.astype(np.uint8), "lungs": lungs, "trachea": trachea, "bronchi": bronchi,
+        "body": np.array(body),
+        "outside_air": outside_air, "nodule_masks": nodule_masks,
+        "nodule_centres": np.array(centres, dtype=np.float64).reshape(-1, 3),
+        "nodule_centres_index": np.array(centres_index, dtype=np.float64).reshape(-1, 3),
+        "diameters": np.array(diameters, dtype=np.float64), "juxtapleural": np.array(juxta, dtype=bool),
+    }
+    attrs = {"modality": "CT", "source": "voxelpipe.synthetic.chest_phantom", "seed": int(seed)}
+    return Volume(hu, geometry, attrs, ""), info
