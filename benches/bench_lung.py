@@ -85,7 +85,7 @@ import numba
 import numpy as np
 import pytest
 
-from numba_timing import cold_compile_seconds
+from numba_timing import Clock, compile_line, cold_compile_seconds
 
 SPACING = (2.0, 2.0, 2.0)
 STAGE = "stage1_{:g}x{:g}x{:g}".format(*SPACING)
@@ -111,18 +111,6 @@ COMPILE: dict[str, object] = {}
 AGREE: dict[str, object] = {}
 INFO: dict[str, object] = {}
 
-
-class _Clock:
-    """Lap times (s) by step name; repeated names add up."""
-
-    def __init__(self):
-        self.steps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.steps[name] = self.steps.get(name, 0.0) + now - self._t
-        self._t = now
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -261,10 +249,10 @@ def _write_csv(path: str, rows: list[dict], fields: list[str]) -> None:
         writer.writerows(rows)
 
 
-def kaggle_patient(folder: str, root: str, clock: _Clock | None = None, order: int = 3) -> dict:
+def kaggle_patient(folder: str, root: str, clock: Clock | None = None, order: int = 3) -> dict:
     """One patient through the tutorial's steps; the same three npz stages and two CSVs as voxelpipe.
     ``order``: the zoom's spline order (3, scipy's default, in the tutorial; 1 for the ``kaggle_linear`` id)."""
-    clock = clock or _Clock()
+    clock = clock or Clock()
     pid = os.path.basename(os.path.normpath(folder))
     slices = load_scan(folder)
     origin = np.array([float(v) for v in slices[0].ImagePositionPatient])[::-1]  # (z, y, x) like the array
@@ -387,16 +375,8 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
     COMPILE["first_call_seconds"] = time.perf_counter() - t0
     COMPILE["loaded_from_disk_cache"] = any(sum(k.stats.cache_hits.values()) > 0 for k in _kernels())
     COMPILE["cold_compile_seconds"] = cold_compile_seconds(COLD_COMPILE_CODE) if benchmarks_enabled else None
-    print("\n" + _compile_line())
+    print("\n" + compile_line(COMPILE, "tiny series through run_lung"))
     return dict(COMPILE)
-
-
-def _compile_line() -> str:
-    cold = COMPILE.get("cold_compile_seconds")
-    return (f"numba (not timed): tiny series through run_lung, first call in this process "
-            f"{COMPILE['first_call_seconds']:.2f} s (kernels loaded from disk cache: "
-            f"{COMPILE['loaded_from_disk_cache']}); in a fresh interpreter with an empty cache: "
-            + (f"{cold:.1f} s" if cold is not None else "not measured"))
 
 
 def _root(workdir: str, impl: str, which: str = "run") -> str:
@@ -428,10 +408,10 @@ def test_lung_patient(benchmark, bench_summary, request, kind, workdir, ct_folde
             last.append(voxelpipe_patient(ct_folder, root))
     else:
         pytest.importorskip("skimage")
-        clocks: list[_Clock] = []
+        clocks: list[Clock] = []
 
         def fn():
-            clocks.append(_Clock())
+            clocks.append(Clock())
             INFO[impl] = kaggle_patient(ct_folder, root, clocks[-1], order=ZOOM_ORDER[impl])
 
     rounds = ROUNDS[kind][impl]
@@ -587,7 +567,7 @@ def _ratio_table() -> list[str]:
         if impl in STEPS:
             lines.append(f"{impl} steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in STEPS[impl].items()))
     if COMPILE:
-        lines.append(_compile_line())
+        lines.append(compile_line(COMPILE, "tiny series through run_lung"))
     if AGREE:
         lines.append("agreement voxelpipe vs kaggle: " + ", ".join(f"{k} {v:.4f}" for k, v in AGREE.items()))
     extra = {k: INFO[k] for k in INFO if k.startswith(("grid", "crop", "nodules"))}

@@ -74,7 +74,7 @@ import numba
 import numpy as np
 import pytest
 
-from numba_timing import cold_compile_seconds
+from numba_timing import Clock, compile_line, cold_compile_seconds
 
 ANGLES = np.arange(0.0, 360.0, 45.0)
 ISO_FRACTION = 0.41
@@ -253,16 +253,6 @@ def target_grid(case: Case) -> tuple[np.ndarray, tuple[int, int, int]]:
 # ----------------------------------------------------------------------------------------------------------
 # the seed pipeline: nibabel + nilearn + scipy + h5py
 # ----------------------------------------------------------------------------------------------------------
-class _Clock:
-    def __init__(self):
-        self.steps: dict[str, float] = {}
-        self._t = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        t = time.perf_counter()
-        self.steps[name] = self.steps.get(name, 0.0) + t - self._t
-        self._t = t
-
 
 def _import_peers() -> None:
     """Import time is not the pipeline's: nibabel, nilearn.image, scipy.ndimage, h5py before timing."""
@@ -278,12 +268,12 @@ def _nifti_from_zip(zf: zipfile.ZipFile, name: str):
     return nib.Nifti1Image.from_bytes(gzip.decompress(zf.read(name)))
 
 
-def nilearn_prepare(zip_path: str, out_h5: str, case: Case, clock: _Clock | None = None) -> None:
+def nilearn_prepare(zip_path: str, out_h5: str, case: Case, clock: Clock | None = None) -> None:
     import h5py
     from nilearn.image import resample_img, resample_to_img
     from scipy import ndimage
 
-    clock = clock or _Clock()
+    clock = clock or Clock()
     affine, shape = target_grid(case)
     with zipfile.ZipFile(zip_path) as zf:
         names = sorted({n.split("/")[0] for n in zf.namelist() if n.endswith(".nii.gz")})
@@ -329,13 +319,13 @@ def nilearn_prepare(zip_path: str, out_h5: str, case: Case, clock: _Clock | None
             clock.lap("write")
 
 
-def nilearn_project(in_h5: str, out_2d: str, clock: _Clock | None = None) -> None:
+def nilearn_project(in_h5: str, out_2d: str, clock: Clock | None = None) -> None:
     """The same content as voxelpipe's ``project_2d``: per angle PET and CT MIPs ``[2, Z, X]``, mask and
     mask_iso MIPs ``[1, Z, X]``, each its own dataset ``<group>/<s>_a<angle>``."""
     import h5py
     from scipy import ndimage
 
-    clock = clock or _Clock()
+    clock = clock or Clock()
     with h5py.File(in_h5, "r") as src, h5py.File(out_2d, "a") as dst:
         for subject in src["image"]:
             image = src["image"][subject][()]
@@ -455,16 +445,8 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
     COMPILE["first_call_seconds"] = time.perf_counter() - t0
     COMPILE["loaded_from_disk_cache"] = any(sum(k.stats.cache_hits.values()) > 0 for k in _kernels())
     COMPILE["cold_compile_seconds"] = cold_compile_seconds(COLD_COMPILE_CODE) if benchmarks_enabled else None
-    print("\n" + _compile_line())
+    print("\n" + compile_line(COMPILE, "tiny subject through run_petct + project_2d"))
     return dict(COMPILE)
-
-
-def _compile_line() -> str:
-    cold = COMPILE.get("cold_compile_seconds")
-    return (f"numba (not timed): tiny subject through run_petct + project_2d, first call in this process "
-            f"{COMPILE['first_call_seconds']:.2f} s (kernels loaded from disk cache: "
-            f"{COMPILE['loaded_from_disk_cache']}); in a fresh interpreter with an empty cache: "
-            + (f"{cold:.1f} s" if cold is not None else "not measured"))
 
 
 def _paths(workdir: str, impl: str) -> dict[str, str]:
@@ -500,10 +482,10 @@ def test_petct_prepare(benchmark, bench_summary, request, case, workdir, subject
     else:
         pytest.importorskip("nilearn")
         _import_peers()
-        clocks: list[_Clock] = []
+        clocks: list[Clock] = []
 
         def fn():
-            clocks.append(_Clock())
+            clocks.append(Clock())
             nilearn_prepare(subject_zip, p["run"], case, clocks[-1])
 
     rounds = ROUNDS[impl]
@@ -535,10 +517,10 @@ def test_petct_project(benchmark, bench_summary, request, case, workdir, subject
         if not os.path.exists(p["keep"]):
             nilearn_prepare(subject_zip, p["keep"], case)
         _import_peers()
-        clocks: list[_Clock] = []
+        clocks: list[Clock] = []
 
         def fn():
-            clocks.append(_Clock())
+            clocks.append(Clock())
             nilearn_project(p["keep"], p["run_2d"], clocks[-1])
 
     rounds = ROUNDS[impl]
@@ -560,7 +542,7 @@ def test_petct_steps(case, workdir, subject_zip, voxelpipe_warm):
 
     out = os.path.join(workdir, "steps.h5")
     _remove(out)
-    clock = _Clock()
+    clock = Clock()
     (sid,), _ = zip_subject_ids(subject_zip)
     subject = load_zip_subject(subject_zip, sid)
     clock.lap("load")
@@ -696,7 +678,7 @@ def _ratio_table() -> list[str]:
         if impl in STEPS:
             lines.append(f"{impl} steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in STEPS[impl].items()))
     if COMPILE:
-        lines.append(_compile_line())
+        lines.append(compile_line(COMPILE, "tiny subject through run_petct + project_2d"))
     if AGREE:
         lines.append("agreement voxelpipe vs nilearn: " + ", ".join(
             f"{k} {v:.4f}" for k, v in AGREE.items() if not k.endswith("_dataset")))

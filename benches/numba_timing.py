@@ -33,9 +33,22 @@ def first_call(call: Callable[[], object], dispatcher, info: dict, cold_code: st
     return info
 
 
-def compile_line(info: dict) -> str:
-    """The report line for ``first_call``'s figures."""
+def compile_line(info: dict, what: str = "") -> str:
+    """The report line for ``first_call``'s figures (``what``: what the first call ran, when not one kernel)."""
     cold = info.get("cold_compile_seconds")
-    return (f"numba (not timed above): first call in this process {info['first_call_seconds']:.2f} s "
-            f"(loaded from disk cache: {info['loaded_from_disk_cache']}); cold compile with an empty cache: "
-            + (f"{cold:.1f} s" if cold is not None else "not measured"))
+    return (f"numba (not timed above): {what + ', ' if what else ''}first call in this process "
+            f"{info['first_call_seconds']:.2f} s (loaded from disk cache: {info['loaded_from_disk_cache']}); "
+            "cold compile with an empty cache: " + (f"{cold:.1f} s" if cold is not None else "not measured"))
+
+
+class Clock:
+    """Lap times (s) by step name for a benchmark's per-step report; repeated names add up."""
+
+    def __init__(self):
+        self.steps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self._t
+        self._t = now

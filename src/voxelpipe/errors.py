@@ -51,3 +51,15 @@ class BadTagValueError(DicomReadError):
         self.tag = tag
         self.value = value
         super().__init__(path, f"tag {tag} has unusable value {value!r}: {why}")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason recorded in a run's report when one task (a series, subject, patient) fails: the message of
+    our own errors, ``out of memory``, the OS error with its type, else ``unexpected <type>: <message>``."""
+    if isinstance(exc, VoxelpipeError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError):  # disk full, permissions
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError, VoxelpipeError
+from ..errors import InputError, VoxelpipeError, failure_reason
 from ..geometry import Geometry
 from ..volume import Volume
 
@@ -407,14 +407,8 @@ def _work(task: _Task) -> dict:
         status.update(status="done", shape=figures["shape"], lung_volume_ml=figures["lung_volume_ml"],
                       crop_shape=figures["crop_shape"], n_nodules=features.get("n_nodules", len(nodules)),
                       largest_diameter_mm=_round(features.get("largest_diameter_mm")))
-    except VoxelpipeError as exc:
-        status["reason"] = str(exc)
-    except MemoryError:
-        status["reason"] = "out of memory"
-    except OSError as exc:
-        status["reason"] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - one series' unforeseen failure must not stop the others
-        status["reason"] = f"unexpected {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
+        status["reason"] = failure_reason(exc)
     status["seconds"] = round(time.perf_counter() - started, 3)
     return status
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, VoxelpipeError
+from ..errors import InputError, VoxelpipeError, failure_reason
 from ..geometry import Geometry
 from ..volume import Volume, _json_default
 
@@ -410,14 +410,8 @@ def _work(task: _Task) -> tuple[dict, dict | None]:
                       suv_max=round(stats["suv_max_in_mask"], 4) if stats["suv_max_in_mask"] is not None else "",
                       mask_voxels=stats["mask_voxels"], mask_iso_voxels=stats["mask_iso_voxels"],
                       lesions=stats["lesions"], mask_kind=result["attrs"]["mask_source"].get("kind", ""))
-    except VoxelpipeError as exc:
-        status["reason"] = str(exc)
-    except MemoryError:
-        status["reason"] = "out of memory"
-    except OSError as exc:
-        status["reason"] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # one subject's unforeseen failure must not stop the others
-        status["reason"] = f"unexpected {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
+        status["reason"] = failure_reason(exc)
     status["seconds"] = round(time.perf_counter() - started, 3)
     return status, result
 

@@ -21,7 +21,7 @@ from .. import __version__
 from ..dicom.files import read_header
 from ..dicom.pixels import PixelFormat, decode_into
 from ..dicom.records import PHASE_TAGS, FileRecord, make_record
-from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, VoxelpipeError
+from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason
 from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from ..rescale import output_dtype, rescale
 from ..stores.hdf5_store import Hdf5VolumeWriter
@@ -90,14 +90,8 @@ def convert_series(task: SeriesTask) -> dict:
             result = _convert(task)
         row.update(result, status="converted")
         row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
-    except VoxelpipeError as exc:
-        row["reason"] = str(exc)
-    except MemoryError:
-        row["reason"] = "out of memory"
-    except OSError as exc:  # disk full, permissions
-        row["reason"] = f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # an unforeseen failure must fail this series only
-        row["reason"] = f"unexpected {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
+        row["reason"] = failure_reason(exc)
     finally:
         row["seconds"] = round(time.perf_counter() - started, 3)
     return row
