@@ -101,6 +101,7 @@ def open_masks(volume_path: str | os.PathLike) -> dict[str, object]:
 
     group = open_volume_group(os.fspath(volume_path))
     if MASKS_GROUP not in group:
+        group.store.close()
         return {}
     return dict(sorted(group[MASKS_GROUP].arrays()))
 
@@ -126,12 +127,14 @@ def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...]) -> None:
     """Each mask is written as a standalone array store beside the volume, then renamed into ``masks/``."""
     import zarr
 
+    from .stores.zarr_store import remove
+
     masks_dir = os.path.join(path, MASKS_GROUP)
     if not os.path.exists(os.path.join(masks_dir, "zarr.json")):
         root = zarr.open_group(store=zarr.storage.LocalStore(path), mode="r+")
         root.require_group(MASKS_GROUP)
     staging = path + ".masks.partial"
-    remove_tree(staging)
+    remove(staging)
     os.makedirs(staging)
     try:
         for mask in masks:
@@ -142,9 +145,9 @@ def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...]) -> None:
             if os.path.exists(final):
                 os.replace(final, old)
             os.replace(os.path.join(staging, mask.name), final)
-            remove_tree(old)
+            remove(old)
     finally:
-        remove_tree(staging)
+        remove(staging)
 
 
 def _write_into(path: str, kind: str, masks: list[Mask], chunks: tuple[int, ...], replace_existing: bool) -> None:
@@ -170,9 +173,3 @@ def _copy_zip_without(source: str, target: str, prefixes: list[str]) -> None:
         for info in zin.infolist():
             if not any(info.filename.startswith(p) for p in prefixes):
                 zout.writestr(info, zin.read(info.filename))
-
-
-def remove_tree(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-

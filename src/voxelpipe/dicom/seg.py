@@ -247,7 +247,7 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
     for s in seg_list:
         if s.selected:
             s.mask = np.zeros(geometry.shape, dtype=np.uint8)
-    _fill(path, ds, seg_list, by_number, placement, label_map, seg_type, scaled, max_fraction, threshold,
+    _fill(path, ds, seg_list, placement, label_map, seg_type, scaled, max_fraction, threshold,
           geometry)
 
     voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
@@ -257,8 +257,8 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
     report: list[dict] = []
     for s in seg_list:
         frame_count = n_frames if label_map else len(s.frames)
-        row = {"volume": volume, "source": path, "source_kind": "SEG", "roi_name": s.label, "mask_name": "",
-               "roi_number": s.number, "status": "skipped", "voxels": 0, "volume_ml": 0.0, "contours": 0,
+        row = {"volume": volume, "source": os.path.abspath(path), "source_kind": "SEG", "roi_name": s.label,
+               "mask_name": "", "roi_number": s.number, "status": "skipped", "voxels": 0, "volume_ml": 0.0, "contours": 0,
                "contours_unmatched": 0, "contours_skipped": frame_count, "note": ""}
         seg_notes = list(notes)
         if not s.selected:
@@ -523,7 +523,7 @@ def _max_fractional_value(path: str, ds) -> int:
     return value
 
 
-def _fill(path: str, ds, seg_list: list[_Segment], by_number: dict[int, _Segment], placement: _Placement,
+def _fill(path: str, ds, seg_list: list[_Segment], placement: _Placement,
           label_map: bool, seg_type: str, scaled: bool, max_fraction: int | None, threshold: float,
           geometry: Geometry) -> None:
     """Decode the frames that land on a slice (one at a time) into the selected segments' masks."""
@@ -637,7 +637,7 @@ def _segment_attrs(s: _Segment) -> dict:
 def _common_attrs(path: str, ds, seg_type: str, fractional: str, threshold: float,
                   max_fraction: int | None) -> dict:
     attrs = {
-        "source": path,
+        "source": os.path.abspath(path),
         "source_kind": "SEG",
         "source_sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
         "source_series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),

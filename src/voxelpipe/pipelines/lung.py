@@ -362,8 +362,6 @@ def _work(task: _Task) -> dict:
                       shape_in="x".join(map(str, array.shape)),
                       spacing_in="x".join(f"{v:.4g}" for v in volume.geometry.spacing))
         lap("t_read")
-        if array.dtype not in (np.int16, np.float32):
-            volume = Volume(array.astype(np.float32), volume.geometry, volume.attrs, volume.path)
         resampled = resample(volume, spacing=task.spacing, order="linear", fill=-1024.0)
         geometry = resampled.geometry
         hu = _extend_edges(_to_hu16(np.asarray(resampled.array)), volume.geometry, geometry)

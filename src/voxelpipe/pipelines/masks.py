@@ -114,6 +114,7 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
                 for s in task.sources]
     geometry = volume.geometry
     frame_uid = str(volume.attrs.get("frame_of_reference_uid", "") or "")
+    volume.array.store.close()  # only the geometry is needed; write_masks may replace the store file
     taken: set[str] = set()
     pending: list[tuple[object, dict]] = []
 

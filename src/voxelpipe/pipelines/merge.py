@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 
 from ..errors import InputError, VoxelpipeError
 from ..stores.subject_store import open_subject_store, store_kind
+from ..stores.zarr_store import remove
 
 log = logging.getLogger("voxelpipe")
 
@@ -30,20 +30,13 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a.rstrip("/")) == os.path.realpath(b.rstrip("/"))
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-
-
 def _publish(tmp: str, out: str) -> None:
     """Rename ``tmp`` to ``out``; an existing folder ``out`` is moved aside first and removed afterwards."""
     if os.path.isdir(out):
         aside = f"{out}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, aside)
         os.replace(tmp, out)
-        _remove(aside)
+        remove(aside)
     else:
         if os.path.exists(out) and os.path.isdir(tmp):
             os.remove(out)
@@ -128,7 +121,7 @@ def merge(inputs, out, on_duplicate: str = "error") -> dict:
                              f"(missing {missing[:5]}, unexpected {extra[:5]})")
         _publish(tmp, out)
     finally:
-        _remove(tmp)
+        remove(tmp)
     for item in skipped:
         log.warning("merge: subject %s of %s skipped (kept the one from %s)", item["subject"], item["path"],
                     item["kept_from"])

@@ -78,19 +78,15 @@ def _pet_suv(pet: Volume) -> tuple[Volume, dict]:
     from ..dicom.suv import suv_for_files
 
     files = pet.attrs["slice_files"]
-    result = suv_for_files(files)
-    factors = np.asarray(result.factors, dtype=np.float64)
     array = np.asarray(pet.array)
     if array.ndim != 3:
         raise PetctError(f"{files[0]}: PET series has {array.shape[0]} frames per position (dynamic); "
                          "only static PET volumes are supported")
+    result = suv_for_files(files)
+    factors = np.asarray(result.factors, dtype=np.float64)
     suv = (array.astype(np.float64) * factors[:, None, None]).astype(np.float32)
     attrs = dict(pet.attrs, units="SUVbw", dtype="float32")
-    audit = result.audit if isinstance(result.audit, dict) else {"audit": result.audit}
-    audit = dict(audit)
-    audit.setdefault("factor_min", float(factors.min()))
-    audit.setdefault("factor_max", float(factors.max()))
-    return Volume(suv, pet.geometry, attrs, pet.path), audit
+    return Volume(suv, pet.geometry, attrs, pet.path), dict(result.audit)
 
 
 def _referenced_series(path: str) -> tuple[set[str], str]:
@@ -155,6 +151,8 @@ def _load_mask(row: dict, ct: Volume, pet: Volume, result, rois: Sequence[str] |
         raise PetctError(f"{study_dir}: mask_kind {row.get('mask_kind')!r}: expected RTSTRUCT, SEG or LABEL")
     if not path or not os.path.exists(path):
         raise PetctError(f"{study_dir}: {kind} mask file {path!r} not found")
+    from ..dicom.rtstruct import RoiNotFoundError
+
     candidates, referenced, frame = _grid_candidates(path, ct, pet)
     errors = []
     for name, volume in candidates:
@@ -174,7 +172,7 @@ def _load_mask(row: dict, ct: Volume, pet: Volume, result, rois: Sequence[str] |
                                              frame_of_reference_uid=volume.attrs.get("frame_of_reference_uid")
                                              if same_frame else None)
         except VoxelpipeError as exc:
-            if kind == "RTSTRUCT" and type(exc).__name__ == "RoiNotFoundError":
+            if isinstance(exc, RoiNotFoundError):
                 raise
             errors.append(f"{name}: {exc}")
             continue
@@ -348,7 +346,8 @@ def prepare_subject(subject: Subject, shape: Sequence[int] | None = None, spacin
     labels = label_lesions(mask)  # once: for mask_iso and the lesion count
     iso_mask = mask_iso(suv, mask, fraction=iso, absolute=iso_suv, labels=labels)
     lesions = labels[1]
-    image = np.stack([_window(suv, suv_window, "SUV"), _window(ct_out, ct_window, "CT")]).astype(np.float32)
+    image = np.stack([_window(suv, suv_window, "SUV"), _window(ct_out, ct_window, "CT")]).astype(np.float32,
+                                                                                              copy=False)
     inside = mask != 0
     attrs = {
         "subject_id": subject.subject_id,

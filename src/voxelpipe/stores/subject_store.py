@@ -36,6 +36,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import InputError
+from .zarr_store import remove
 
 __all__ = ["SubjectStore", "open_subject_store", "store_kind", "LAYOUT", "LAYOUT_VERSION", "GROUPS",
            "copy_subject"]
@@ -205,9 +206,6 @@ class _Hdf5Backend:
             return False
         return bool(self.file["image"][name].attrs.get(COMPLETE, False))
 
-    def exists_any(self, name: str) -> bool:
-        return any(group in self.file and name in self.file[group] for group in GROUPS)
-
     def remove(self, name: str) -> None:
         for group in GROUPS:
             if group in self.file and name in self.file[group]:
@@ -298,9 +296,6 @@ class _ZarrBackend:
         array = self._array("image", name)
         return array is not None and bool(array.attrs.get(COMPLETE, False))
 
-    def exists_any(self, name: str) -> bool:
-        return any(os.path.exists(os.path.join(self.path, group, name)) for group in GROUPS)
-
     def remove(self, name: str) -> None:
         for group in GROUPS:
             target = os.path.join(self.path, group, name)
@@ -364,7 +359,7 @@ class SubjectStore:
         if mode == "r" and not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such subject file")
         if mode == "w" and self.kind == "zarr" and os.path.exists(self.path):
-            shutil.rmtree(self.path) if os.path.isdir(self.path) else os.remove(self.path)
+            remove(self.path)
         if mode != "r":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         backend = _Hdf5Backend if self.kind == "hdf5" else _ZarrBackend
