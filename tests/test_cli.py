@@ -141,6 +141,11 @@ def test_demo(tmp_path):
         assert str(manifest / name) in done.stdout
         assert (manifest / name).is_file()
     assert read_csv(manifest / "series_all.csv")  # the demo study has image series
+    masks = read_csv(out / "volumes" / "masks_report.csv")  # the whole flow: masks, resample, project, report
+    assert sorted(r["roi_name"] for r in masks if r["status"] == "written") == ["Core", "Lesion"]
+    assert any((out / "resampled_las_1mm").iterdir()) and any((out / "projections").iterdir())
+    html = (out / "volumes" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8 and "Lesion" in html
 
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path):

@@ -183,8 +183,11 @@ def test_patient_features_one_row_per_patient(run1):
     assert float(alpha["largest_diameter_mm"]) >= 8.0
 
 
-def test_two_workers_give_the_same_outputs(run1, data, tmp_path):
-    rows = _run(data, tmp_path, workers=2)
+@pytest.mark.parametrize("executor", ["pool", "dask-local"])
+def test_two_workers_give_the_same_outputs(run1, data, tmp_path, executor):
+    if executor != "pool":
+        pytest.importorskip("distributed", reason="the dask executor needs dask.distributed (the dask extra)")
+    rows = _run(data, tmp_path, workers=2, executor=executor)
     assert {r["id"]: r["status"] for r in rows} == {r["id"]: r["status"] for r in run1["rows"]}
     for id_ in ("patient_alpha", "patient_beta"):
         a, b = _stage(run1["out"], id_), _stage(tmp_path, id_)

@@ -150,7 +150,10 @@ def test_other_frame_of_reference_and_bad_inputs_fail_clearly(cases, even_volume
         main(["--no-progress", "masks", "--volume", even_volume, "--rtstruct", "a", "--seg", "b"])
 
 
-def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys):
+@pytest.mark.parametrize("executor", ["pool", "dask-local"])
+def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys, executor):
+    if executor != "pool":
+        pytest.importorskip("distributed", reason="the dask executor needs dask.distributed (the dask extra)")
     study = cases["even"].folder.parent  # even/, uneven/ (each with its RTSTRUCT), two more RTSTRUCTs
     voxelpipe.scan(str(study), out=str(tmp_path / "scan"), workers=1, progress=False)
     summary = voxelpipe.convert(manifest=str(tmp_path / "scan" / "series_all.csv"), out=str(tmp_path / "out"),
@@ -158,7 +161,7 @@ def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys):
     assert [r["status"] for r in summary] == ["converted", "converted"]
     # two volumes: two tasks in the process pool
     assert main(["--no-progress", "masks", "--manifest", str(tmp_path / "scan"), "--out", str(tmp_path / "out"),
-                 "--workers", "2"]) == 1  # the structure set in another frame of reference failed
+                 "--workers", "2", "--executor", executor]) == 1  # the structure set in another frame of reference failed
     report = read_report(tmp_path / "out" / "masks_report.csv")
     by_source = {}
     for row in report:

@@ -149,11 +149,13 @@ def test_mask_iso_is_inside_the_mask_and_keeps_each_lesion_peak(subjects):
     assert absolute["attrs"]["mask_iso"]["absolute_suv"] == 5.0
 
 
-@pytest.mark.parametrize("suffix", [".h5", ".zarr"])
-def test_run_writes_skips_on_rerun_and_reports_the_broken_subject(project, subjects, tmp_path, suffix):
+@pytest.mark.parametrize("suffix, executor", [(".h5", "pool"), (".zarr", "pool"), (".h5", "dask-local")])
+def test_run_writes_skips_on_rerun_and_reports_the_broken_subject(project, subjects, tmp_path, suffix, executor):
+    if executor != "pool":
+        pytest.importorskip("distributed", reason="the dask executor needs dask.distributed (the dask extra)")
     out = tmp_path / f"out{suffix}"
     rows = run_petct(project["index"], out, shape=(24, 24, 16), spacing=(2.0, 2.0, 4.0),
-                     workers=1 if suffix == ".zarr" else 2, progress=False)
+                     workers=1 if suffix == ".zarr" else 2, progress=False, executor=executor)
     status = {r["subject_id"]: r for r in rows}
     assert status["a000000001"]["status"] == status["b000000002"]["status"] == "written"
     assert status["c000000003"]["status"] == "failed"

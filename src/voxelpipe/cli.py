@@ -69,6 +69,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_executor(parser: argparse.ArgumentParser, what: str) -> None:
+    """--executor / --scheduler: where the per-item tasks of a command run."""
+    parser.add_argument("--executor", choices=["pool", "dask", "dask-local"], default="pool",
+                        help=f"where the {what} tasks run: pool (processes of this machine, default), dask (a "
+                             "running dask.distributed scheduler, see --scheduler) or dask-local (a LocalCluster "
+                             "of --workers processes); needs the dask extra for the last two")
+    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                        help="address of the dask scheduler for --executor dask")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m voxelpipe",
@@ -91,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="worker processes (default: number of cores; 1 runs in this process)")
     scan.add_argument("--table-format", choices=["csv", "parquet"], default="csv",
                       help="also write metadata.parquet (needs pyarrow) (default csv)")
+    _add_executor(scan, "header-reading")
     scan.set_defaults(func=_run_scan)
 
     convert = commands.add_parser("convert", help="convert DICOM series to volumes (Zarr, HDF5, NPZ) with geometry")
@@ -114,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--clevel", type=int, default=1, help="Blosc zstd level 0-9 (default 1)")
     convert.add_argument("--summary-suffix", default=None, metavar="S",
                          help="summary_<S>.csv (default run, or shardIIofNN)")
+    _add_executor(convert, "per-series")
     convert.set_defaults(func=_run_convert)
 
     aggregate = commands.add_parser("aggregate", help="merge the summary_*.csv of shards into summary_all.csv")
@@ -176,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--report", default=None, help="write the per-ROI report here as CSV (default: "
                        "masks_report.csv beside the volume's data folder)")
     masks.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    _add_executor(masks, "per-volume")
     masks.set_defaults(func=_run_masks)
 
     suv = commands.add_parser("suv", help="PET body-weight SUV factor and its audit record, as JSON per series")
@@ -208,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "scaled to [0, 1] (default 0,20)")
     petct.add_argument("--roi", nargs="+", default=None, help="mask ROI / segment names to use (default: all)")
     petct.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    _add_executor(petct, "per-subject")
     petct.set_defaults(func=_run_petct)
 
     merge = commands.add_parser("merge", help="merge subject files (HDF5 or Zarr) of petct into one")
@@ -241,7 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "(VOXELPIPE_KEY_SECRET) instead of the folder name / PatientID")
     lung.add_argument("--overwrite", action="store_true", help="redo patients whose outputs are complete")
     lung.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    _add_executor(lung, "per-series")
     lung.set_defaults(func=_run_lung)
+
+    report = commands.add_parser("report", help="self-contained HTML verification report of a convert output")
+    report.add_argument("out", metavar="OUT", help="output folder of convert")
+    report.add_argument("--html", default=None, metavar="FILE", help="HTML file to write (default OUT/report.html)")
+    report.add_argument("--samples", type=int, default=8, metavar="N",
+                        help="series sampled for pictures, besides every failed or flagged one (default 8)")
+    report.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
+    report.set_defaults(func=_run_report)
 
     demo = commands.add_parser("demo", help="write a small synthetic CT study as DICOM and run the pipeline on it")
     demo.add_argument("--out", default="voxelpipe-demo", help="folder for the demo (default ./voxelpipe-demo)")
@@ -254,7 +277,8 @@ def _run_scan(args: argparse.Namespace) -> int:
     from .pipelines.scan import scan
 
     result = scan(args.dirs, out=args.out, shards=args.shards, workers=args.workers,
-                  table_format=args.table_format, progress=not args.no_progress)
+                  table_format=args.table_format, progress=not args.no_progress, executor=args.executor,
+                  scheduler=args.scheduler)
     print(f"scanned {result.n_files} files in {result.seconds:.1f} s: {len(result.series)} series, "
           f"{len(result.objects)} objects, {len(result.unreadable)} unreadable -> {args.out}")
     return 0
@@ -312,7 +336,8 @@ def _run_convert(args: argparse.Namespace) -> int:
     summary = convert(args.dirs or None, out=args.out, manifest=args.manifest, fmt=args.fmt, store=args.store,
                       mode=args.mode, workers=args.workers, shard_id=args.shard_id, num_shards=args.num_shards,
                       overwrite=args.overwrite, verify_slices=args.verify_slices, chunks=args.chunks,
-                      clevel=args.clevel, summary_suffix=args.summary_suffix, progress=not args.no_progress)
+                      clevel=args.clevel, summary_suffix=args.summary_suffix, progress=not args.no_progress,
+                      executor=args.executor, scheduler=args.scheduler)
     failed = [r for r in summary if r["status"] == "failed"]
     done = sum(1 for r in summary if r["status"] == "converted")
     skipped = sum(1 for r in summary if r["status"] == "skipped")
@@ -376,6 +401,12 @@ def _run_lung(args: argparse.Namespace) -> int:
     from .pipelines.lung import lung_command
 
     return lung_command(args)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .pipelines.report import report_command
+
+    return report_command(args)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

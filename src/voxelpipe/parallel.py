@@ -1,6 +1,7 @@
 """Process pool for per-item tasks: spawn/forkserver context, numba threads per worker ≤ cores / workers.
 
-``--workers 1`` runs in the calling process. Results come back in input order. A pool is kept alive for
+``imap`` also runs the same tasks on a dask.distributed cluster (``executor="dask"`` or ``"dask-local"``, see
+:mod:`voxelpipe.dask_executor`). ``--workers 1`` with the pool runs in the calling process. Results come back in input order. A pool is kept alive for
 later calls with the same worker count in the same process (library use, benchmarks) and shut down at exit.
 """
 from __future__ import annotations
@@ -10,6 +11,8 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
+
+from .errors import InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -86,9 +89,31 @@ def shutdown() -> None:
         pool.join()
 
 
-def imap(func: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1) -> Iterator[R]:
-    """``map`` over ``items`` with ``workers`` processes (in-process for 1), yielding results in order."""
+EXECUTORS = ("pool", "dask", "dask-local")
+
+
+def check_executor(executor: str, scheduler: str | None) -> None:
+    """Raise InputError for an unknown executor or a scheduler address without ``executor="dask"``."""
+    if executor not in EXECUTORS:
+        raise InputError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if scheduler and executor != "dask":
+        raise InputError(f"--scheduler {scheduler} needs --executor dask (got {executor})")
+    if executor == "dask" and not scheduler:
+        raise InputError("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running dask "
+                         "scheduler)")
+
+
+def imap(func: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1, executor: str = "pool",
+         scheduler: str | None = None) -> Iterator[R]:
+    """``map`` over ``items`` with ``workers`` processes (in-process for 1) or on a dask cluster, yielding
+    results in order. ``func`` must be a module-level function (it is pickled by reference)."""
     items = list(items)
+    check_executor(executor, scheduler)
+    if executor != "pool":
+        from .dask_executor import dask_imap
+
+        yield from dask_imap(func, items, executor, scheduler, max(1, workers))
+        return
     if workers <= 1 or len(items) <= 1:
         yield from map(func, items)
         return

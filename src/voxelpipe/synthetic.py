@@ -115,6 +115,17 @@ def slice_geometry(spec: SeriesSpec, index: int) -> tuple[list[float], list[floa
     return [round(float(v), 6) for v in ipp], iop
 
 
+def slice_dataset(spec: SeriesSpec, index: int, number: int, base: Dataset | None = None) -> Dataset:
+    """Slice ``index`` of ``spec``'s series as ``write_series`` writes it, without pixel data: the series' shared
+    tags (``base``, default built from ``spec``), a new SOP instance UID, InstanceNumber ``number``, position."""
+    ds = _new_instance(_base_dataset(spec) if base is None else base, number)
+    ipp, iop = slice_geometry(spec, index)
+    ds.ImagePositionPatient = [f"{v:g}" for v in ipp]
+    ds.ImageOrientationPatient = [f"{v:.6g}" for v in iop]
+    ds.SliceLocation = f"{ipp[2]:g}"
+    return ds
+
+
 def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, names: str = "instance",
                  skip: Sequence[int] = (), duplicate: Sequence[int] = (), hu: np.ndarray | None = None,
                  tags: dict | None = None) -> list[str]:
@@ -135,11 +146,7 @@ def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, n
     paths = []
     copies = [i for i in range(spec.n_slices) if i not in set(skip)] + list(duplicate)
     for number, index in enumerate(sorted(copies), start=1):
-        ds = _new_instance(base, number)
-        ipp, iop = slice_geometry(spec, index)
-        ds.ImagePositionPatient = [f"{v:g}" for v in ipp]
-        ds.ImageOrientationPatient = [f"{v:.6g}" for v in iop]
-        ds.SliceLocation = f"{ipp[2]:g}"
+        ds = slice_dataset(spec, index, number, base)
         ds.PixelData = stored[index].tobytes()
         name = f"IM{number:04d}.dcm" if names == "instance" else f"{rng.integers(1 << 40):010x}"
         path = os.path.join(folder, name)

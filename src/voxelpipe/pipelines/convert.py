@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 
 from ..errors import InputError, VoxelpipeError
-from ..parallel import default_workers, imap, init_worker, threads_per_worker
+from ..parallel import check_executor, default_workers, imap, init_worker, threads_per_worker
 from ..progress import Progress
 from ..stores.hdf5_store import keys_in, merge_into
 from ..stores.zarr_store import STORE_SUFFIXES
@@ -56,20 +56,24 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             fmt: str = "zarr", store: str = "dir", mode: str = "3d", workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = 2, chunks: tuple[int, int, int] | None = None, clevel: int = 1,
-            summary_suffix: str | None = None, progress: bool = True) -> list[dict]:
+            summary_suffix: str | None = None, progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series).
 
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
-    ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). Everything else as the CLI.
+    ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). ``executor``: ``pool`` (processes of
+    this machine), ``dask`` (a running scheduler at ``scheduler``) or ``dask-local`` (a LocalCluster of ``workers``
+    processes); the outputs are the same. Everything else as the CLI.
     """
     started = time.perf_counter()
     _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    check_executor(executor, scheduler)
     records: dict = {}
     if manifest is None:
         if not inputs:
             raise InputError("give DICOM folders or --manifest")
         scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
-                       shards=1, workers=workers, progress=progress)
+                       shards=1, workers=workers, progress=progress,
+                       executor=executor, scheduler=scheduler)
         manifest = os.path.join(out, "manifest", "series_all.csv")
         records = scanned.records  # headers already read: workers need not parse them again
     rows, files = load_manifest(manifest)
@@ -97,12 +101,12 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     else:
         summary = []
     workers = default_workers() if workers is None else max(1, workers)
-    if workers == 1 or len(tasks) <= 1:  # in this process: give its kernels and Blosc every core
+    if executor == "pool" and (workers == 1 or len(tasks) <= 1):  # in this process: give its kernels and Blosc every core
         init_worker(threads_per_worker(1))
-    log.info("convert: %d series to %s (%s%s), %d worker(s)", len(tasks), out, fmt,
-             f"/{store}" if fmt == "zarr" else "", workers)
+    log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
+             f"/{store}" if fmt == "zarr" else "", workers, scheduler or executor)
     with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
-        for row in imap(convert_series, tasks, workers):
+        for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler):
             if fmt == "hdf5" and row["status"] == "converted":
                 merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
                 row["path"] = run_h5

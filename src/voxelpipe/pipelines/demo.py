@@ -1,10 +1,15 @@
-"""`demo`: a synthetic CT study written as real DICOM, then the pipeline run on it."""
+"""`demo`: a synthetic CT study (with an RT structure set) written as real DICOM, then the whole flow run on it:
+scan, convert, masks, resample, project, report."""
 from __future__ import annotations
 
 import os
 
-from ..synthetic import write_demo_study
+import pydicom
+
+from ..synthetic import sphere_contours, write_demo_study, write_rtstruct
 from .convert import convert
+from .masks import add_masks_from_manifest
+from .report import write_report
 from .scan import scan
 from .transform import parse_angles, project_volumes, resample_volumes
 
@@ -14,6 +19,7 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
     out = os.fspath(out)
     dicom_dir = os.path.join(out, "dicom")
     files = write_demo_study(dicom_dir)
+    files["rtstruct"] = [_write_structures(dicom_dir, files["ct"])]
     n_files = sum(len(v) for v in files.values())
     print(f"wrote {n_files} synthetic DICOM files -> {dicom_dir}")
     manifest = os.path.join(out, "manifest")
@@ -33,11 +39,27 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
         print(f"  {row['path']}: {row['shape']} {row['dtype']}, {row['status']} {row['reason']}"
               f"(ratio {row['ratio']}, verification {row['verification']})")
     print(f"  {os.path.join(volumes, 'summary_run.csv')}")
+    rows = add_masks_from_manifest(manifest, volumes, workers=workers, progress=progress)
+    written = [r for r in rows if r["status"] == "written"]
+    print(f"masks: {len(written)} ROI mask(s) from the RT structure set onto their volume "
+          f"({', '.join(r['roi_name'] for r in written)}) -> {os.path.join(volumes, 'masks_report.csv')}")
     resampled = os.path.join(out, "resampled_las_1mm")
     rows = resample_volumes(volumes, resampled, spacing=(1.0, 1.0, 1.0), orientation="LAS", progress=progress)
     print(f"resample: {len(rows)} volume(s) reoriented to LAS and resampled to 1 mm -> {resampled}")
     projections = os.path.join(out, "projections")
     rows = project_volumes(volumes, projections, angles=parse_angles("0:360:45"), progress=progress)
     print(f"project: {len(rows)} volume(s), 8 maximum intensity projections each -> {projections}")
+    report = write_report(volumes, samples=4, progress=progress)
+    print(f"report: open {report} in a browser (summary, slices with mask overlays, MIPs, geometry, checks)")
     return {"dicom": dicom_dir, "manifest": manifest, "volumes": volumes, "resampled": resampled,
-            "projections": projections}
+            "projections": projections, "report": report}
+
+
+def _write_structures(dicom_dir: str, ct_files: list[str]) -> str:
+    """An RT structure set on the demo CT: a 'Lesion' sphere (r 8 mm) and a 'Core' sphere (r 15 mm)."""
+    z = sorted(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in ct_files)
+    rois = {"Lesion": sphere_contours((5.0, -3.0, z[25]), 8.0, z), "Core": sphere_contours((0.0, 0.0, z[18]), 15.0, z)}
+    os.makedirs(os.path.join(dicom_dir, "rtstruct"), exist_ok=True)
+    return write_rtstruct(os.path.join(dicom_dir, "rtstruct", "RS_demo.dcm"), ct_files, rois,
+                          colors={"Lesion": (255, 60, 60), "Core": (60, 200, 255)})
+

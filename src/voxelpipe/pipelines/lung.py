@@ -476,14 +476,16 @@ def _scrub(rows: list[dict], secrets: list[str]) -> None:
 def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.PathLike = "voxelpipe-lung",
              manifest: str | os.PathLike | None = None, spacing: Sequence[float] = (2.0, 2.0, 2.0),
              model: str | None = None, threshold: float = 0.5, pseudonymise: bool = False, overwrite: bool = False,
-             workers: int | None = None, progress: bool = True) -> list[dict]:
+             workers: int | None = None, progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> list[dict]:
     """Run the lung pipeline over DICOM folders ``dirs`` or a scan ``manifest`` into ``out`` (see the module
     docstring). Returns this run's summary rows (``SUMMARY_COLUMNS``; status done / kept / skipped / failed), also
-    written to ``out/summary.csv``. A failing series never stops the others."""
-    from ..parallel import default_workers, imap
+    written to ``out/summary.csv``. A failing series never stops the others. ``executor``/``scheduler``: where
+    the per-series tasks run (:func:`voxelpipe.parallel.imap`)."""
+    from ..parallel import check_executor, default_workers, imap
     from ..progress import Progress
     from ..tables import write_csv
 
+    check_executor(executor, scheduler)
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
     dirs = [os.fspath(d) for d in (dirs or [])]
@@ -552,7 +554,7 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
              sum(r["status"] == "kept" for r in rows), sum(r["status"] != "kept" for r in rows), workers, root)
     bar = Progress(len(todo), "lung", unit="series", enabled=progress)
     try:
-        for status in imap(_work, todo, workers):
+        for status in imap(_work, todo, workers, executor=executor, scheduler=scheduler):
             if status["status"] == "failed":
                 log.warning("lung: %s failed: %s", status["id"], status["reason"])
             rows.append(status)
@@ -576,6 +578,7 @@ def lung_command(args) -> int:
                         spacing=getattr(args, "spacing", (2.0, 2.0, 2.0)), model=getattr(args, "model", None),
                         threshold=getattr(args, "threshold", 0.5), pseudonymise=getattr(args, "pseudonymise", False),
                         overwrite=getattr(args, "overwrite", False), workers=getattr(args, "workers", None),
+                        executor=getattr(args, "executor", "pool"), scheduler=getattr(args, "scheduler", None),
                         progress=not getattr(args, "no_progress", False))
     except VoxelpipeError as exc:
         print(f"lung: {exc}")

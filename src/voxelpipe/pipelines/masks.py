@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from ..dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
 from ..errors import InputError, VoxelpipeError
-from ..parallel import default_workers, imap, init_worker, threads_per_worker
+from ..parallel import check_executor, default_workers, imap, init_worker, threads_per_worker
 from ..progress import Progress
 from ..stores.zarr_store import STORE_SUFFIXES
 from ..tables import read_csv, write_csv
@@ -253,20 +253,23 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
 
 def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
                             rois: Sequence[str] | None = None, workers: int | None = None,
-                            report: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
+                            report: str | os.PathLike | None = None, progress: bool = True,
+                            executor: str = "pool", scheduler: str | None = None) -> list[dict]:
     """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
-    ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``)."""
+    ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``).
+    ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.parallel.imap`)."""
+    check_executor(executor, scheduler)
     out = os.fspath(out)
     if not os.path.isdir(out):
         raise InputError(f"{out}: no such convert output folder")
     tasks, rows = plan_manifest(manifest, out, rois)
     workers = min(default_workers() if workers is None else max(1, workers), max(1, len(tasks)))
-    if workers == 1:
+    if workers == 1 and executor == "pool":
         init_worker(threads_per_worker(1))
     log.info("masks: %d object(s) onto %d volume(s), %d worker(s)", sum(len(t.sources) for t in tasks),
              len(tasks), workers)
     with Progress(len(tasks), "masks", unit="volumes", enabled=progress) as bar:
-        for result in imap(masks_for_volume, tasks, workers):
+        for result in imap(masks_for_volume, tasks, workers, executor=executor, scheduler=scheduler):
             rows.extend(result)
             bar.update()
     write_report(os.fspath(report) if report else os.path.join(out, REPORT_NAME), rows)
@@ -321,9 +324,12 @@ def masks_command(args) -> int:
         if not args.out:
             raise InputError("--manifest needs --out, the convert output folder holding data/<key>.zarr")
         rows = add_masks_from_manifest(args.manifest, args.out, rois=args.roi, workers=args.workers,
-                                       report=args.report, progress=not args.no_progress)
+                                       report=args.report, progress=not args.no_progress,
+                                       executor=args.executor, scheduler=args.scheduler)
         report = args.report or os.path.join(args.out, REPORT_NAME)
     else:
+        if args.executor != "pool" or args.scheduler:
+            raise InputError("--executor and --scheduler go with --manifest (one volume runs in this process)")
         if not args.volume or not (args.rtstruct or args.seg):
             raise InputError("give --volume with --rtstruct or --seg, or --manifest with --out")
         rows = add_masks(args.volume, rtstruct=args.rtstruct, seg=args.seg, rois=args.roi, report=args.report)

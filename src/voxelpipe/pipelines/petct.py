@@ -459,18 +459,20 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
               spacing: Sequence[float] | None = None, orientation: str = "LAS", iso: float | None = 0.41,
               iso_suv: float | None = None, ct_window: Sequence[float] = (-1000.0, 1000.0),
               suv_window: Sequence[float] = (0.0, 20.0), rois: Sequence[str] | None = None,
-              workers: int | None = None, progress: bool = True) -> list[dict]:
+              workers: int | None = None, progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> list[dict]:
     """Prepare every subject of ``source`` (petct-index CSV, or project.zip) into ``out`` (``.h5`` / ``.zarr``).
 
     Subjects already complete in ``out`` are skipped; workers load and prepare, only this process writes.
+    ``executor``/``scheduler``: where the per-subject tasks run (:func:`voxelpipe.parallel.imap`).
     Returns one status row per subject (``STATUS_COLUMNS``: status written / skipped / failed with the reason),
     also written to ``<out stem>_petct.csv``."""
-    from ..parallel import default_workers, imap
+    from ..parallel import check_executor, default_workers, imap
     from ..progress import Progress
     from ..reorient import _parse
     from ..stores.subject_store import open_subject_store
     from ..tables import write_csv
 
+    check_executor(executor, scheduler)
     _parse(orientation)  # a bad code fails before any work
     for window, what in ((ct_window, "CT"), (suv_window, "SUV")):
         if len(window) != 2 or not float(window[1]) > float(window[0]):
@@ -493,7 +495,7 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
         workers = min(workers, max(1, len(todo)))
         bar = Progress(len(todo), "petct", unit="subjects", enabled=progress)
         try:
-            for status, result in imap(_work, todo, workers):
+            for status, result in imap(_work, todo, workers, executor=executor, scheduler=scheduler):
                 if result is not None:
                     try:
                         store.write(status["subject_id"], result["image"], result["mask"], result["mask_iso"],
@@ -523,7 +525,8 @@ def petct_command(args) -> int:
                          iso=getattr(args, "iso", 0.41), iso_suv=getattr(args, "iso_suv", None),
                          ct_window=getattr(args, "ct_window", (-1000.0, 1000.0)),
                          suv_window=getattr(args, "suv_window", (0.0, 20.0)),
-                         rois=_none_if_empty(getattr(args, "roi", None)), workers=getattr(args, "workers", None))
+                         rois=_none_if_empty(getattr(args, "roi", None)), workers=getattr(args, "workers", None),
+                         executor=getattr(args, "executor", "pool"), scheduler=getattr(args, "scheduler", None))
     except VoxelpipeError as exc:
         print(f"petct: {exc}")
         return 1

@@ -21,7 +21,7 @@ from ..dicom.files import iter_files, read_header
 from ..dicom.records import FileRecord, make_record
 from ..dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
 from ..errors import DicomReadError, InputError, NoGeometryError, NotDicomError
-from ..parallel import default_workers, imap
+from ..parallel import check_executor, default_workers, imap
 from ..progress import Progress
 from ..tables import RowSpool, write_csv, write_json
 
@@ -85,12 +85,13 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
 
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = 16, workers: int | None = None, table_format: str = "csv", secret: str | None = None,
-         progress: bool = True) -> ScanResult:
+         progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> ScanResult:
     """Scan folders (any depth) for DICOM files and build the manifest tables.
 
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).
     ``shards``: number of byte-balanced shard files; ``workers``: processes (1 = in this process);
     ``table_format``: ``csv`` or ``parquet`` (metadata also as Parquet); ``secret``: HMAC key for series keys.
+    ``executor``/``scheduler``: where the header-reading tasks run (:func:`voxelpipe.parallel.imap`).
     """
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
@@ -99,6 +100,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
         raise InputError(f"shards must be at least 1, got {shards}")
     if table_format not in ("csv", "parquet"):
         raise InputError(f"table format must be csv or parquet, got {table_format!r}")
+    check_executor(executor, scheduler)
     workers = default_workers() if workers is None else max(1, workers)
     files = list(iter_files(paths))
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
@@ -114,7 +116,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
     try:
         with Progress(len(files), "scan", enabled=progress) as bar:
-            for results in imap(scan_files, batches, workers):
+            for results in imap(scan_files, batches, workers, executor=executor, scheduler=scheduler):
                 for path, status, row, record, reason in results:
                     if row is not None:
                         row = {"path": path, **row}

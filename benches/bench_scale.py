@@ -1,0 +1,157 @@
+"""Files per second of scan + convert over the 20,000-file synthetic tree: 1 and 2 pool workers, and the dask
+LocalCluster against the pool (issue 8).
+
+Data: ``voxelpipe.synthetic_tree.write_scale_tree`` (seed 0), written once per session into pytest's tmp folder:
+~330 CT series of 20–100 slices of 16×16 / 32×32 in nested patient/study/series folders, 8 localizers, 7 broken
+files. Size: ``VOXELPIPE_BENCH_SCALE_FILES``, default 20,000 when benchmarks are timed and 2,000 in the smoke run
+(pyproject addopts ``--benchmark-disable``).
+
+Cases (ids), each ``voxelpipe.convert([tree], out=<fresh dir>, workers=W, executor=E, progress=False)``, the
+library call of ``python -m voxelpipe convert TREE --out OUT --workers W --executor E`` (scan into OUT/manifest,
+then one series per task, Zarr dir store, verification of 2 slices per series as by default):
+
+* ``pool-1w``: ``executor="pool"``, ``workers=1`` (runs in the calling process).
+* ``pool-2w``: ``executor="pool"``, ``workers=2`` (forkserver process pool, kept alive between calls).
+* ``dask-local-2w``: ``executor="dask-local"``, ``workers=2`` (a ``distributed.LocalCluster`` of 2 single-thread
+  worker processes, kept alive between calls); skipped without dask.distributed.
+
+Before timing, one untimed cold call per case converts two series of the tree (pool or cluster start, numba
+kernels loaded); its time is ``extra_info["cold_seconds"]``. Before every round (untimed) every input file is
+read once, so rounds convert from the page cache (this VM reclaims idle file pages within tens of seconds), and
+the output folder is fresh. Each round checks its result outside the timing: every series converted, every broken
+file in the unreadable list. ``extra_info["files_per_second"]`` = tree files / median (one run when disabled);
+the table also splits the last round into its scan (``manifest/scan.json`` seconds) and the rest (convert).
+
+Run:
+
+* smoke test (every case runs once on 2,000 files, with the checks)::
+
+    python -m pytest benches/bench_scale.py -q
+
+* timed, 3 rounds per case on 20,000 files, with the ratio table in the terminal summary::
+
+    python -m pytest benches/bench_scale.py --benchmark-enable -q -s -p no:cacheprovider
+
+Run it on an otherwise idle machine: the 2-worker cases need two free cores.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import voxelpipe
+from voxelpipe.parallel import cpu_count
+from voxelpipe.synthetic_tree import ScaleTree, write_scale_tree
+
+FULL_FILES, SMOKE_FILES = 20000, 2000
+ROUNDS = 3
+CASES = {"pool-1w": ("pool", 1), "pool-2w": ("pool", 2), "dask-local-2w": ("dask-local", 2)}
+
+# case id -> {"median": s or None, "cold": s, "files_per_second": ...}, filled by the cases, read at session end
+RESULTS: dict[str, dict] = {}
+N_FILES: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session")
+def scale_tree(tmp_path_factory, benchmarks_enabled) -> ScaleTree:
+    """The synthetic tree, written once per session (shared by every case)."""
+    n_files = int(os.environ.get("VOXELPIPE_BENCH_SCALE_FILES") or (FULL_FILES if benchmarks_enabled else SMOKE_FILES))
+    tree = write_scale_tree(tmp_path_factory.mktemp("bench_scale") / "dicom", n_files=n_files, seed=0)
+    N_FILES["tree"] = tree.n_files
+    N_FILES["series"] = len(tree.series)
+    N_FILES["write_seconds"] = tree.seconds
+    return tree
+
+
+def _read_inputs(tree: ScaleTree) -> None:
+    """Read every input file once (untimed), so a round reads from the page cache."""
+    for path in tree.all_files():
+        with open(path, "rb") as fh:
+            fh.read()
+
+
+def _convert(tree_root: str, out: str, executor: str, workers: int, folders: list[str] | None = None) -> list[dict]:
+    return voxelpipe.convert(folders or [tree_root], out=out, workers=workers, executor=executor, progress=False)
+
+
+def _check(tree: ScaleTree, out: Path, rows: list[dict]) -> None:
+    assert len(rows) == len(tree.series), (len(rows), len(tree.series))
+    assert {r["status"] for r in rows} == {"converted"}, [r for r in rows if r["status"] != "converted"][:3]
+    summary = json.loads((out / "summary_run.json").read_text())
+    assert summary["unreadable_files"] == len(tree.broken)
+
+
+def _ratio_table() -> list[str]:
+    """files/s per case, 2w/1w scaling and the dask-local overhead; empty when benchmarks were disabled."""
+    timed = {case: r for case, r in RESULTS.items() if r["median"] is not None}
+    if not timed:
+        return []
+    lines = [
+        f"scan + convert of {N_FILES['tree']:,} files ({N_FILES['series']} series; tree written in "
+        f"{N_FILES['write_seconds']:.1f} s), median of {ROUNDS} rounds, {cpu_count()} usable cores",
+        f"{'case':<15} {'median s':>9} {'files/s':>9} {'cold s':>8}   last round: scan s + rest s",
+    ]
+    for case in CASES:
+        if case in timed:
+            r = timed[case]
+            lines.append(f"{case:<15} {r['median']:>9.2f} {r['files_per_second']:>9.0f} {r['cold']:>8.2f}   "
+                         f"{r['scan']:.1f} + {r['last'] - r['scan']:.1f}")
+    one, two, dask = timed.get("pool-1w"), timed.get("pool-2w"), timed.get("dask-local-2w")
+    if one and two:
+        lines.append(f"scaling 2w/1w (pool): {one['median'] / two['median']:.2f}x (ideal 2.00x)")
+    if two and dask:
+        lines.append(f"dask-local overhead, pool/dask throughput (= dask time / pool time), 2 workers: "
+                     f"{dask['median'] / two['median']:.2f}x (1.00x = none)")
+    return lines
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_scale_convert(benchmark, bench_summary, scale_tree, tmp_path, case):
+    """scan + convert of the whole tree; files/s."""
+    executor, workers = CASES[case]
+    if executor != "pool":
+        pytest.importorskip("distributed")
+        if "executor" not in inspect.signature(voxelpipe.convert).parameters:
+            pytest.skip("voxelpipe.convert has no executor argument yet")
+    benchmark.group = "scale-scan-convert"
+    bench_summary("scale: scan + convert files/s, 2w/1w scaling, dask-local overhead", _ratio_table)
+
+    t0 = time.perf_counter()  # untimed cold call on two series: pool / cluster start, numba kernels loaded
+    _convert(scale_tree.root, str(tmp_path / "cold"), executor, workers,
+             folders=[s.folder for s in scale_tree.series[:2]])
+    cold = time.perf_counter() - t0
+    benchmark.extra_info["cold_seconds"] = cold
+
+    outs: list[Path] = []
+
+    def setup():
+        if outs:
+            shutil.rmtree(outs[-1], ignore_errors=True)
+        outs.append(tmp_path / f"round{len(outs)}")
+        _read_inputs(scale_tree)
+        return (scale_tree.root, str(outs[-1]), executor, workers), {}
+
+    last: list[float] = []
+
+    def run(*args):
+        t = time.perf_counter()
+        result = _convert(*args)
+        last.append(time.perf_counter() - t)
+        return result
+
+    rows = benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    _check(scale_tree, outs[-1], rows)
+
+    median = benchmark.stats.stats.median if benchmark.stats is not None else None
+    files_per_second = scale_tree.n_files / (median if median is not None else last[-1])  # disabled: one run
+    scan_seconds = json.loads((outs[-1] / "manifest" / "scan.json").read_text())["seconds"]  # last round's split
+    benchmark.extra_info.update(files_per_second=files_per_second, files=scale_tree.n_files,
+                                last_round_scan_seconds=scan_seconds, last_round_seconds=last[-1])
+    RESULTS[case] = {"cold": cold, "median": median, "files_per_second": files_per_second,
+                     "scan": scan_seconds, "last": last[-1]}
