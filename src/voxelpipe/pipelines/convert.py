@@ -117,21 +117,22 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
     if unreadable:
         log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
-                    "see %s", len(unreadable), _unreadable_csv(manifest))
+                    "see %s", len(unreadable), unreadable_csv(manifest))
     write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
     counts = defaultdict(int)
     for row in summary:
         counts[row["status"]] += 1
     write_json(os.path.join(out, f"summary_{suffix}.json"),
                {"series": summary, "counts": dict(counts), "options": options,
-                "unreadable_files": len(unreadable), "unreadable_list": _unreadable_csv(manifest),
+                "unreadable_files": len(unreadable), "unreadable_list": unreadable_csv(manifest),
                 "seconds": round(time.perf_counter() - started, 3)})
     log.info("convert: %s in %.1f s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing",
              time.perf_counter() - started)
     return summary
 
 
-def _unreadable_csv(manifest: str) -> str:
+def unreadable_csv(manifest: str) -> str:
+    """Path of the unreadable_files.csv of a manifest (beside it or one folder up), or ''."""
     folder = os.path.dirname(os.path.abspath(manifest))
     for candidate in (folder, os.path.dirname(folder)):
         path = os.path.join(candidate, "unreadable_files.csv")
@@ -142,7 +143,7 @@ def _unreadable_csv(manifest: str) -> str:
 
 def _unreadable_files(manifest: str) -> list[dict]:
     """The rows of the manifest's unreadable_files.csv (files no series could use), for the run's report."""
-    path = _unreadable_csv(manifest)
+    path = unreadable_csv(manifest)
     return read_csv(path) if path else []
 
 
@@ -190,6 +191,20 @@ def _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel) -> No
         raise InputError(f"--clevel must be 0..9, got {clevel}")
 
 
+def merge_summaries(tables: list[tuple[str, list[dict]]]) -> list[dict]:
+    """One row per series from several summaries ``(csv path, rows)``, oldest file first: a later row replaces
+    an earlier one unless it is a skip of a series that did not fail (a rerun's result replaces an earlier
+    failure). Each row gets ``summary_file``; rows come back sorted by series key."""
+    merged: dict[str, dict] = {}
+    for path, rows in sorted(tables, key=lambda table: os.path.getmtime(table[0])):
+        for row in rows:
+            row = dict(row, summary_file=os.path.basename(path))
+            previous = merged.get(row["series_key"])
+            if previous is None or row["status"] != "skipped" or previous["status"] == "failed":
+                merged[row["series_key"]] = row
+    return sorted(merged.values(), key=lambda r: r["series_key"])
+
+
 def aggregate(out: str) -> list[dict]:
     """Merge every ``summary_<suffix>.csv`` under ``out`` into ``summary_all.csv`` (later rows of a series win:
     a rerun's result replaces an earlier failure)."""
@@ -197,16 +212,9 @@ def aggregate(out: str) -> list[dict]:
                    if os.path.basename(p) != "summary_all.csv")
     if not paths:
         raise InputError(f"{out}: no summary_*.csv to aggregate")
-    merged: dict[str, dict] = {}
-    for path in sorted(paths, key=os.path.getmtime):
-        for row in read_csv(path):
-            row["summary_file"] = os.path.basename(path)
-            previous = merged.get(row["series_key"])
-            if previous is None or row["status"] != "skipped" or previous["status"] == "failed":
-                merged[row["series_key"]] = row
-    rows = sorted(merged.values(), key=lambda r: r["series_key"])
+    rows = merge_summaries([(path, read_csv(path)) for path in paths])
     write_csv(os.path.join(out, "summary_all.csv"), rows, SUMMARY_COLUMNS + ["summary_file"])
     return rows
 
 
-__all__ = ["convert", "aggregate", "load_manifest", "volume_path"]
+__all__ = ["convert", "aggregate", "merge_summaries", "unreadable_csv", "load_manifest", "volume_path"]

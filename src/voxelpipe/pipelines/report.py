@@ -46,6 +46,7 @@ from ..reorient import axis_codes, orientation
 from ..stores.zarr_store import STORE_SUFFIXES
 from ..tables import atomic_path, read_csv
 from ..volume import Volume, open_volume
+from .convert import merge_summaries, unreadable_csv
 
 log = logging.getLogger("voxelpipe")
 
@@ -94,19 +95,7 @@ def load_runs(out: str) -> tuple[list[dict], list[Run], str]:
         return sorted(read_csv(merged), key=lambda r: r["series_key"]), runs, ALL_SUMMARY
     if os.path.isfile(merged):
         log.warning("report: %s is older than a shard summary; merging the shard summaries instead", merged)
-    return _merge(runs), runs, ", ".join(os.path.basename(p) for p in paths)
-
-
-def _merge(runs: list[Run]) -> list[dict]:
-    """Rows of several summaries by ``aggregate``'s rule, oldest file first."""
-    rows: dict[str, dict] = {}
-    for run in sorted(runs, key=lambda r: os.path.getmtime(r.csv)):
-        for row in run.rows:
-            row = dict(row, summary_file=os.path.basename(run.csv))
-            previous = rows.get(row["series_key"])
-            if previous is None or row["status"] != "skipped" or previous["status"] == "failed":
-                rows[row["series_key"]] = row
-    return sorted(rows.values(), key=lambda r: r["series_key"])
+    return merge_summaries([(run.csv, run.rows) for run in runs]), runs, ", ".join(os.path.basename(p) for p in paths)
 
 
 def _read_json(path: str) -> dict | None:
@@ -135,10 +124,8 @@ def manifest_paths(out: str, runs: list[Run]) -> list[str]:
 
 def load_unreadable(out: str, runs: list[Run], manifests: list[str]) -> tuple[list[dict], str]:
     """Rows of the manifest's ``unreadable_files.csv`` (each file once) and the CSV paths read."""
-    from .convert import _unreadable_csv
-
     candidates = [(r.info or {}).get("unreadable_list") or "" for r in runs]
-    candidates += [_unreadable_csv(m) for m in manifests] + [os.path.join(out, "manifest", "unreadable_files.csv")]
+    candidates += [unreadable_csv(m) for m in manifests] + [os.path.join(out, "manifest", "unreadable_files.csv")]
     rows: dict[str, dict] = {}
     used: list[str] = []
     for path in candidates:
