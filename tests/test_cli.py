@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import zarr
 
 from voxelpipe.synthetic import SeriesSpec, write_series
 
@@ -143,9 +145,34 @@ def test_demo(tmp_path):
     assert read_csv(manifest / "series_all.csv")  # the demo study has image series
     masks = read_csv(out / "volumes" / "masks_report.csv")  # the whole flow: masks, resample, project, report
     assert sorted(r["roi_name"] for r in masks if r["status"] == "written") == ["Core", "Lesion"]
-    assert any((out / "resampled_las_1mm").iterdir()) and any((out / "projections").iterdir())
+    converted = read_csv(out / "volumes" / "summary_run.csv")
+    assert sorted(r["status"] for r in converted) == ["converted", "converted"]  # the CT and its 5 mm copy
+    resampled = read_csv(out / "resampled_las_1mm" / "resample_summary.csv")
+    assert sorted(r["status"] for r in resampled) == ["resampled", "resampled"]
+    for row in resampled:  # LAS at 1 mm: each axis step is 1 mm along the codes' directions
+        attrs = zarr.open_group(row["path"], mode="r").attrs
+        np.testing.assert_allclose(attrs["spacing"], [1.0, 1.0, 1.0])
+        direction = np.asarray(attrs["direction"])  # column a: LPS unit vector of array axis a
+        letters = ["LR"[int(c[0] < 0)] if abs(c[0]) > 0.5 else "PA"[int(c[1] < 0)] if abs(c[1]) > 0.5
+                   else "SI"[int(c[2] < 0)] for c in direction.T]
+        assert "".join(letters) == "LAS"
+    projected = read_csv(out / "projections" / "project_summary.csv")
+    assert sorted(r["status"] for r in projected) == ["projected", "projected"]
+    for row in projected:  # 0:360:45 -> 8 angles
+        assert zarr.open_array(row["path"] + "/image", mode="r").shape[0] == 8
     html = (out / "volumes" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "Lesion" in html
+
+
+def test_demo_stops_on_a_stage_that_did_not_do_its_job():
+    from voxelpipe.pipelines.demo import DemoStepError, _require
+
+    with pytest.raises(DemoStepError, match="convert gave 2 row.*1 not ok.*abc: failed no pixels"):
+        _require("convert", [{"series_key": "abc", "status": "failed", "reason": "no pixels"},
+                             {"series_key": "def", "status": "converted"}], {"converted"})
+    with pytest.raises(DemoStepError, match=r"masks gave 1 row\(s\), 0 not ok \(expected 2\)"):
+        _require("masks", [{"status": "written"}], {"written"}, count=2)
+    _require("project", [{"status": "projected"}] * 2, {"projected"}, count=2)
 
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path):

@@ -494,6 +494,42 @@ def test_cli_shards_from_a_scan_manifest_and_aggregate(synthetic, tmp_path):
     assert all(r["status"] == "converted" for r in merged)
 
 
+def test_batch_scheduler_recipe_scan_shards_convert_hdf5_per_shard_aggregate(synthetic, tmp_path):
+    """README's SLURM recipe: ``scan --shards 2``, then one ``convert --manifest shards/series_shard_II.csv
+    --format hdf5`` per array task, both at once and without --summary-suffix, then ``aggregate``. Each task
+    names its own summary and HDF5 file after its shard (one writer per file), every series lands in exactly one
+    shard file equal to the phantom, and summary_all.csv points at that file."""
+    specs = synthetic["shards"].specs
+    keys = {sha_key(s.series_uid) for s in specs}
+    assert voxelpipe.cli.main(["--no-progress", "scan", str(synthetic["shards"].folder),
+                               "--out", str(tmp_path / "manifest"), "--shards", "2", "--workers", "1"]) == 0
+    shards = sorted((tmp_path / "manifest" / "shards").iterdir())
+    assert [p.name for p in shards] == ["series_shard_00.csv", "series_shard_01.csv"]
+    out = tmp_path / "out"
+    procs = [cli(["convert", "--manifest", str(p), "--out", str(out), "--workers", "1", "--format", "hdf5"],
+                 tmp_path) for p in shards]
+    for proc in procs:
+        code, _, stderr = finish(proc)
+        assert code == 0, stderr[-3000:]
+    assert sorted(p.name for p in out.glob("summary_*.csv")) == ["summary_shard00.csv", "summary_shard01.csv"]
+    assert sorted(os.listdir(out / "data")) == ["volumes_shard00.h5", "volumes_shard01.h5"]
+    assert voxelpipe.cli.main(["--no-progress", "aggregate", str(out)]) == 0
+    merged = {r["series_key"]: r for r in read_csv(out / "summary_all.csv")}
+    assert set(merged) == keys and all(r["status"] == "converted" for r in merged.values())
+    found = {}
+    for i in (0, 1):
+        path = out / "data" / f"volumes_shard{i:02d}.h5"
+        with h5py.File(path, "r") as h5:
+            assert len(h5) > 0, f"{path.name} holds no series"
+            for key in h5:
+                assert key not in found, f"{key} is in two shard files"
+                found[key] = h5[key][()]
+                assert Path(merged[key]["path"]).name == path.name
+    assert set(found) == keys
+    for spec in specs:
+        np.testing.assert_array_equal(found[sha_key(spec.series_uid)], phantom(spec))
+
+
 def test_cli_failed_series_exits_nonzero_with_reason(synthetic, tmp_path):
     """The duplicate-slice series fails; a good series given in the same run still converts."""
     good, bad = synthetic["shuffled"], synthetic["duplicate"]

@@ -51,7 +51,7 @@ SAMPLE_SECONDS = 0.2
 POLL_SECONDS = 0.02
 MARGIN_MB = 32.0
 SCAN_KB_PER_FILE = 8.0
-GUARD_SECONDS = 900  # against a hung run only; never a timing assertion
+GUARD_SECONDS = 300  # against a hung run only (a run takes ~40 s); never a timing assertion
 GEOMETRY = ("shape", "spacing", "origin", "direction", "affine", "affine_ras", "slice_positions")
 
 
@@ -214,6 +214,8 @@ def _halves(samples: list[tuple[float, float, int]]) -> tuple[float, float]:
 def test_memory_stays_flat(first_run, tree):
     scan = [s for s in first_run.samples if s[0] < first_run.scan_done]
     pool_up = max((s[2] for s in scan), default=0)
+    # main, forkserver and the 2 pool workers: fewer means the sampler missed processes (it would judge too few)
+    assert pool_up >= 4, f"the RSS sampler saw at most {pool_up} process(es) of the tree"
     scan = [s for s in scan if s[2] == pool_up]  # from the moment every worker process exists
     convert = [s for s in first_run.samples if s[0] >= first_run.scan_done]
     assert len(scan) >= 10 and len(convert) >= 10, (
@@ -307,6 +309,17 @@ def test_every_volume_equals_the_expected_array(first_run, tree):
         assert array.shape == series.shape
         np.testing.assert_array_equal(array, expected.astype(dtype), err_msg=f"series {series.index}")
         np.testing.assert_allclose(attrs["origin"], series.origin, atol=1e-3)
+        # the writer's geometry: slice step along the normal, in-plane spacing, row/column cosines of its IOP
+        t = np.radians(series.tilt_deg)
+        row_cos, col_cos = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(t), -np.sin(t)])
+        np.testing.assert_allclose(attrs["spacing"], series.spacing, rtol=1e-5)
+        direction = np.asarray(attrs["direction"])  # column a: LPS unit vector of array axis a
+        np.testing.assert_allclose(direction[:, 1], col_cos, atol=1e-6)  # down a column = along the rows axis
+        np.testing.assert_allclose(direction[:, 2], row_cos, atol=1e-6)
+        if not series.tilt_deg:  # untilted: the affine maps (k, 0, 0) onto slice k's ImagePositionPatient
+            k = series.shape[0] - 1
+            last = np.asarray(attrs["affine"]) @ [k, 0, 0, 1]
+            np.testing.assert_allclose(last[:3], np.add(series.origin, [0, 0, series.spacing[0] * k]), atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------------------

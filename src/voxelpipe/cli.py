@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="chunk shape (default 8,256,256; slab depth = Z)")
     convert.add_argument("--clevel", type=int, default=1, help="Blosc zstd level 0-9 (default 1)")
     convert.add_argument("--summary-suffix", default=None, metavar="S",
-                         help="summary_<S>.csv (default run, or shardIIofNN)")
+                         help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, shardIIofNN for --shard-id)")
     _add_executor(convert, "per-series")
     convert.set_defaults(func=_run_convert)
 

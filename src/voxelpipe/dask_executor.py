@@ -64,10 +64,8 @@ def _local_client(workers: int):
 def shutdown() -> None:
     """Close every LocalCluster this process started."""
     atexit.unregister(shutdown)
-    while _local:
-        _, (cluster, client) = _local.popitem()
-        client.close()
-        cluster.close()
+    for workers in list(_local):
+        _discard_local(workers)
 
 
 @contextmanager
@@ -81,8 +79,8 @@ def _client(executor: str, scheduler: str | None, workers: int):
     distributed = _distributed()
     try:
         client = distributed.Client(scheduler, timeout="30s", set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise InputError(f"dask scheduler {scheduler}: cannot connect ({exc})") from exc
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(f"dask scheduler {scheduler}: cannot connect ({type(exc).__name__}: {exc})") from exc
     try:
         yield client
     finally:
@@ -107,31 +105,49 @@ def _threads_per_task(client) -> tuple[int, int]:
 
 
 def dask_imap(func: Callable[[T], R], items: list[T], executor: str, scheduler: str | None,
-              workers: int) -> Iterator[R]:
-    """``map`` over ``items`` on a dask cluster, yielding results in input order."""
+              workers: int, on_error: Callable[[T, Exception], R] | None = None) -> Iterator[R]:
+    """``map`` over ``items`` on a dask cluster, yielding results in input order (``on_error`` as in
+    :func:`voxelpipe.parallel.imap`)."""
+    from .parallel import guarded
+
     if not items:
         return
     with _client(executor, scheduler, workers) as client:
         threads, slots = _threads_per_task(client)
         task = functools.partial(_run_with_threads, func, threads)
-        pending: deque = deque()
+        pending: deque = deque()  # (item, future), oldest first
         queue = iter(items)
         for item in queue:
-            pending.append(client.submit(task, item, pure=False))
+            pending.append((item, client.submit(task, item, pure=False)))
             if len(pending) >= 2 * slots:
                 break
         try:
             while pending:
-                future = pending.popleft()
-                result = future.result()
+                item, future = pending[0]
+                result = guarded(future.result, item, on_error)
+                pending.popleft()
                 future.release()
                 nxt = next(queue, _END)
                 if nxt is not _END:
-                    pending.append(client.submit(task, nxt, pure=False))
+                    pending.append((nxt, client.submit(task, nxt, pure=False)))
                 yield result
-        finally:  # stopped early (error, interrupt): drop the tasks not yet collected
-            for future in pending:
+        except BaseException:
+            # stopped early (error, interrupt): drop the tasks not yet collected; a LocalCluster whose tasks may
+            # still run is closed, so no orphaned task goes on writing beside a rerun
+            for _, future in pending:
                 future.cancel()
+            if executor == "dask-local":
+                _discard_local(workers)
+            raise
+
+
+def _discard_local(workers: int) -> None:
+    """Close the LocalCluster of ``workers`` processes (after an error or interruption its state is unknown)."""
+    entry = _local.pop(workers, None)
+    if entry is not None:
+        cluster, client = entry
+        client.close()
+        cluster.close()
 
 
 _END = object()

@@ -53,6 +53,11 @@ class BadTagValueError(DicomReadError):
         super().__init__(path, f"tag {tag} has unusable value {value!r}: {why}")
 
 
+def lost_task_reason(exc: BaseException) -> str:
+    """The reason recorded for a task that never returned its own row (its worker died, the cluster lost it)."""
+    return f"task lost: {failure_reason(exc)}"
+
+
 def failure_reason(exc: BaseException) -> str:
     """The reason recorded in a run's report when one task (a series, subject, patient) fails: the message of
     our own errors, ``out of memory``, the OS error with its type, else ``unexpected <type>: <message>``."""

@@ -7,12 +7,16 @@ later calls with the same worker count in the same process (library use, benchma
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .errors import InputError
+
+log = logging.getLogger("voxelpipe")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -90,6 +94,8 @@ def shutdown() -> None:
 
 
 EXECUTORS = ("pool", "dask", "dask-local")
+# a dask scheduler address: optional comm scheme, host (or [IPv6]) and port
+_SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
 
 
 def check_executor(executor: str, scheduler: str | None) -> None:
@@ -101,24 +107,45 @@ def check_executor(executor: str, scheduler: str | None) -> None:
     if executor == "dask" and not scheduler:
         raise InputError("--executor dask needs --scheduler tcp://HOST:PORT (the address of a running dask "
                          "scheduler)")
+    if scheduler and not _SCHEDULER.match(scheduler):
+        raise InputError(f"--scheduler {scheduler}: not a dask scheduler address; give tcp://HOST:PORT (or tls://, "
+                         "ws://, ucx://), e.g. tcp://10.0.0.5:8786, not the dashboard's http:// address")
 
 
 def imap(func: Callable[[T], R], items: Iterable[T], workers: int, chunksize: int = 1, executor: str = "pool",
-         scheduler: str | None = None) -> Iterator[R]:
+         scheduler: str | None = None, on_error: Callable[[T, Exception], R] | None = None) -> Iterator[R]:
     """``map`` over ``items`` with ``workers`` processes (in-process for 1) or on a dask cluster, yielding
-    results in order. ``func`` must be a module-level function (it is pickled by reference)."""
+    results in order. ``func`` must be a module-level function (it is pickled by reference).
+
+    ``on_error(item, exc)``: the result to yield for an item whose task raised instead of returning (on dask
+    also a worker that died under it, ``KilledWorker``), so one lost task never stops the batch; without it the
+    exception propagates."""
     items = list(items)
     check_executor(executor, scheduler)
     if executor != "pool":
         from .dask_executor import dask_imap
 
-        yield from dask_imap(func, items, executor, scheduler, max(1, workers))
+        yield from dask_imap(func, items, executor, scheduler, max(1, workers), on_error)
         return
     if workers <= 1 or len(items) <= 1:
-        yield from map(func, items)
+        for item in items:
+            yield guarded(lambda: func(item), item, on_error)
         return
     try:
-        yield from get_pool(workers).imap(func, items, chunksize=chunksize)
+        results = get_pool(workers).imap(func, items, chunksize=chunksize)
+        for item in items:
+            yield guarded(lambda: next(results), item, on_error)
     except BaseException:
         discard_pool(workers)
         raise
+
+
+def guarded(get: Callable[[], R], item: T, on_error: Callable[[T, Exception], R] | None) -> R:
+    """``get()`` (the result of ``item``'s task), or ``on_error(item, exc)`` when it raises ``exc``."""
+    try:
+        return get()
+    except Exception as exc:
+        if on_error is None:
+            raise
+        log.warning("task for %r raised %s: %s", item, type(exc).__name__, exc)
+        return on_error(item, exc)

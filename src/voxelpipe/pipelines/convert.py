@@ -13,6 +13,7 @@ import csv
 import glob
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 
@@ -23,7 +24,7 @@ from ..stores.hdf5_store import keys_in, merge_into
 from ..stores.zarr_store import STORE_SUFFIXES
 from ..tables import read_csv, write_csv, write_json
 from .scan import balance, scan
-from .series_volume import SeriesTask, convert_series, volume_path
+from .series_volume import SeriesTask, convert_series, lost_series, volume_path
 
 log = logging.getLogger("voxelpipe")
 
@@ -82,7 +83,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         rows = _add_images_without_geometry(manifest, rows, files)
     if num_shards:
         rows = balance(rows, num_shards)[shard_id]
-    suffix = summary_suffix or (f"shard{shard_id:02d}of{num_shards:02d}" if num_shards else "run")
+    suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
     options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel,
                "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
     tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
@@ -106,7 +107,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
              f"/{store}" if fmt == "zarr" else "", workers, scheduler or executor)
     with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
-        for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler):
+        for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler,
+                        on_error=lost_series):
             if fmt == "hdf5" and row["status"] == "converted":
                 merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
                 row["path"] = run_h5
@@ -129,6 +131,15 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     log.info("convert: %s in %.1f s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing",
              time.perf_counter() - started)
     return summary
+
+
+def _default_suffix(manifest: str, shard_id: int | None, num_shards: int | None) -> str:
+    """Summary / run-file suffix: ``shardIIofNN`` for --shard-id, ``shardII`` for a scan shard file
+    (``series_shard_II.csv``, so array tasks never share a summary or an HDF5 file), else ``run``."""
+    if num_shards:
+        return f"shard{shard_id:02d}of{num_shards:02d}"
+    match = re.fullmatch(r"series_shard_(\d+)\.csv", os.path.basename(manifest))
+    return f"shard{match.group(1)}" if match else "run"
 
 
 def unreadable_csv(manifest: str) -> str:

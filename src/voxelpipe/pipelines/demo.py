@@ -6,12 +6,27 @@ import os
 
 import pydicom
 
+from ..errors import VoxelpipeError
 from ..synthetic import sphere_contours, write_demo_study, write_rtstruct
 from .convert import convert
 from .masks import add_masks_from_manifest
-from .report import write_report
+from .report import build_report, write_html
 from .scan import scan
 from .transform import parse_angles, project_volumes, resample_volumes
+
+
+class DemoStepError(VoxelpipeError):
+    """A stage of the demo did not do what it should on the demo study (so the installation is broken)."""
+
+
+def _require(step: str, rows: list[dict], ok: set[str], count: int | None = None) -> None:
+    """Raise DemoStepError unless every row of ``step`` has an ``ok`` status (and there are ``count`` rows)."""
+    bad = [r for r in rows if r.get("status") not in ok]
+    if bad or (count is not None and len(rows) != count):
+        detail = "; ".join(f"{r.get('series_key') or r.get('volume') or r.get('source')}: {r.get('status')} "
+                           f"{r.get('reason') or r.get('note') or ''}".strip() for r in bad)
+        raise DemoStepError(f"demo: {step} gave {len(rows)} row(s), {len(bad)} not ok"
+                            + (f" (expected {count})" if count is not None else "") + (f": {detail}" if detail else ""))
 
 
 def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool = True) -> dict[str, str]:
@@ -39,17 +54,24 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
         print(f"  {row['path']}: {row['shape']} {row['dtype']}, {row['status']} {row['reason']}"
               f"(ratio {row['ratio']}, verification {row['verification']})")
     print(f"  {os.path.join(volumes, 'summary_run.csv')}")
+    _require("convert", summary, {"converted"}, count=len(result.series))
     rows = add_masks_from_manifest(manifest, volumes, workers=workers, progress=progress)
     written = [r for r in rows if r["status"] == "written"]
+    _require("masks", rows, {"written"}, count=2)
     print(f"masks: {len(written)} ROI mask(s) from the RT structure set onto their volume "
           f"({', '.join(r['roi_name'] for r in written)}) -> {os.path.join(volumes, 'masks_report.csv')}")
     resampled = os.path.join(out, "resampled_las_1mm")
     rows = resample_volumes(volumes, resampled, spacing=(1.0, 1.0, 1.0), orientation="LAS", progress=progress)
+    _require("resample", rows, {"resampled"}, count=len(summary))
     print(f"resample: {len(rows)} volume(s) reoriented to LAS and resampled to 1 mm -> {resampled}")
     projections = os.path.join(out, "projections")
     rows = project_volumes(volumes, projections, angles=parse_angles("0:360:45"), progress=progress)
+    _require("project", rows, {"projected"}, count=len(summary))
     print(f"project: {len(rows)} volume(s), 8 maximum intensity projections each -> {projections}")
-    report = write_report(volumes, samples=4, progress=progress)
+    data = build_report(volumes, samples=4, seed=0, progress=progress)
+    report = write_html(data, os.path.join(volumes, "report.html"))
+    if data.problems:
+        raise DemoStepError(f"demo: report could not draw {'; '.join(f'{k}: {p}' for k, p in data.problems)}")
     print(f"report: open {report} in a browser (summary, slices with mask overlays, MIPs, geometry, checks)")
     return {"dicom": dicom_dir, "manifest": manifest, "volumes": volumes, "resampled": resampled,
             "projections": projections, "report": report}

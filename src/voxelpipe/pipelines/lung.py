@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError, VoxelpipeError, failure_reason
+from ..errors import InputError, VoxelpipeError, failure_reason, lost_task_reason
 from ..geometry import Geometry
 from ..volume import Volume
 
@@ -332,6 +332,16 @@ def _to_hu16(array: np.ndarray) -> np.ndarray:
     return out.astype(np.int16)
 
 
+def _failed(task: _Task, reason: str = "") -> dict:
+    """The status row of ``task`` before (or without) its work."""
+    return {"id": task.id, "series_key": task.series_key, "status": "failed", "reason": reason, "source": task.source}
+
+
+def _lost(task: _Task, exc: Exception) -> dict:
+    """The row of a task that never returned its own (its worker died, the cluster lost it)."""
+    return _failed(task, lost_task_reason(exc))
+
+
 def _work(task: _Task) -> dict:
     """Worker: one series from DICOM files to the three npz files and the nodule cache; never raises."""
     from ..lung import crop, lung_box, segment_lungs
@@ -341,7 +351,7 @@ def _work(task: _Task) -> dict:
     from ..tables import write_csv
 
     started = time.perf_counter()
-    status = {"id": task.id, "series_key": task.series_key, "status": "failed", "reason": "", "source": task.source}
+    status = _failed(task)
     clock = started
 
     def lap(name: str) -> None:
@@ -554,7 +564,7 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
              sum(r["status"] == "kept" for r in rows), sum(r["status"] != "kept" for r in rows), workers, root)
     bar = Progress(len(todo), "lung", unit="series", enabled=progress)
     try:
-        for status in imap(_work, todo, workers, executor=executor, scheduler=scheduler):
+        for status in imap(_work, todo, workers, executor=executor, scheduler=scheduler, on_error=_lost):
             if status["status"] == "failed":
                 log.warning("lung: %s failed: %s", status["id"], status["reason"])
             rows.append(status)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
-from ..errors import InputError, VoxelpipeError
+from ..errors import InputError, VoxelpipeError, lost_task_reason
 from ..parallel import check_executor, default_workers, imap, init_worker, threads_per_worker
 from ..progress import Progress
 from ..stores.zarr_store import STORE_SUFFIXES
@@ -94,6 +94,11 @@ def _read_source(task: VolumeTask, source: MaskSource, geometry, frame_uid: str 
     by_name = {m.name: m for m in masks}
     for row in rows:
         yield by_name.get(row["mask_name"]) if row["mask_name"] else None, row
+
+
+def _lost(task: VolumeTask, exc: Exception) -> list[dict]:
+    """The rows of a volume whose task never returned its own (its worker died, the cluster lost it)."""
+    return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", lost_task_reason(exc)) for s in task.sources]
 
 
 def masks_for_volume(task: VolumeTask) -> list[dict]:
@@ -269,7 +274,7 @@ def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
     log.info("masks: %d object(s) onto %d volume(s), %d worker(s)", sum(len(t.sources) for t in tasks),
              len(tasks), workers)
     with Progress(len(tasks), "masks", unit="volumes", enabled=progress) as bar:
-        for result in imap(masks_for_volume, tasks, workers, executor=executor, scheduler=scheduler):
+        for result in imap(masks_for_volume, tasks, workers, executor=executor, scheduler=scheduler, on_error=_lost):
             rows.extend(result)
             bar.update()
     write_report(os.fspath(report) if report else os.path.join(out, REPORT_NAME), rows)

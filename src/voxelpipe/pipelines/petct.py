@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, VoxelpipeError, failure_reason
+from ..errors import InputError, VoxelpipeError, failure_reason, lost_task_reason
 from ..geometry import Geometry
 from ..volume import Volume, _json_default
 
@@ -389,6 +389,11 @@ class _Task:
     options: dict
 
 
+def _lost(task: _Task, exc: Exception) -> tuple[dict, None]:
+    """The status of a subject whose task never returned its own (its worker died, the cluster lost it)."""
+    return {"subject_id": task.subject_id, "status": "failed", "reason": lost_task_reason(exc)}, None
+
+
 def _work(task: _Task) -> tuple[dict, dict | None]:
     """Worker: load and prepare one subject; never raises (the status row says what went wrong)."""
     started = time.perf_counter()
@@ -495,7 +500,8 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
         workers = min(workers, max(1, len(todo)))
         bar = Progress(len(todo), "petct", unit="subjects", enabled=progress)
         try:
-            for status, result in imap(_work, todo, workers, executor=executor, scheduler=scheduler):
+            for status, result in imap(_work, todo, workers, executor=executor, scheduler=scheduler,
+                                       on_error=_lost):
                 if result is not None:
                     try:
                         store.write(status["subject_id"], result["image"], result["mask"], result["mask_iso"],

@@ -627,7 +627,8 @@ def build_report(out: str | os.PathLike, samples: int = 8, seed: int = 0, progre
         problems=[(s.key, s.problem) for s in sections if s.problem], sections=sections, notes=notes)
 
 
-def _write(data: ReportData, path: str) -> str:
+def write_html(data: ReportData, path: str) -> str:
+    """Render ``data`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(render(data))
     return path
@@ -637,14 +638,14 @@ def write_report(out: str, html: str | None = None, samples: int = 8, seed: int 
     """Write the HTML report of the convert output folder ``out`` to ``html`` (default ``out/report.html``);
     returns its path."""
     data = build_report(out, samples, seed, progress)
-    return _write(data, html or os.path.join(os.fspath(out), "report.html"))
+    return write_html(data, html or os.path.join(os.fspath(out), "report.html"))
 
 
 def report_command(args) -> int:
     """CLI entry (``python -m voxelpipe report``): 0, or 1 when a volume could not be read (listed in the
     report's problems)."""
     data = build_report(args.out, args.samples, args.seed, progress=not getattr(args, "no_progress", False))
-    path = _write(data, args.html or os.path.join(args.out, "report.html"))
+    path = write_html(data, args.html or os.path.join(args.out, "report.html"))
     roles = [role for s in data.sections for role in s.roles]
     print(f"report: {len(data.sections)} series shown ({roles.count('failed')} failed, {roles.count('flagged')} "
           f"flagged, {roles.count('sampled')} sampled), {len(data.problems)} problem(s) -> {path}")
@@ -653,5 +654,5 @@ def report_command(args) -> int:
     return 1 if data.problems else 0
 
 
-__all__ = ["write_report", "build_report", "report_command", "series_checks", "is_flagged", "view_plan",
+__all__ = ["write_report", "build_report", "write_html", "report_command", "series_checks", "is_flagged", "view_plan",
            "read_plane", "display_size", "square_pixels", "mask_centroid", "choose_series", "MAX_SIDE", "CT_WINDOW"]

@@ -21,7 +21,7 @@ from .. import __version__
 from ..dicom.files import read_header
 from ..dicom.pixels import PixelFormat, decode_into
 from ..dicom.records import PHASE_TAGS, FileRecord, make_record
-from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason
+from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
 from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from ..rescale import output_dtype, rescale
 from ..stores.hdf5_store import Hdf5VolumeWriter
@@ -75,9 +75,7 @@ def volume_path(task: SeriesTask) -> str:
 def convert_series(task: SeriesTask) -> dict:
     """Convert one series; never raises for bad input: the summary row says what happened."""
     started = time.perf_counter()
-    row = {"series_key": task.key, "status": "failed", "reason": "", "n_files": len(task.paths),
-           "bytes_in": sum(_size(p) for p in task.paths), "bytes_out": 0, "shape": "", "dtype": "",
-           "ratio": "", "seconds": 0.0, "verification": "", "path": volume_path(task)}
+    row = _failed_row(task)
     try:
         if os.path.exists(row["path"]) and not task.overwrite:
             row.update(status="skipped", reason="already complete")
@@ -95,6 +93,18 @@ def convert_series(task: SeriesTask) -> dict:
     finally:
         row["seconds"] = round(time.perf_counter() - started, 3)
     return row
+
+
+def _failed_row(task: SeriesTask, reason: str = "") -> dict:
+    """The summary row of ``task`` before (or without) its conversion."""
+    return {"series_key": task.key, "status": "failed", "reason": reason, "n_files": len(task.paths),
+            "bytes_in": sum(_size(p) for p in task.paths), "bytes_out": 0, "shape": "", "dtype": "",
+            "ratio": "", "seconds": 0.0, "verification": "", "path": volume_path(task)}
+
+
+def lost_series(task: SeriesTask, exc: Exception) -> dict:
+    """The failed row of a task that never returned its own (its worker died, the cluster lost it)."""
+    return _failed_row(task, lost_task_reason(exc))
 
 
 def _size(path: str) -> int:
