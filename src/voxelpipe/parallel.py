@@ -7,7 +7,6 @@ later calls with the same worker count in the same process (library use, benchma
 from __future__ import annotations
 
 import atexit
-import logging
 import multiprocessing
 import os
 import re
@@ -15,8 +14,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .errors import InputError
-
-log = logging.getLogger("voxelpipe")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -147,5 +144,4 @@ def guarded(get: Callable[[], R], item: T, on_error: Callable[[T, Exception], R]
     except Exception as exc:
         if on_error is None:
             raise
-        log.warning("task for %r raised %s: %s", item, type(exc).__name__, exc)
         return on_error(item, exc)

@@ -96,9 +96,15 @@ def _read_source(task: VolumeTask, source: MaskSource, geometry, frame_uid: str 
         yield by_name.get(row["mask_name"]) if row["mask_name"] else None, row
 
 
+def _failed_rows(task: VolumeTask, note: str) -> list[dict]:
+    """A failed report row for every source of ``task``."""
+    return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", note) for s in task.sources]
+
+
 def _lost(task: VolumeTask, exc: Exception) -> list[dict]:
     """The rows of a volume whose task never returned its own (its worker died, the cluster lost it)."""
-    return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", lost_task_reason(exc)) for s in task.sources]
+    log.warning("masks: %s: %s", task.volume, lost_task_reason(exc))
+    return _failed_rows(task, lost_task_reason(exc))
 
 
 def masks_for_volume(task: VolumeTask) -> list[dict]:
@@ -115,8 +121,7 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
     except (VoxelpipeError, OSError, ValueError, KeyError) as exc:
         if task.strict:
             raise
-        return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", f"volume unusable: {exc}")
-                for s in task.sources]
+        return _failed_rows(task, f"volume unusable: {exc}")
     geometry = volume.geometry
     frame_uid = str(volume.attrs.get("frame_of_reference_uid", "") or "")
     volume.array.store.close()  # only the geometry is needed; write_masks may replace the store file
