@@ -1,7 +1,7 @@
 """Zarr chunk and shard shapes for a CT volume: write speed, ratio, random-slice and random-patch reads (issue 3).
 
 The issue asks for "chunk and shard shapes chosen by measurement (write speed, ratio, random-slice read, random
-64^3 patch read) and documented". One phantom volume (``voxelpipe.synthetic.phantom_hu(300, 512, 512, seed=0)``,
+64^3 patch read) and documented". One phantom volume (``voxelpipe.testing.synthetic.phantom_hu(300, 512, 512, seed=0)``,
 int16 HU, 157 MB) is written once per round with each candidate layout, then read back:
 
 * ``chunks-1x512x512``, ``chunks-8x256x256``, ``chunks-16x256x256`` (convert's default), ``chunks-32x128x128``,
@@ -48,7 +48,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from voxelpipe.stores.zarr_store import DEFAULT_CLEVEL, ZarrVolumeWriter, disk_size
-from voxelpipe.synthetic import phantom_hu
+from voxelpipe.testing.synthetic import phantom_hu
 
 try:
     from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS

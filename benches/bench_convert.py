@@ -1,7 +1,7 @@
 """DICOM series to volumes: ``voxelpipe.convert`` vs dcm2niix vs SimpleITK vs a plain pydicom loop (issue 3).
 
 Data (generated once, cached, see ``convert_data``): a CT study of 4 series x 300 slices of 512x512 int16 (the
-body phantom of ``voxelpipe.synthetic`` with noise, ``SeriesSpec(seed=i)``, one folder per series, distinct
+body phantom of ``voxelpipe.testing.synthetic`` with noise, ``SeriesSpec(seed=i)``, one folder per series, distinct
 series UIDs and numbers), in two variants of the same files:
 
 * ``uncompressed``: Explicit VR Little Endian, as ``write_series`` writes them.
@@ -16,7 +16,7 @@ Implementations, timed in the same run on the same folder (ids ``<variant>-<impl
 
 * ``voxelpipe``: ``voxelpipe.convert([folder], out=<fresh dir>, workers=2, progress=False, verify_slices=0)``:
   scan, then one series per worker to Blosc zstd + bitshuffle Zarr (the library's default level and chunks).
-  The process pool is kept alive between calls (``voxelpipe.parallel``): the untimed cold call starts it and
+  The process pool is kept alive between calls (``voxelpipe.execution.pool``): the untimed cold call starts it and
   compiles (or loads) the numba kernel; its time is ``extra_info["cold_seconds"]``.
 * ``dcm2niix``: the ``dcm2niix`` executable (PyPI package ``dcm2niix``) with ``-z n -o <fresh dir> <folder>``:
   uncompressed NIfTI plus BIDS sidecars; skipped when the executable is not found.
@@ -71,9 +71,9 @@ import pydicom
 import pytest
 
 import voxelpipe
-from voxelpipe.parallel import cpu_count
+from voxelpipe.execution import cpu_count
 from voxelpipe.stores.zarr_store import MAX_BLOCKSIZE
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
+from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
 
 try:  # voxelpipe's default chunks, so the floor compresses what convert compresses
     from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS

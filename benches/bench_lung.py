@@ -6,14 +6,14 @@ Input: one CT series (one patient) as DICOM files in a folder.
   (``../shared/data/nsclc-lung1-001/image``, or ``$VOXELPIPE_TEST_DATA``): 134 slices of 512 x 512 at
   3 x 0.977 x 0.977 mm. The cases skip with the reason when it is absent.
 * smoke run (default, pyproject addopts ``--benchmark-disable``): a small synthetic chest written as DICOM
-  (``voxelpipe.synthetic.chest_phantom`` 40 x 96 x 96 at 4 x 3 x 3 mm with one nodule, or
+  (``voxelpipe.testing.synthetic.chest_phantom`` 40 x 96 x 96 at 4 x 3 x 3 mm with one nodule, or
   ``synthetic.write_series``' body phantom when chest_phantom is missing), so every case runs once in seconds.
 
 Implementations (ids ``[voxelpipe]``, ``[kaggle]``, ``[kaggle_linear]``), each timed per patient, outputs deleted
 before every round (outside the timing; voxelpipe resumes, i.e. skips, a patient whose outputs exist):
 
-* ``voxelpipe``: ``voxelpipe.pipelines.lung.run_lung([folder], out=ROOT, spacing=(2, 2, 2), workers=1,
-  progress=False)``: read_series (HU), FOV-preserving linear resample to 2 mm, ``voxelpipe.lung.segment_lungs``
+* ``voxelpipe``: ``voxelpipe.apps.lung.pipeline.run_lung([folder], out=ROOT, spacing=(2, 2, 2), workers=1,
+  progress=False)``: read_series (HU), FOV-preserving linear resample to 2 mm, ``voxelpipe.apps.lung.segment.segment_lungs``
   (scipy.ndimage labelling and morphology, hole filling, closing), crop to the lungs' box + 10 mm, the built-in
   ``blob_model`` on the crop + ``find_nodules``, the three npz stages with their geometry, nodules.csv,
   patient_features.csv, summary.csv.
@@ -127,7 +127,7 @@ def real_ct_folder() -> Path:
 def write_phantom_series(folder: str, shape, spacing, seed: int = 0) -> dict:
     """A synthetic chest CT as single-frame DICOM files in ``folder``: ``chest_phantom`` when it exists (one
     12 mm nodule in the right lung), else ``write_series``' body phantom. Returns what was written."""
-    from voxelpipe import synthetic
+    from voxelpipe.testing import synthetic
 
     origin = (-shape[2] * spacing[2] / 2, -shape[1] * spacing[1] / 2, -shape[0] * spacing[0] / 2)
     spec = synthetic.SeriesSpec(n_slices=shape[0], rows=shape[1], columns=shape[2], spacing=tuple(spacing),
@@ -294,14 +294,14 @@ def kaggle_patient(folder: str, root: str, clock: Clock | None = None, order: in
 # ----------------------------------------------------------------------------------------------------------
 def _voxelpipe_api():
     try:
-        from voxelpipe.pipelines.lung import run_lung
+        from voxelpipe.apps.lung.pipeline import run_lung
     except Exception as exc:  # module still being written
         pytest.skip(f"voxelpipe lung pipeline not importable: {type(exc).__name__}: {exc}")
     return run_lung
 
 
 def voxelpipe_patient(folder: str, root: str) -> list[dict]:
-    from voxelpipe.pipelines.lung import run_lung
+    from voxelpipe.apps.lung.pipeline import run_lung
 
     rows = list(run_lung([folder], out=root, spacing=SPACING, workers=1, progress=False) or [])
     bad = [r for r in rows if r.get("status") != "done"]  # outputs are removed first: nothing is "kept"
@@ -329,7 +329,7 @@ COLD_COMPILE_CODE = (
     "d = tempfile.mkdtemp()\n"
     "src = os.path.join(d, 'tiny')\n"
     "b.write_phantom_series(src, b.TINY_SHAPE, b.TINY_SPACING)\n"
-    "from voxelpipe.pipelines.lung import run_lung\n"
+    "from voxelpipe.apps.lung.pipeline import run_lung\n"
     "t = time.perf_counter()\n"
     "run_lung([src], out=os.path.join(d, 'out'), spacing=b.SPACING, workers=1, progress=False)\n"
     "print(time.perf_counter() - t)\n"
@@ -444,7 +444,7 @@ def _input_geometry(folder: str):
     """The DICOM series' index -> LPS affine, slices sorted by ImagePositionPatient[2] like the tutorial."""
     import pydicom
 
-    from voxelpipe.geometry import geometry_from_slices
+    from voxelpipe.core.geometry import geometry_from_slices
 
     heads = [pydicom.dcmread(os.path.join(folder, n), stop_before_pixels=True) for n in os.listdir(folder)]
     heads.sort(key=lambda s: float(s.ImagePositionPatient[2]))
@@ -460,7 +460,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _geometry_of(npz: dict):
-    from voxelpipe.geometry import Geometry
+    from voxelpipe.core.geometry import Geometry
 
     if "geometry_json" in npz:
         return Geometry.from_attrs(json.loads(str(npz["geometry_json"])))
@@ -474,9 +474,9 @@ def _against_rtstruct(ct_folder: str, geometry, v_mask: np.ndarray, k_mask: np.n
     if not path.is_file():
         return {}
     from voxelpipe.dicom.rtstruct import read_rtstruct_masks
-    from voxelpipe.resample import resample_to
-    from voxelpipe.series_read import read_series
-    from voxelpipe.volume import Volume
+    from voxelpipe.ops.resample import resample_to
+    from voxelpipe.pipelines.series_read import read_series
+    from voxelpipe.core.volume import Volume
 
     ct_geometry = read_series(ct_folder).geometry
     masks, _ = read_rtstruct_masks(path, ct_geometry, rois=["Lung-Left", "Lung-Right", "GTV-1"])

@@ -351,15 +351,15 @@ def nilearn_project(in_h5: str, out_2d: str, clock: Clock | None = None) -> None
 def _voxelpipe_api():
     """(run_petct, project_2d) or a skip with the import error."""
     try:
-        from voxelpipe.pipelines.petct import run_petct
-        from voxelpipe.pipelines.project2d import project_2d
+        from voxelpipe.apps.petct.pipeline import run_petct
+        from voxelpipe.apps.petct.project2d import project_2d
     except Exception as exc:  # modules still being written
         pytest.skip(f"voxelpipe PET/CT pipeline not importable: {type(exc).__name__}: {exc}")
     return run_petct, project_2d
 
 
 def voxelpipe_prepare(zip_path: str, out_h5: str, case: Case) -> list[dict]:
-    from voxelpipe.pipelines.petct import run_petct
+    from voxelpipe.apps.petct.pipeline import run_petct
 
     rows = run_petct(zip_path, out_h5, spacing=(case.spacing,) * 3, workers=1, progress=False)
     _check_rows("run_petct", rows)
@@ -367,7 +367,7 @@ def voxelpipe_prepare(zip_path: str, out_h5: str, case: Case) -> list[dict]:
 
 
 def voxelpipe_project(in_h5: str, out_2d: str) -> list[dict]:
-    from voxelpipe.pipelines.project2d import project_2d
+    from voxelpipe.apps.petct.project2d import project_2d
 
     rows = project_2d(in_h5, out_2d, ANGLES, axis="S", workers=1, progress=False)
     _check_rows("project_2d", rows)
@@ -400,8 +400,8 @@ COLD_COMPILE_CODE = (
     "import bench_petct as b\n"
     "d = tempfile.mkdtemp()\n"
     "z = b.write_subject_zip(os.path.join(d, 'tiny.zip'), b.TINY)\n"
-    "from voxelpipe.pipelines.petct import run_petct\n"
-    "from voxelpipe.pipelines.project2d import project_2d\n"
+    "from voxelpipe.apps.petct.pipeline import run_petct\n"
+    "from voxelpipe.apps.petct.project2d import project_2d\n"
     "t = time.perf_counter()\n"
     "b.voxelpipe_prepare(z, os.path.join(d, 'o.h5'), b.TINY)\n"
     "b.voxelpipe_project(os.path.join(d, 'o.h5'), os.path.join(d, 'o2.h5'))\n"
@@ -537,7 +537,7 @@ def test_petct_project(benchmark, bench_summary, request, case, workdir, subject
 
 def test_petct_steps(case, workdir, subject_zip, voxelpipe_warm):
     """voxelpipe's per-step times (one run, outside pytest-benchmark): load, prepare, write."""
-    from voxelpipe.pipelines.petct import load_zip_subject, prepare_subject, zip_subject_ids
+    from voxelpipe.apps.petct.pipeline import load_zip_subject, prepare_subject, zip_subject_ids
     from voxelpipe.stores.subject_store import open_subject_store
 
     out = os.path.join(workdir, "steps.h5")

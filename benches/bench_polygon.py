@@ -1,4 +1,4 @@
-"""Polygon fill into a 512 x 512 mask: ``voxelpipe.polygon`` vs PIL, OpenCV and scikit-image.
+"""Polygon fill into a 512 x 512 mask: ``voxelpipe.ops.polygon`` vs PIL, OpenCV and scikit-image.
 
 Data (seeded, ``_stars``): star-shaped 200-vertex polygons, vertices ``(row, column)`` in pixels, float64:
 centre uniform in the image, radius uniform 8..48 px modulated by ``1 + 0.3 sin(m theta + phi)`` (m = 2..6) and a
@@ -51,7 +51,7 @@ import pytest
 from numba_timing import compile_line
 from numba_timing import first_call as measure_first_call
 from voxelpipe.kernels.polygon import fill_polygons_2d
-from voxelpipe.polygon import fill_polygons
+from voxelpipe.ops.polygon import fill_polygons
 
 SHAPE = (512, 512)
 N_VERTICES = 200
@@ -95,7 +95,7 @@ def datasets(benchmarks_enabled) -> dict[str, list[np.ndarray]]:
 # compiles the kernels in a fresh interpreter with an empty numba cache (imports excluded)
 COLD_COMPILE_CODE = (
     "import time, numpy as np\n"
-    "from voxelpipe.polygon import fill_polygons\n"
+    "from voxelpipe.ops.polygon import fill_polygons\n"
     "p = np.array([[0.0, 0.0], [3.0, 1.0], [1.0, 3.0]])\n"
     "t = time.perf_counter(); fill_polygons([p], (4, 4)); print(time.perf_counter() - t)\n"
 )

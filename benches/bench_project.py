@@ -1,6 +1,6 @@
-"""Eight-angle maximum intensity projection of a CT volume: ``voxelpipe.projection.project`` vs peers (issue 4).
+"""Eight-angle maximum intensity projection of a CT volume: ``voxelpipe.ops.projection.project`` vs peers (issue 4).
 
-Data: ``voxelpipe.synthetic.phantom_hu(300, 512, 512)`` (body, lungs, spine, noise; HU) cast to float32,
+Data: ``voxelpipe.testing.synthetic.phantom_hu(300, 512, 512)`` (body, lungs, spine, noise; HU) cast to float32,
 spacing (1.25, 0.7, 0.7) mm, a standard axial stack (rows toward P, columns toward L). Angles 0:360:45 about
 the superior-inferior axis. When benchmarks are disabled (the default smoke run) the volume is 20 x 64 x 64 so
 that every case, scipy included, runs once in seconds, with its correctness check.
@@ -19,7 +19,7 @@ Implementations, timed in the same run on the same array (ids ``[impl]``); every
   centre, linear, default -1024; ITK's threads) then ``max`` along the rows (one round); skipped when
   SimpleITK is not installed.
 
-Rotation convention (voxelpipe's, see ``voxelpipe.projection``): at angle θ the rays run along
+Rotation convention (voxelpipe's, see ``voxelpipe.ops.projection``): at angle θ the rays run along
 ``cos θ P + sin θ L`` and the columns along ``cos θ L - sin θ P``; for the peers that is the output-to-input
 map ``(r, c)_in = [[cos, -sin], [sin, cos]] (r', c')_out`` about the slice centre.
 
@@ -59,11 +59,11 @@ import numpy as np
 import pytest
 
 from numba_timing import compile_line, first_call
-from voxelpipe.geometry import Geometry
+from voxelpipe.core.geometry import Geometry
 from voxelpipe.kernels.project import project_into
-from voxelpipe.projection import project
-from voxelpipe.synthetic import phantom_hu
-from voxelpipe.volume import Volume
+from voxelpipe.ops.projection import project
+from voxelpipe.testing.synthetic import phantom_hu
+from voxelpipe.core.volume import Volume
 
 FULL_SHAPE = (300, 512, 512)
 SMOKE_SHAPE = (20, 64, 64)
@@ -182,9 +182,9 @@ IMPLS: dict[str, Callable[[Volume], np.ndarray]] = {
 # compiles the kernel for float32 in a fresh interpreter with an empty numba cache (imports excluded)
 COLD_COMPILE_CODE = (
     "import time, numpy as np\n"
-    "from voxelpipe.geometry import Geometry\n"
-    "from voxelpipe.projection import project\n"
-    "from voxelpipe.volume import Volume\n"
+    "from voxelpipe.core.geometry import Geometry\n"
+    "from voxelpipe.ops.projection import project\n"
+    "from voxelpipe.core.volume import Volume\n"
     "a = np.zeros((2, 8, 8), np.float32)\n"
     "v = Volume(a, Geometry(a.shape, (1, 1, 1), (0, 0, 0), np.eye(3)[:, [2, 1, 0]]))\n"
     "t = time.perf_counter(); project(v, [0, 45, 90]); print(time.perf_counter() - t)\n"

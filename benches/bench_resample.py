@@ -1,6 +1,6 @@
-"""Resample a CT volume to 1 mm isotropic, linear: ``voxelpipe.resample`` vs SimpleITK vs scipy (issue 4).
+"""Resample a CT volume to 1 mm isotropic, linear: ``voxelpipe.ops.resample`` vs SimpleITK vs scipy (issue 4).
 
-Input: 300 x 512 x 512 float32 HU (``voxelpipe.synthetic.phantom_hu`` cast to float32), spacing
+Input: 300 x 512 x 512 float32 HU (``voxelpipe.testing.synthetic.phantom_hu`` cast to float32), spacing
 (1.25, 0.7, 0.7) mm along axes (slice, row, column), axial orientation; output 375 x 358 x 358 at 1 mm, the same
 field of view (voxel edges), fill -1024. When benchmarks are disabled (the default smoke run) the volume is
 30 x 64 x 64 so the cases stay quick.
@@ -48,11 +48,11 @@ import pytest
 
 from numba_timing import compile_line
 from numba_timing import first_call as measure_first_call
-from voxelpipe.geometry import Geometry
+from voxelpipe.core.geometry import Geometry
 from voxelpipe.kernels.resample import resample_separable
-from voxelpipe.resample import index_matrix, resample
-from voxelpipe.synthetic import phantom_hu
-from voxelpipe.volume import Volume
+from voxelpipe.ops.resample import index_matrix, resample
+from voxelpipe.testing.synthetic import phantom_hu
+from voxelpipe.core.volume import Volume
 
 FULL_SHAPE = (300, 512, 512)
 SMALL_SHAPE = (30, 64, 64)
@@ -128,9 +128,9 @@ def _scipy(array: np.ndarray, matrix: np.ndarray, out_shape) -> np.ndarray:
 # compiles the float32 separable kernel in a fresh interpreter with an empty numba cache (imports excluded)
 COLD_COMPILE_CODE = (
     "import time, numpy as np\n"
-    "from voxelpipe.geometry import Geometry\n"
-    "from voxelpipe.resample import resample\n"
-    "from voxelpipe.volume import Volume\n"
+    "from voxelpipe.core.geometry import Geometry\n"
+    "from voxelpipe.ops.resample import resample\n"
+    "from voxelpipe.core.volume import Volume\n"
     "a = np.zeros((3, 8, 8), np.float32)\n"
     "v = Volume(a, Geometry(a.shape, (1.25, 0.7, 0.7), (0, 0, 0), np.eye(3)))\n"
     "t = time.perf_counter(); resample(v, spacing=1.0); print(time.perf_counter() - t)\n"

@@ -67,7 +67,7 @@ BREAKDOWN: dict[str, float] = {}
 # compiles the polygon kernel in a fresh interpreter with an empty numba cache (imports excluded)
 COLD_COMPILE_CODE = (
     "import time, numpy as np\n"
-    "from voxelpipe.polygon import fill_polygons_volume\n"
+    "from voxelpipe.ops.polygon import fill_polygons_volume\n"
     "p = [np.array([[1.0, 1.0], [5.0, 2.0], [3.0, 6.0]])]\n"
     "t = time.perf_counter(); fill_polygons_volume(p, [0], (2, 8, 8)); print(time.perf_counter() - t)\n"
 )

@@ -1,7 +1,7 @@
 """Files per second of scan + convert over the 20,000-file synthetic tree: 1 and 2 pool workers, and the dask
 LocalCluster against the pool (issue 8).
 
-Data: ``voxelpipe.synthetic_tree.write_scale_tree`` (seed 0), written once per session into pytest's tmp folder:
+Data: ``voxelpipe.testing.tree.write_scale_tree`` (seed 0), written once per session into pytest's tmp folder:
 ~330 CT series of 20–100 slices of 16×16 / 32×32 in nested patient/study/series folders, 8 localizers, 7 broken
 files. Size: ``VOXELPIPE_BENCH_SCALE_FILES``, default 20,000 when benchmarks are timed and 2,000 in the smoke run
 (pyproject addopts ``--benchmark-disable``).
@@ -46,8 +46,8 @@ from pathlib import Path
 import pytest
 
 import voxelpipe
-from voxelpipe.parallel import cpu_count
-from voxelpipe.synthetic_tree import ScaleTree, write_scale_tree
+from voxelpipe.execution import cpu_count
+from voxelpipe.testing.tree import ScaleTree, write_scale_tree
 
 FULL_FILES, SMOKE_FILES = 20000, 2000
 ROUNDS = 3

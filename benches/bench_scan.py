@@ -10,7 +10,7 @@ Peers, timed in the same run on the same folder:
 * ``simpleitk``: ``SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(folder)`` (GDCM reads the headers and
   sorts the series).
 
-Data: one 300-slice 512x512 int16 CT series written once per session with ``voxelpipe.synthetic.write_series``
+Data: one 300-slice 512x512 int16 CT series written once per session with ``voxelpipe.testing.synthetic.write_series``
 into pytest's tmp folder. The files were just written, so they are in the page cache: this measures header
 parsing (and pool start-up), not disk reads.
 
@@ -41,8 +41,8 @@ import pydicom
 import pytest
 
 import voxelpipe
-from voxelpipe.parallel import cpu_count
-from voxelpipe.synthetic import SeriesSpec, write_series
+from voxelpipe.execution import cpu_count
+from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 N_FILES = 300
 SPEC = dict(n_slices=N_FILES, rows=512, columns=512)

@@ -2,7 +2,7 @@
 
 Coordinates are pixel units, vertices ``(row, column)``; pixel ``(r, c)`` has its centre at ``(r, c)``. Images
 are C-ordered ``(row, column)`` uint8, volumes ``(slice, row, column)``. Validation is the job of
-``voxelpipe.polygon``; these kernels trust their inputs (finite vertices of moderate size, in-range indices).
+``voxelpipe.ops.polygon``; these kernels trust their inputs (finite vertices of moderate size, in-range indices).
 
 The rule is skimage's ``point_in_polygon`` (O'Rourke's crossing numbers), evaluated with the same float64
 operations. For the pixel centre ``(y, x)`` and every edge from vertex ``b = i - 1`` to ``a = i``, with

@@ -2,7 +2,7 @@
 
 The volume is a C-ordered stack ``(slice, line, element)`` whose slices are perpendicular to the rotation axis;
 every slice is a 2-D problem. For one slice and one angle the caller gives three numbers (millimetres along the
-detector line, see ``voxelpipe.projection``)::
+detector line, see ``voxelpipe.ops.projection``)::
 
     t(l, m) = delta + (l - lc) * alpha + (m - mc) * beta        lc = (n_lines - 1) / 2, mc = (n_elements - 1) / 2
 
@@ -41,7 +41,7 @@ pixel, combined by max: label values are preserved; pixels without a sample get 
 Arithmetic: interpolation and max in float32 (values are converted to float32 first); mean sums in float64.
 NaN samples are skipped by max (a comparison with NaN is false) and propagate through the mean.
 
-Validation is the job of ``voxelpipe.projection``; these kernels trust their inputs.
+Validation is the job of ``voxelpipe.ops.projection``; these kernels trust their inputs.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ loop is vectorised, so linear results agree to a few float32 ulp (bit for bit wi
 results are identical. Inner loops run over zero-based views with unsigned index tables so that they vectorise
 (numba's negative-index wraparound on signed indices otherwise blocks it: 4× slower).
 
-Validation is the job of ``voxelpipe.resample``; these kernels trust their inputs: ``src`` 3-D C-contiguous
+Validation is the job of ``voxelpipe.ops.resample``; these kernels trust their inputs: ``src`` 3-D C-contiguous
 (float32, int16, uint8), ``out`` 3-D C-contiguous (float32 for linear, ``src``'s dtype otherwise), ``matrix``
 float64 (4, 4), ``fill`` a float64 representable in ``out``'s dtype.
 """

@@ -2,7 +2,7 @@
 
 Arrays are C-ordered ``(slice, row, column)``; ``slope`` and ``intercept`` hold one value per slice
 (DICOM RescaleSlope / RescaleIntercept, which can differ per slice, e.g. PET). Validation is the job of
-``voxelpipe.rescale``; this kernel trusts its inputs.
+``voxelpipe.ops.rescale``; this kernel trusts its inputs.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``shared_data``: the real DICOM test data beside the repository (../shared/data, or $VOXELPIPE_TEST_DATA);
 tests using it skip when it is absent.
-``synthetic``: synthetic studies written once per session with pydicom (voxelpipe.synthetic plus direct pydicom
+``synthetic``: synthetic studies written once per session with pydicom (voxelpipe.testing.synthetic plus direct pydicom
 edits for what synthetic.py cannot do). Every case records the facts it was built from (specs, the paths in
 slice order, the positions it was written at), so tests compare scan's tables against what was written, never
 against scan's own output.
@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from voxelpipe.synthetic import SeriesSpec, write_localizer, write_series
+from voxelpipe.testing.synthetic import SeriesSpec, write_localizer, write_series
 from helpers import resave
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import hashlib
 import pydicom
 from pydicom.uid import generate_uid
 
-from voxelpipe.synthetic import ROOT_UID
+from voxelpipe.testing.synthetic import ROOT_UID
 
 
 def sha_key(series_uid: str) -> str:

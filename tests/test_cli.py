@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from voxelpipe.synthetic import SeriesSpec, write_series
+from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 TIMEOUT = 180
 MANIFEST_FILES = ["metadata.csv", "series_all.csv", "series_files.csv", "objects.csv", "unreadable_files.csv",
@@ -165,7 +165,7 @@ def test_demo(tmp_path):
 
 
 def test_demo_stops_on_a_stage_that_did_not_do_its_job():
-    from voxelpipe.pipelines.demo import DemoStepError, _require
+    from voxelpipe.apps.demo import DemoStepError, _require
 
     with pytest.raises(DemoStepError, match="convert gave 2 row.*1 not ok.*abc: failed no pixels"):
         _require("convert", [{"series_key": "abc", "status": "failed", "reason": "no pixels"},
@@ -179,7 +179,7 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path):
     """mkstemp creates 0600 files; a published table must be readable like any file this user writes."""
     import os
 
-    from voxelpipe.tables import write_csv
+    from voxelpipe.stores.tables import write_csv
 
     path = tmp_path / "t.csv"
     write_csv(path, [{"a": 1}], ["a"])

@@ -24,9 +24,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from skimage.draw import polygon2mask
 
 from helpers import sha_key
-from voxelpipe.cli import main
-from voxelpipe.errors import InputError
-from voxelpipe.pipelines.contours import ContourParseError, convert_contours, read_contour
+from voxelpipe.cli.app import main
+from voxelpipe.core.errors import InputError
+from voxelpipe.apps.contours.pipeline import ContourParseError, convert_contours, read_contour
 
 NAME = re.compile(r"IM-\d+-(\d+)-([a-z])contour-manual\.txt$")
 

@@ -1,4 +1,4 @@
-"""`convert` on synthetic series written with pydicom (voxelpipe.synthetic plus pydicom edits).
+"""`convert` on synthetic series written with pydicom (voxelpipe.testing.synthetic plus pydicom edits).
 
 The independent reference for every array is ``phantom_hu(...)``: the HU volume ``write_series`` stores
 (slope 1, intercept -1024, so the stored integers are exactly HU + 1024). Geometry references come from the
@@ -24,7 +24,7 @@ from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
 import voxelpipe.cli
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
+from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
 from helpers import resave, sha_key
 
 TIMEOUT = 240

@@ -12,8 +12,8 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
-from voxelpipe.keys import series_key
-from voxelpipe.volume import open_volume
+from voxelpipe.core.keys import series_key
+from voxelpipe.stores.volumes import open_volume
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 

@@ -12,7 +12,7 @@ import pytest
 import voxelpipe
 from voxelpipe.pipelines import series_volume
 from voxelpipe.stores import zarr_store
-from voxelpipe.synthetic import SeriesSpec, phantom_hu, write_series
+from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_2d_mode_every_format_holds_each_file_as_pydicom_decodes_it(two_series, 
     assert [r["status"] for r in summary] == ["converted", "converted"]
     from pydicom.pixels import apply_modality_lut
 
-    from voxelpipe.keys import series_key
+    from voxelpipe.core.keys import series_key
 
     files = sorted(p for p in folder.rglob("*.dcm"))
     assert len(files) == 24

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import voxelpipe
-from voxelpipe.synthetic import SeriesSpec, phantom_hu, write_series
+from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
 from helpers import sha_key
 
 TIMEOUT = 240

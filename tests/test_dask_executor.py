@@ -16,10 +16,10 @@ import pytest
 import zarr
 from pydicom.pixels import apply_modality_lut
 
-from voxelpipe.cli import main
-from voxelpipe.parallel import imap
+from voxelpipe.cli.app import main
+from voxelpipe.execution import imap
 from voxelpipe.pipelines.convert import convert
-from voxelpipe.synthetic import write_demo_study
+from voxelpipe.testing.synthetic import write_demo_study
 
 distributed = pytest.importorskip("distributed", reason="the dask executor needs dask.distributed (the dask extra)")
 

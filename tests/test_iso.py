@@ -1,4 +1,4 @@
-"""voxelpipe.iso.mask_iso against a plain per-component reference (flood fill written here)."""
+"""voxelpipe.ops.iso.mask_iso against a plain per-component reference (flood fill written here)."""
 from __future__ import annotations
 
 import itertools
@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from voxelpipe.errors import InputError
-from voxelpipe.iso import label_lesions, mask_iso
+from voxelpipe.core.errors import InputError
+from voxelpipe.ops.iso import label_lesions, mask_iso
 
 
 def components(mask: np.ndarray) -> list[list[tuple]]:

@@ -1,4 +1,4 @@
-"""voxelpipe.lung (segment_lungs, lung_box, crop) and voxelpipe.synthetic.chest_phantom (issue 7).
+"""voxelpipe.apps.lung.segment (segment_lungs, lung_box, crop) and voxelpipe.testing.synthetic.chest_phantom (issue 7).
 
 Synthetic chest phantoms carry their own truth (lung ellipsoids, trachea, body, nodules); the real-data test
 compares the mask of NSCLC LUNG1-001 at 2 mm with the RTSTRUCT's Lung-Left ∪ Lung-Right rasterised on the CT grid
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
-from voxelpipe.lung import crop, lung_box, segment_lungs
-from voxelpipe.synthetic import chest_phantom
-from voxelpipe.volume import Volume
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
+from voxelpipe.testing.synthetic import chest_phantom
+from voxelpipe.core.volume import Volume
 
 NSCLC = "nsclc-lung1-001"
 
@@ -209,8 +209,8 @@ def test_nsclc_lung_mask_matches_rtstruct(shared_data):
     if not (folder / "image").is_dir() or not (folder / "mask_rtstruct" / "1-1.dcm").is_file():
         pytest.skip(f"{folder}: NSCLC LUNG1-001 image/ or mask_rtstruct/1-1.dcm not found")
     from voxelpipe.dicom.rtstruct import read_rtstruct_masks
-    from voxelpipe.resample import resample, resample_to
-    from voxelpipe.series_read import read_series
+    from voxelpipe.ops.resample import resample, resample_to
+    from voxelpipe.pipelines.series_read import read_series
 
     ct = read_series(folder / "image")
     ct2 = resample(ct, spacing=(2, 2, 2))  # linear, FOV-preserving

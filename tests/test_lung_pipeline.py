@@ -1,6 +1,6 @@
-"""The lung pipeline (voxelpipe.pipelines.lung) on synthetic chest phantoms written as CT DICOM.
+"""The lung pipeline (voxelpipe.apps.lung.pipeline) on synthetic chest phantoms written as CT DICOM.
 
-Facts come from what was written (voxelpipe.synthetic.chest_phantom: volume, geometry, nodule centres), never from
+Facts come from what was written (voxelpipe.testing.synthetic.chest_phantom: volume, geometry, nodule centres), never from
 the pipeline's own outputs. Three folders: ``patient_alpha`` (phantom with the two default nodules: a 10 mm one
 inside the right lung, a 12 mm juxtapleural one), ``patient_beta`` (no nodule), ``broken_gamma`` (CT files
 without ImagePositionPatient: no geometry, so no volume).
@@ -17,13 +17,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from voxelpipe.geometry import Geometry
-from voxelpipe.keys import series_key
-from voxelpipe.pipelines.lung import SUMMARY_COLUMNS, run_lung, stage_dirs
-from voxelpipe.resample import resample
-from voxelpipe.synthetic import SeriesSpec, chest_phantom, write_series
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.keys import series_key
+from voxelpipe.apps.lung.pipeline import SUMMARY_COLUMNS, run_lung, stage_dirs
+from voxelpipe.ops.resample import resample
+from voxelpipe.testing.synthetic import SeriesSpec, chest_phantom, write_series
 
-pytest.importorskip("voxelpipe.lung")
+pytest.importorskip("voxelpipe.apps.lung.segment")
 
 SHAPE = (48, 96, 96)  # input CT: 3 mm slices, 2.5 mm pixels -> 72 x 120 x 120 at 2 mm
 SPACING_IN = (3.0, 2.5, 2.5)
@@ -310,7 +310,7 @@ def test_manifest_and_several_ct_series(data, tmp_path):
 
 
 def test_cli(data, tmp_path, capsys):
-    from voxelpipe.cli import main
+    from voxelpipe.cli.app import main
 
     out = tmp_path / "cli"
     code = main(["--no-progress", "lung", str(data["root"]), "--out", str(out), "--workers", "1",

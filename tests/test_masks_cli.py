@@ -14,8 +14,8 @@ import pytest
 
 import voxelpipe
 from test_rtstruct import build_cases
-from voxelpipe.cli import main
-from voxelpipe.masks import open_masks
+from voxelpipe.cli.app import main
+from voxelpipe.stores.masks import open_masks
 
 REPORT_KEYS = ["volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
                "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"]

@@ -8,10 +8,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
-from voxelpipe.masks import Mask, mask_array_name, open_masks, write_masks
-from voxelpipe.volume import Volume, open_volume, save_volume
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.masks import Mask, mask_array_name
+from voxelpipe.stores.masks import open_masks, write_masks
+from voxelpipe.core.volume import Volume
+from voxelpipe.stores.volumes import open_volume, save_volume
 
 SHAPE = (12, 20, 30)
 
@@ -78,7 +80,7 @@ def test_bad_masks_are_refused_and_leave_the_volume_unchanged(volume_path):
 def test_a_failed_write_publishes_nothing(volume_path, monkeypatch):
     path, _ = volume_path
     write_masks(path, [Mask("a", _ball((5, 10, 12), 4))])
-    import voxelpipe.masks as masks_module
+    import voxelpipe.stores.masks as masks_module
 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")

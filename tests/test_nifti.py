@@ -1,4 +1,4 @@
-"""voxelpipe.nifti: NIfTI ↔ Volume with LPS geometry; SimpleITK reading the same file is the independent reference
+"""voxelpipe.stores.nifti: NIfTI ↔ Volume with LPS geometry; SimpleITK reading the same file is the independent reference
 (it reports LPS origin/spacing/direction per NIfTI axis i, j, k and a (k, j, i) numpy view)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
-from voxelpipe.volume import Volume
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.volume import Volume
 
 nib = pytest.importorskip("nibabel")
 
@@ -36,7 +36,7 @@ def oblique_volume(dtype="int16") -> Volume:
 
 @pytest.mark.parametrize("dtype", ["int16", "uint8", "float32", "float64", "int32"])
 def test_round_trip_keeps_array_dtype_and_geometry(tmp_path, dtype):
-    from voxelpipe.nifti import read_nifti, write_nifti
+    from voxelpipe.stores.nifti import read_nifti, write_nifti
 
     volume = oblique_volume(dtype)
     path = write_nifti(volume, tmp_path / "v.nii.gz")
@@ -51,7 +51,7 @@ def test_round_trip_keeps_array_dtype_and_geometry(tmp_path, dtype):
 
 
 def test_bool_is_written_as_uint8_and_uncompressed_nii_works(tmp_path):
-    from voxelpipe.nifti import read_nifti, write_nifti
+    from voxelpipe.stores.nifti import read_nifti, write_nifti
 
     mask = oblique_volume().array > 0
     volume = Volume(mask, Geometry(SHAPE, SPACING, ORIGIN, OBLIQUE))
@@ -62,7 +62,7 @@ def test_bool_is_written_as_uint8_and_uncompressed_nii_works(tmp_path):
 
 
 def test_bytes_input_gzipped_or_not(tmp_path):
-    from voxelpipe.nifti import nifti_bytes, read_nifti
+    from voxelpipe.stores.nifti import nifti_bytes, read_nifti
 
     volume = oblique_volume()
     data = nifti_bytes(volume)
@@ -77,7 +77,7 @@ def test_bytes_input_gzipped_or_not(tmp_path):
 
 def test_simpleitk_reads_the_same_lps_geometry_and_voxels(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
-    from voxelpipe.nifti import write_nifti
+    from voxelpipe.stores.nifti import write_nifti
 
     volume = oblique_volume("float32")
     path = str(write_nifti(volume, tmp_path / "oblique.nii.gz"))
@@ -93,7 +93,7 @@ def test_simpleitk_reads_the_same_lps_geometry_and_voxels(tmp_path):
 
 def test_read_a_file_simpleitk_wrote(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
-    from voxelpipe.nifti import read_nifti
+    from voxelpipe.stores.nifti import read_nifti
 
     array_kji = np.random.default_rng(0).integers(-100, 100, (7, 6, 5)).astype(np.int16)  # sitk view (k, j, i)
     image = sitk.GetImageFromArray(array_kji)
@@ -110,7 +110,7 @@ def test_read_a_file_simpleitk_wrote(tmp_path):
 
 
 def test_ras_affine_is_converted_to_lps(tmp_path):
-    from voxelpipe.nifti import read_nifti
+    from voxelpipe.stores.nifti import read_nifti
 
     affine_ras = np.diag([2.0, 3.0, 4.0, 1.0])
     affine_ras[:3, 3] = (5.0, 6.0, 7.0)
@@ -123,7 +123,7 @@ def test_ras_affine_is_converted_to_lps(tmp_path):
 
 
 def test_four_d_has_the_frame_axis_first(tmp_path):
-    from voxelpipe.nifti import read_nifti, write_nifti
+    from voxelpipe.stores.nifti import read_nifti, write_nifti
 
     array = np.arange(3 * 4 * 5 * 2, dtype=np.int16).reshape(3, 4, 5, 2)
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp_path / "t.nii.gz"))
@@ -135,7 +135,7 @@ def test_four_d_has_the_frame_axis_first(tmp_path):
 
 
 def test_clear_errors(tmp_path, monkeypatch):
-    from voxelpipe import nifti
+    from voxelpipe.stores import nifti
 
     with pytest.raises(InputError, match="no such NIfTI file"):
         nifti.read_nifti(tmp_path / "missing.nii.gz")

@@ -1,11 +1,11 @@
-"""``voxelpipe.nodules`` against independent references.
+"""``voxelpipe.apps.lung.nodules`` against independent references.
 
 * ``find_nodules``: hand-built probability maps (spheres of known radius at known indices) on an anisotropic,
   oblique geometry whose index → LPS map is written out here (origin + direction @ (spacing * index)), not taken
   from Geometry.affine; statistics are numpy on the component's voxels (np.argwhere / boolean masks);
   volume = voxels × product of the spacings; diameter = (6V/π)^(1/3).
 * ``load_model``: a model module written to tmp_path and imported by "module:function"; every bad spec.
-* ``blob_model``: ``voxelpipe.synthetic.chest_phantom`` with known nodules (skipped until voxelpipe.lung and
+* ``blob_model``: ``voxelpipe.testing.synthetic.chest_phantom`` with known nodules (skipped until voxelpipe.apps.lung.segment and
   chest_phantom exist): found at the truth's LPS position within one voxel diagonal, diameter within one voxel.
 * ``patient_features`` of known rows.
 """
@@ -18,9 +18,9 @@ import uuid
 import numpy as np
 import pytest
 
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry, geometry_from_slices
-from voxelpipe.nodules import (
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry, geometry_from_slices
+from voxelpipe.apps.lung.nodules import (
     NODULE_COLUMNS,
     PATIENT_FEATURE_COLUMNS,
     Model,
@@ -285,7 +285,7 @@ def test_load_model_module_function(model_module):
 def test_load_model_default_and_callable():
     assert load_model(None).function is blob_model
     assert load_model("").function is blob_model
-    assert load_model("voxelpipe.nodules:blob_model").function is blob_model
+    assert load_model("voxelpipe.apps.lung.nodules:blob_model").function is blob_model
     model = load_model(lambda hu, g: np.ones(np.shape(hu)))
     assert model(np.zeros((2, 3, 4)), None).sum() == 24
 
@@ -413,12 +413,12 @@ def test_blob_model_nothing_to_find():
         blob_model(hu[:-1], g)
 
 
-# --- on synthetic.chest_phantom with voxelpipe.lung.segment_lungs ---------------------------------------------
+# --- on synthetic.chest_phantom with voxelpipe.apps.lung.segment.segment_lungs ---------------------------------------------
 def _phantom_and_lungs():
-    synthetic = pytest.importorskip("voxelpipe.synthetic")
+    synthetic = pytest.importorskip("voxelpipe.testing.synthetic")
     if not hasattr(synthetic, "chest_phantom"):
-        pytest.skip("voxelpipe.synthetic.chest_phantom not available")
-    pytest.importorskip("voxelpipe.lung")
+        pytest.skip("voxelpipe.testing.synthetic.chest_phantom not available")
+    pytest.importorskip("voxelpipe.apps.lung.segment")
     return synthetic.chest_phantom
 
 
@@ -493,10 +493,10 @@ def test_blob_model_phantom_without_nodules(seed):
 def test_blob_model_on_cropped_volume_same_lps():
     """On the lung crop (what the pipeline passes) the nodules land at the same LPS positions."""
     chest_phantom = _phantom_and_lungs()
-    from voxelpipe import lung as lung_module
+    from voxelpipe.apps.lung import segment as lung_module
 
     if not hasattr(lung_module, "crop"):
-        pytest.skip("voxelpipe.lung.crop not available")
+        pytest.skip("voxelpipe.apps.lung.segment.crop not available")
     volume, truth = chest_phantom(seed=0)
     mask = lung_module.segment_lungs(volume.array, volume.geometry.spacing)
     cropped = lung_module.crop(volume, lung_module.lung_box(mask, volume.geometry.spacing))

@@ -1,4 +1,4 @@
-"""voxelpipe.overlay: windowing, outlines and PNG output, against slow obvious references (pixel loops, the DICOM
+"""voxelpipe.ops.overlay: windowing, outlines and PNG output, against slow obvious references (pixel loops, the DICOM
 VOI formula written out) and Pillow's own decoding."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from voxelpipe.errors import InputError
-from voxelpipe.overlay import outline, overlay_png, overlay_rgb, window_to_uint8
+from voxelpipe.core.errors import InputError
+from voxelpipe.ops.overlay import outline, overlay_png, overlay_rgb, window_to_uint8
 
 
 def ref_outline(mask: np.ndarray) -> np.ndarray:

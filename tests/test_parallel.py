@@ -1,12 +1,12 @@
-"""voxelpipe.parallel: executor options, the missing dask extra, and ``on_error`` on the process pool."""
+"""voxelpipe.execution.pool: executor options, the missing dask extra, and ``on_error`` on the process pool."""
 from __future__ import annotations
 
 import sys
 
 import pytest
 
-from voxelpipe.errors import InputError
-from voxelpipe.parallel import check_executor, imap
+from voxelpipe.core.errors import InputError
+from voxelpipe.execution import check_executor, imap
 from voxelpipe.pipelines.convert import convert
 
 

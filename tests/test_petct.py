@@ -1,4 +1,4 @@
-"""PET/CT preparation (voxelpipe.pipelines.petct) on synthetic studies written by voxelpipe.synthetic.
+"""PET/CT preparation (voxelpipe.apps.petct.pipeline) on synthetic studies written by voxelpipe.testing.synthetic.
 
 What the synthetic knows independently of voxelpipe: the hot spheres' LPS centres and SUVs, the SUV factor
 (weight / decayed dose, computed in synthetic.suv_factor_expected), the exact SUV of every PET voxel centre
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from voxelpipe.cli import main
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
-from voxelpipe.pipelines.petct import (STATUS_COLUMNS, load_subject, load_zip_subjects, prepare_subject,
+from voxelpipe.cli.app import main
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.apps.petct.pipeline import (STATUS_COLUMNS, load_subject, load_zip_subjects, prepare_subject,
                                        run_petct, status_path)
 from voxelpipe.stores.subject_store import open_subject_store
-from voxelpipe.synthetic import write_petct_study
+from voxelpipe.testing.synthetic import write_petct_study
 
 INDEX_COLUMNS = ["subject_id", "patient_dir", "study_dir", "study_instance_uid", "ct_series_uid", "pet_series_uid",
                  "mask_kind", "mask_path", "mask_series_uid", "n_ct_files", "n_pet_files"]
@@ -190,7 +190,7 @@ def test_cli_and_roi_selection(project, tmp_path, capsys):
 
 def test_zip_form_gives_the_same_output(project, subjects, tmp_path):
     pytest.importorskip("nibabel")
-    from voxelpipe.nifti import nifti_bytes
+    from voxelpipe.stores.nifti import nifti_bytes
 
     archive = tmp_path / "project.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -214,7 +214,7 @@ def test_zip_form_gives_the_same_output(project, subjects, tmp_path):
 
 def test_label_series_mask(project, tmp_path):
     """A label volume stored as its own DICOM series (on the CT grid) serves as the mask."""
-    from voxelpipe.synthetic import SeriesSpec, write_series
+    from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
     info = write_petct_study(tmp_path / "label", mask="none", patient_id="L", **SMALL)
     n, rows, cols = info["ct_shape"]
@@ -255,8 +255,8 @@ def _same_geometry(a: Geometry, b: Geometry) -> None:
 
 @pytest.mark.parametrize("code", ["LAS", "RAS", "LPS", "SPL", "ASR", "IPL"])
 def test_reoriented_geometry_equals_reorient(code):
-    from voxelpipe.reorient import reorient, reoriented_geometry
-    from voxelpipe.volume import Volume
+    from voxelpipe.ops.reorient import reorient, reoriented_geometry
+    from voxelpipe.core.volume import Volume
 
     for g in _geometry_cases():
         volume = Volume(np.zeros(g.shape, np.int16), g)
@@ -267,9 +267,9 @@ def test_reoriented_geometry_equals_reorient(code):
 
 @pytest.mark.parametrize("kw", [{"spacing": 1.7}, {"spacing": (3.0, 0.5, 1.1)}, {"shape": (4, 13, 5)}])
 def test_resampled_geometry_and_output_grid_equal_resample(kw):
-    from voxelpipe.pipelines.petct import output_grid
-    from voxelpipe.resample import resample, resampled_geometry
-    from voxelpipe.volume import Volume
+    from voxelpipe.apps.petct.pipeline import output_grid
+    from voxelpipe.ops.resample import resample, resampled_geometry
+    from voxelpipe.core.volume import Volume
 
     for g in _geometry_cases():
         volume = Volume(np.zeros(g.shape, np.uint8), g)
@@ -291,9 +291,9 @@ def test_resampled_geometry_and_output_grid_equal_resample(kw):
 def test_ct_sampled_straight_onto_the_grid_equals_reorient_then_resample(subjects, orientation, kw):
     """prepare_subject samples the CT from its own array onto the reoriented grid: the same values as the
     reoriented copy resampled (to float32 rounding: the same points, interpolated from the other side)."""
-    from voxelpipe.pipelines.petct import CT_FILL_HU, output_grid
-    from voxelpipe.reorient import reorient
-    from voxelpipe.resample import resample_to
+    from voxelpipe.apps.petct.pipeline import CT_FILL_HU, output_grid
+    from voxelpipe.ops.reorient import reorient
+    from voxelpipe.ops.resample import resample_to
 
     subject = subjects["a000000001"]
     out = prepare_subject(subject, orientation=orientation, **kw)

@@ -1,5 +1,5 @@
 """petct-index: study discovery in PROJECT/<patient>/<study>/, subject IDs, incomplete studies, private mapping,
-CLI and the zipped NIfTI export. The project is written with voxelpipe.synthetic; expected values (series UIDs,
+CLI and the zipped NIfTI export. The project is written with voxelpipe.testing.synthetic; expected values (series UIDs,
 subject IDs via hashlib/hmac) come from what was written, never from the index itself."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from voxelpipe.keys import subject_id
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, write_petct_study, write_series
-from voxelpipe.tables import read_csv
+from voxelpipe.core.keys import subject_id
+from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, write_petct_study, write_series
+from voxelpipe.stores.tables import read_csv
 
 SMALL = dict(ct_shape=(8, 16, 16), ct_spacing=(3.0, 2.0, 2.0), pet_shape=(6, 8, 8), pet_spacing=(4.0, 4.0, 4.0),
              sphere_lps=(2.0, -1.0, 0.0), sphere_radius_mm=6.0)
@@ -134,7 +134,7 @@ def project(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def indexed(project, tmp_path_factory):
-    from voxelpipe.pipelines.petct_index import index_project
+    from voxelpipe.apps.petct.index import index_project
 
     out = tmp_path_factory.mktemp("index")
     rows, incomplete = index_project(project["root"], out / "INDEX.csv", workers=1, progress=False)
@@ -178,7 +178,7 @@ def test_subject_ids_from_patient_id_then_name_then_folder(project, indexed):
 
 
 def test_incomplete_studies_say_what_is_missing(project, indexed):
-    from voxelpipe.pipelines.petct_index import INCOMPLETE_COLUMNS
+    from voxelpipe.apps.petct.index import INCOMPLETE_COLUMNS
 
     path = indexed["out"] / "INDEX_incomplete.csv"
     table = read_csv(path)
@@ -195,7 +195,7 @@ def test_incomplete_studies_say_what_is_missing(project, indexed):
 
 
 def test_index_csv_has_the_fixed_columns_and_no_mapping_unless_asked(indexed):
-    from voxelpipe.pipelines.petct_index import INDEX_COLUMNS
+    from voxelpipe.apps.petct.index import INDEX_COLUMNS
 
     table = read_csv(indexed["out"] / "INDEX.csv")
     assert list(table[0]) == INDEX_COLUMNS and len(table) == 5
@@ -205,8 +205,8 @@ def test_index_csv_has_the_fixed_columns_and_no_mapping_unless_asked(indexed):
 
 
 def test_choices_are_noted(project):
-    from voxelpipe.pipelines import petct_index
-    from voxelpipe.pipelines.petct_index import StudyFolder, classify_study, scan_study
+    from voxelpipe.apps.petct import index as petct_index
+    from voxelpipe.apps.petct.index import StudyFolder, classify_study, scan_study
 
     root = project["root"]
     study = scan_study(StudyFolder(str(root / "P001"), str(root / "P001" / "ST1")), workers=1)
@@ -220,7 +220,7 @@ def test_choices_are_noted(project):
 
 
 def test_cli_writes_mapping_only_when_asked(project, tmp_path, capsys):
-    from voxelpipe.cli import main
+    from voxelpipe.cli.app import main
 
     out = tmp_path / "idx" / "INDEX.csv"
     mapping = tmp_path / "private" / "map.csv"
@@ -240,7 +240,7 @@ def test_cli_writes_mapping_only_when_asked(project, tmp_path, capsys):
 
 
 def test_cli_secret_from_environment(project, tmp_path, monkeypatch):
-    from voxelpipe.cli import main
+    from voxelpipe.cli.app import main
 
     monkeypatch.setenv("VOXELPIPE_KEY_SECRET", "k3y")
     out = tmp_path / "INDEX.csv"
@@ -253,7 +253,7 @@ def test_cli_secret_from_environment(project, tmp_path, monkeypatch):
 
 
 def test_not_a_project_folder_is_a_clear_error(tmp_path):
-    from voxelpipe.cli import main
+    from voxelpipe.cli.app import main
 
     assert main(["--no-progress", "petct-index", str(tmp_path / "nope"), "--out", str(tmp_path / "i.csv")]) == 2
     (tmp_path / "empty").mkdir()
@@ -266,17 +266,17 @@ def test_not_a_project_folder_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 def _load_subject():
     try:
-        from voxelpipe.pipelines.petct import load_subject
+        from voxelpipe.apps.petct.pipeline import load_subject
     except ImportError:
-        pytest.skip("voxelpipe.pipelines.petct.load_subject not available yet")
+        pytest.skip("voxelpipe.apps.petct.pipeline.load_subject not available yet")
     return load_subject
 
 
 def test_export_zip_round_trip(project, tmp_path):
     pytest.importorskip("nibabel")
     load_subject = _load_subject()
-    from voxelpipe.nifti import read_nifti
-    from voxelpipe.pipelines.petct_index import index_project
+    from voxelpipe.stores.nifti import read_nifti
+    from voxelpipe.apps.petct.index import index_project
 
     source = tmp_path / "project"
     for name in ("P001", "P003", "P004"):  # RTSTRUCT, nested SEG, label volume
@@ -305,8 +305,8 @@ def test_export_zip_round_trip(project, tmp_path):
 def test_export_zip_affines_match_the_dicom_geometry(project, tmp_path):
     nib = pytest.importorskip("nibabel")
     _load_subject()
-    from voxelpipe.geometry import geometry_from_slices
-    from voxelpipe.pipelines.petct_index import index_project
+    from voxelpipe.core.geometry import geometry_from_slices
+    from voxelpipe.apps.petct.index import index_project
 
     source = tmp_path / "project"
     shutil.copytree(project["root"] / "P001", source / "P001")

@@ -24,7 +24,7 @@ from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import (DECODERS, EXPLICIT_BE, EXPLICIT_LE, IMAGECODECS_FUNCTIONS, IMPLICIT_LE,
                                     JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEGLS_LOSSLESS, RLE_LOSSLESS, PixelFormat,
                                     available_decoders, decode_into, decoder_for)
-from voxelpipe.errors import DicomReadError, InputError
+from voxelpipe.core.errors import DicomReadError, InputError
 
 try:
     import imagecodecs

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from skimage.draw import polygon2mask
 
-from voxelpipe.errors import InputError
+from voxelpipe.core.errors import InputError
 from voxelpipe.kernels import polygon as kernel
-from voxelpipe.polygon import fill_polygon, fill_polygons, fill_polygons_volume
+from voxelpipe.ops.polygon import fill_polygon, fill_polygons, fill_polygons_volume
 
 
 def _reference(polygons, shape) -> np.ndarray:

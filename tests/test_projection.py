@@ -1,4 +1,4 @@
-"""Rotated projections (``voxelpipe.projection.project``) against independent references.
+"""Rotated projections (``voxelpipe.ops.projection.project``) against independent references.
 
 References: ``np.max`` along an array axis (exact at multiples of 90°), ``scipy.ndimage.rotate`` (order 1, no
 reshape) + max along the ray axis, analytic images of a sphere and of a cylinder (chord lengths), and
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
-from voxelpipe.projection import AXES, Projections, project
-from voxelpipe.volume import Volume
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.ops.projection import AXES, Projections, project
+from voxelpipe.core.volume import Volume
 
 L, P, S = np.eye(3)  # LPS unit vectors
 AXIAL = np.column_stack([S, P, L])  # direction columns of a standard axial stack: slices -> S, rows -> P, cols -> L

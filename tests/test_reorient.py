@@ -7,10 +7,10 @@ import pytest
 
 nib_orientations = pytest.importorskip("nibabel.orientations", reason="nibabel is a test dependency")
 
-from voxelpipe.errors import InputError  # noqa: E402
-from voxelpipe.geometry import Geometry  # noqa: E402
-from voxelpipe.reorient import ALL_CODES, axis_codes, reorient  # noqa: E402
-from voxelpipe.volume import Volume  # noqa: E402
+from voxelpipe.core.errors import InputError  # noqa: E402
+from voxelpipe.core.geometry import Geometry  # noqa: E402
+from voxelpipe.ops.reorient import ALL_CODES, axis_codes, reorient  # noqa: E402
+from voxelpipe.core.volume import Volume  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -29,11 +29,11 @@ import pytest
 from PIL import Image
 
 import voxelpipe
-from voxelpipe.cli import main
-from voxelpipe.errors import InputError
+from voxelpipe.cli.app import main
+from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
-from voxelpipe.pipelines.report import build_report, choose_series, read_plane, view_plan, write_report
-from voxelpipe.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
+from voxelpipe.apps.report.build import build_report, choose_series, read_plane, view_plan, write_report
+from voxelpipe.testing.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
 from helpers import resave, sha_key
 
 MAX_SIDE = 256  # the README's picture size rule
@@ -396,7 +396,7 @@ def test_planes_are_read_one_at_a_time(study):
 
 
 def test_big_volumes_are_strided_for_the_mip(study, monkeypatch):
-    from voxelpipe.pipelines import report
+    from voxelpipe.apps.report import build as report
 
     volume = voxelpipe.open_volume(str(study["out"] / "data" / f"{_ct_key(study)}.zarr"))  # 40 x 64 x 64
     monkeypatch.setattr(report, "MIP_MAX_VOXELS", 20 * 32 * 32)

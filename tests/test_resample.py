@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import voxelpipe.resample as resample_module
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
+import voxelpipe.ops.resample as resample_module
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
 from voxelpipe.kernels.resample import (
     ORDER_LINEAR,
     ORDER_NEAREST,
     resample_affine,
     resample_separable,
 )
-from voxelpipe.resample import index_matrix, resample, resample_to
-from voxelpipe.volume import Volume
+from voxelpipe.ops.resample import index_matrix, resample, resample_to
+from voxelpipe.core.volume import Volume
 
 SHAPE = (20, 24, 28)
 DTYPES = ["float32", "int16", "uint8"]

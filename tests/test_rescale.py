@@ -6,9 +6,9 @@ import pytest
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut
 
-from voxelpipe.errors import InputError
+from voxelpipe.core.errors import InputError
 from voxelpipe.kernels.rescale import rescale_into
-from voxelpipe.rescale import output_dtype, rescale
+from voxelpipe.ops.rescale import output_dtype, rescale
 
 STORED_DTYPES = ["uint8", "int16", "uint16", "int32", "float32"]
 

@@ -27,8 +27,8 @@ import voxelpipe
 from helpers import resave
 from voxelpipe.dicom.rtstruct import (FrameOfReferenceMismatchError, NotRtstructError, RoiNotFoundError,
                                       assign_slices, parse_rtstruct, read_rtstruct_masks, slice_windows)
-from voxelpipe.geometry import Geometry
-from voxelpipe.synthetic import ROOT_UID, SeriesSpec, object_dataset, referenced_frame_sequence, write_series
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, object_dataset, referenced_frame_sequence, write_series
 
 polygon2mask = pytest.importorskip("skimage.draw", reason="scikit-image is a test dependency").polygon2mask
 

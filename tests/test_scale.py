@@ -1,7 +1,7 @@
 """At scale (issue 8): a 20,000-file synthetic tree through ``python -m voxelpipe convert TREE --out OUT
 --workers 2`` (scan included), in a subprocess whose whole process tree is sampled for memory.
 
-References, all independent of voxelpipe's reader: ``voxelpipe.synthetic_tree.write_scale_tree`` records every
+References, all independent of voxelpipe's reader: ``voxelpipe.testing.tree.write_scale_tree`` records every
 file it wrote (the files of each series in slice order, the localizers, the broken files with the kind README
 gives them) and recomputes each series' HU volume from the formula it stored; series keys are SHA-256 of the
 SeriesInstanceUID (DESIGN.md, ``helpers.sha_key``); volumes are read with zarr directly.
@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 import zarr
 
-from voxelpipe.synthetic_tree import ScaleTree, write_scale_tree
+from voxelpipe.testing.tree import ScaleTree, write_scale_tree
 from helpers import sha_key
 
 N_FILES = int(os.environ.get("VOXELPIPE_SCALE_TEST_FILES", "20000"))

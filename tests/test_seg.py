@@ -34,9 +34,9 @@ from pydicom.uid import generate_uid
 
 from voxelpipe.dicom.seg import (FrameOfReferenceMismatchError, NotSegError, SegGridError, SegMissingTagError,
                                  SegTagValueError, dicom_lab_to_rgb, load_slice_uids, read_seg_masks)
-from voxelpipe.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
-from voxelpipe.geometry import Geometry, geometry_from_slices
-from voxelpipe.synthetic import object_dataset
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
+from voxelpipe.core.geometry import Geometry, geometry_from_slices
+from voxelpipe.testing.synthetic import object_dataset
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 REPORT_KEYS = {"volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
@@ -214,7 +214,7 @@ def test_label_map_seg_matches_nrrd(converted, dcmqi, name):
 
 
 def test_real_masks_write_into_the_volume(converted, dcmqi, tmp_path):
-    from voxelpipe.masks import open_masks, write_masks
+    from voxelpipe.stores.masks import open_masks, write_masks
 
     copy = tmp_path / "data" / os.path.basename(converted["23"]["path"])
     shutil.copytree(converted["23"]["path"], copy)

@@ -1,4 +1,4 @@
-"""voxelpipe.series_read.read_series: the same volume as convert (open_volume) and as pydicom's
+"""voxelpipe.pipelines.series_read.read_series: the same volume as convert (open_volume) and as pydicom's
 apply_modality_lut, with the slice order and per-slice files."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
-from voxelpipe.errors import VoxelpipeError
-from voxelpipe.series_read import read_series
-from voxelpipe.synthetic import SeriesSpec, write_petct_study, write_series
+from voxelpipe.core.errors import VoxelpipeError
+from voxelpipe.pipelines.series_read import read_series
+from voxelpipe.testing.synthetic import SeriesSpec, write_petct_study, write_series
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from voxelpipe import __version__
-from voxelpipe.errors import InputError
-from voxelpipe.geometry import Geometry
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
 from voxelpipe.stores import subject_store
 from voxelpipe.stores.subject_store import LAYOUT_VERSION, open_subject_store
 

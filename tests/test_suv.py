@@ -15,10 +15,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from voxelpipe.cli import main
+from voxelpipe.cli.app import main
 from voxelpipe.dicom.suv import (NegativeUptakeError, SuvError, SuvMissingTagError, SuvTagValueError,
                                  UnsupportedUnitsError, suv_factors, suv_for_files)
-from voxelpipe.errors import BadTagValueError, InputError, MissingTagError
+from voxelpipe.core.errors import BadTagValueError, InputError, MissingTagError
 
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 # the header every case starts from: 75 kg, 370 MBq of F-18 (T½ 6586.2 s) injected at 09:30:00,
@@ -296,16 +296,16 @@ def test_cli_exit_2_without_pet(tmp_path, capsys):
     write_files(tmp_path / "ct", datasets)
     assert main(["suv", str(tmp_path)]) == 2
     assert capsys.readouterr().out == ""
-    from voxelpipe.pipelines.suv import NoPetError
+    from voxelpipe.apps.petct.suv import NoPetError
 
     assert issubclass(NoPetError, InputError)
 
 
 def test_synthetic_petct_study_factor(tmp_path):
-    """The PET of voxelpipe.synthetic.write_petct_study (75 kg, 370 MBq, 3600 s uptake by default)."""
-    synthetic = pytest.importorskip("voxelpipe.synthetic")
+    """The PET of voxelpipe.testing.synthetic.write_petct_study (75 kg, 370 MBq, 3600 s uptake by default)."""
+    synthetic = pytest.importorskip("voxelpipe.testing.synthetic")
     if not hasattr(synthetic, "write_petct_study"):
-        pytest.skip("voxelpipe.synthetic.write_petct_study not available")
+        pytest.skip("voxelpipe.testing.synthetic.write_petct_study not available")
     info = synthetic.write_petct_study(tmp_path / "study", ct_shape=(8, 16, 16), pet_shape=(6, 8, 8), mask="none")
     pet = sorted(str(p) for p in (tmp_path / "study" / "PT").iterdir())
     assert info is not None

@@ -8,8 +8,8 @@ import pytest
 import scipy.ndimage
 
 import voxelpipe
-from voxelpipe.cli import main
-from voxelpipe.synthetic import SeriesSpec, phantom_hu, write_series
+from voxelpipe.cli.app import main
+from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
 
 nib_orientations = pytest.importorskip("nibabel.orientations", reason="nibabel is a test dependency")
 
@@ -60,7 +60,7 @@ def test_resample_like_itself_is_the_identity(converted, tmp_path):
 
 
 def test_project_writes_one_image_per_angle(converted, tmp_path):
-    from voxelpipe.projection import project
+    from voxelpipe.ops.projection import project
 
     out, spec, path = converted
     assert main(["--no-progress", "project", str(out), "--out", str(tmp_path), "--angles", "0:360:90"]) == 0

@@ -1,29 +1,30 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
 Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``,
-``Mask``/``write_masks``/``open_masks``, ``fill_polygons`` (heavier modules load on first use); training batches come
-from ``voxelpipe.reader``; ``voxelpipe.reorient.reorient`` and ``voxelpipe.resample.resample`` live in
+``Mask``/``write_masks``/``open_masks``, ``fill_polygons`` (each loads its module on first use, so ``import voxelpipe`` stays light); training batches come
+from ``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in
 modules of the same name.
 """
-from ._version import __version__
-from .errors import VoxelpipeError
-from .pipelines.scan import ScanResult, scan
+from voxelpipe._version import __version__
+from voxelpipe.core.errors import VoxelpipeError
 
 _LAZY = {
+    "scan": ("voxelpipe.pipelines.scan", "scan"),
+    "ScanResult": ("voxelpipe.pipelines.scan", "ScanResult"),
     "convert": ("voxelpipe.pipelines.convert", "convert"),
     "aggregate": ("voxelpipe.pipelines.convert", "aggregate"),
-    "open_volume": ("voxelpipe.volume", "open_volume"),
-    "Volume": ("voxelpipe.volume", "Volume"),
-    "save_volume": ("voxelpipe.volume", "save_volume"),
-    "resample_to": ("voxelpipe.resample", "resample_to"),
-    "project": ("voxelpipe.projection", "project"),
-    "Mask": ("voxelpipe.masks", "Mask"),
-    "write_masks": ("voxelpipe.masks", "write_masks"),
-    "open_masks": ("voxelpipe.masks", "open_masks"),
-    "fill_polygons": ("voxelpipe.polygon", "fill_polygons"),
+    "open_volume": ("voxelpipe.stores.volumes", "open_volume"),
+    "Volume": ("voxelpipe.core.volume", "Volume"),
+    "save_volume": ("voxelpipe.stores.volumes", "save_volume"),
+    "resample_to": ("voxelpipe.ops.resample", "resample_to"),
+    "project": ("voxelpipe.ops.projection", "project"),
+    "Mask": ("voxelpipe.core.masks", "Mask"),
+    "write_masks": ("voxelpipe.stores.masks", "write_masks"),
+    "open_masks": ("voxelpipe.stores.masks", "open_masks"),
+    "fill_polygons": ("voxelpipe.ops.polygon", "fill_polygons"),
 }
 
-__all__ = ["__version__", "VoxelpipeError", "ScanResult", "scan", *_LAZY]
+__all__ = ["__version__", "VoxelpipeError", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """``python -m voxelpipe``."""
 import sys
 
-from .cli import main
+from voxelpipe.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

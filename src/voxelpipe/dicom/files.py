@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.dataset import Dataset
 
-from ..errors import DicomReadError, NotDicomError
-from .flatten import flatten
-from .rawheader import DEFLATED, Truncated, Unsupported, read_raw_header
+from voxelpipe.core.errors import DicomReadError, NotDicomError
+from voxelpipe.dicom.flatten import flatten
+from voxelpipe.dicom.rawheader import DEFLATED, Truncated, Unsupported, read_raw_header
 
 # Groups a dataset without preamble commonly starts with (file meta, DICOMDIR, identifying).
 _PLAUSIBLE_FIRST_GROUPS = frozenset({0x0002, 0x0004, 0x0008})

@@ -31,8 +31,8 @@ from functools import cache
 
 import numpy as np
 
-from ..errors import BadTagValueError, DicomReadError, InputError, MissingTagError
-from .flatten import DUPLICATE_PREFIX, column_name
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError
+from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
 
 # Transfer syntaxes
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -669,7 +669,7 @@ def decode_into(path: str, fmt: PixelFormat, out: np.ndarray, pixel_offset: int 
 
 
 def _find_pixel_offset(path: str) -> int:
-    from .files import read_header
+    from voxelpipe.dicom.files import read_header
 
     header = read_header(path)
     if header.pixel is None or header.pixel.value_offset < 0:

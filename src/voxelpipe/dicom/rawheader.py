@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .flatten import (PIXEL_DATA_TAGS, RowBuilder, column_name, dictionary_vr, encodings_for, format_raw,
+from voxelpipe.dicom.flatten import (PIXEL_DATA_TAGS, RowBuilder, column_name, dictionary_vr, encodings_for, format_raw,
                       tag_name)
 
 IMPLICIT_LE = "1.2.840.10008.1.2"

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
-from ..errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
-from .files import Header
-from .flatten import DUPLICATE_PREFIX, column_name
-from .pixels import NATIVE_SYNTAXES, PixelFormat
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
+from voxelpipe.dicom.files import Header
+from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
+from voxelpipe.dicom.pixels import NATIVE_SYNTAXES, PixelFormat
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
 OBJECT_MODALITIES = frozenset(

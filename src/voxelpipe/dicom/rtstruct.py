@@ -2,7 +2,7 @@
 
 ``parse_rtstruct(path, rois=None)`` reads the file with pydicom into a :class:`StructureSet` (every ROI's
 contours as one (N, 3) array of LPS mm points plus offsets). ``read_rtstruct_masks(path, geometry, rois=None)``
-turns it into :class:`~voxelpipe.masks.Mask` objects (uint8, the geometry's (slice, row, column) grid) and one
+turns it into :class:`~voxelpipe.core.masks.Mask` objects (uint8, the geometry's (slice, row, column) grid) and one
 report row per ROI; ``iter_rtstruct_masks`` does the same one ROI at a time (one mask in memory at a time).
 
 The slice-assignment rule (the contour's ContourImageSequence is never used; it often points at another series):
@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadTagValueError, DicomReadError, InputError, MissingTagError
-from ..geometry import Geometry
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError
+from voxelpipe.core.geometry import Geometry
 
 log = logging.getLogger("voxelpipe")
 
@@ -514,8 +514,8 @@ def _plane_detail(points: np.ndarray, normal: np.ndarray) -> str:
 def fill(polygons: list[np.ndarray], slice_index: np.ndarray, shape: tuple[int, int, int],
          out: np.ndarray | None = None) -> np.ndarray:
     """Fill ``polygons`` ((K, 2) row, column vertices) into their slices of a uint8 volume: even–odd per slice,
-    pixel-centre rule (``voxelpipe.polygon.fill_polygons_volume``)."""
-    from ..polygon import fill_polygons_volume
+    pixel-centre rule (``voxelpipe.ops.polygon.fill_polygons_volume``)."""
+    from voxelpipe.ops.polygon import fill_polygons_volume
 
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
@@ -544,7 +544,7 @@ def iter_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Seque
                         taken: Iterable[str] = ()) -> Iterator[tuple[object, dict]]:
     """Like :func:`read_rtstruct_masks`, one ROI at a time (one mask in memory at a time): yields
     ``(mask or None, report row)`` in the file's ROI order."""
-    from ..masks import Mask, mask_array_name
+    from voxelpipe.core.masks import Mask, mask_array_name
 
     path = os.fspath(path)
     structure = parse_rtstruct(path, rois)
@@ -613,7 +613,7 @@ def read_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Seque
                         taken: Iterable[str] = ()) -> tuple[list, list[dict]]:
     """Rasterise the ROIs of an RTSTRUCT onto ``geometry``'s grid.
 
-    Returns ``(masks, rows)``: a :class:`~voxelpipe.masks.Mask` (uint8 (slice, row, column), attrs with
+    Returns ``(masks, rows)``: a :class:`~voxelpipe.core.masks.Mask` (uint8 (slice, row, column), attrs with
     ``roi_name``, ``roi_number``, ``color``, ``source``, ``source_kind``, ``source_sop_instance_uid``,
     ``voxels``, ``volume_ml``, ``contours``, ``contours_unmatched``, ...) for every ROI with an area to fill
     (status ``written``, or ``empty`` when nothing landed on the grid), and one report row per ROI of the file

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
-from ..geometry import Geometry
-from ..masks import Mask, mask_array_name
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.masks import Mask, mask_array_name
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..geometry import cluster_positions, orientation_label, slice_normal, tilt_degrees
-from ..keys import series_key
-from .records import FileRecord
+from voxelpipe.core.geometry import cluster_positions, orientation_label, slice_normal, tilt_degrees
+from voxelpipe.core.keys import series_key
+from voxelpipe.dicom.records import FileRecord
 
 ORIENTATION_TOLERANCE = 1e-3  # max difference of direction cosines within one orientation
 

@@ -38,7 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from ..errors import BadTagValueError, DicomReadError, MissingTagError
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagError
 
 # tags as they are named in messages and in the audit record
 T_UNITS = "Units (0054,1001)"

@@ -17,14 +17,14 @@ import re
 import time
 from collections import defaultdict
 
-from ..errors import InputError, VoxelpipeError
-from ..parallel import check_executor, default_workers, imap, init_worker, threads_per_worker
-from ..progress import Progress
-from ..stores.hdf5_store import keys_in, merge_into
-from ..stores.zarr_store import STORE_SUFFIXES
-from ..tables import read_csv, write_csv, write_json
-from .scan import balance, scan
-from .series_volume import SeriesTask, convert_series, lost_series, volume_path
+from voxelpipe.core.errors import InputError, VoxelpipeError
+from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.core.progress import Progress
+from voxelpipe.stores.hdf5_store import keys_in, merge_into
+from voxelpipe.stores.zarr_store import STORE_SUFFIXES
+from voxelpipe.stores.tables import read_csv, write_csv, write_json
+from voxelpipe.pipelines.scan import balance, scan
+from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
 
 log = logging.getLogger("voxelpipe")
 
@@ -161,9 +161,9 @@ def _unreadable_files(manifest: str) -> list[dict]:
 def _add_images_without_geometry(manifest: str, rows: list[dict], files: dict[str, list[str]]) -> list[dict]:
     """2-D mode also converts the images `scan` left out of volumes for lack of geometry (kind no_geometry),
     grouped by their SeriesInstanceUID."""
-    from ..dicom.files import read_header
-    from ..dicom.records import COLUMN
-    from ..keys import series_key
+    from voxelpipe.dicom.files import read_header
+    from voxelpipe.dicom.records import COLUMN
+    from voxelpipe.core.keys import series_key
 
     by_key = {r["series_key"]: dict(r) for r in rows}
     for entry in _unreadable_files(manifest):

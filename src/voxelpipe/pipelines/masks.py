@@ -8,7 +8,7 @@ Two forms::
 The manifest form takes every RTSTRUCT / SEG row of scan's ``objects.csv`` and puts it onto the volume of each
 series it references (``referenced_series_keys``) found as ``OUT/data/<key>.zarr`` (``.zarr.zip``,
 ``.zarr.sqlite``). Objects are grouped by volume, one volume per task (so each volume has exactly one writer),
-tasks run in the process pool of :mod:`voxelpipe.parallel`; one bad object or volume never stops the batch.
+tasks run in the process pool of :mod:`voxelpipe.execution.pool`; one bad object or volume never stops the batch.
 
 Every ROI / segment gets a report row (``REPORT_COLUMNS``; status written / empty / skipped / failed), written as
 CSV (``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
@@ -25,12 +25,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ..dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
-from ..errors import InputError, VoxelpipeError, lost_task_reason
-from ..parallel import check_executor, default_workers, imap, init_worker, threads_per_worker
-from ..progress import Progress
-from ..stores.zarr_store import STORE_SUFFIXES
-from ..tables import read_csv, write_csv
+from voxelpipe.dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
+from voxelpipe.core.errors import InputError, VoxelpipeError, lost_task_reason
+from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.core.progress import Progress
+from voxelpipe.stores.zarr_store import STORE_SUFFIXES
+from voxelpipe.stores.tables import read_csv, write_csv
 
 log = logging.getLogger("voxelpipe")
 
@@ -82,7 +82,7 @@ def _read_source(task: VolumeTask, source: MaskSource, geometry, frame_uid: str 
         yield from iter_rtstruct_masks(source.path, geometry, task.rois, frame_of_reference_uid=frame_uid,
                                        volume=task.volume, taken=taken)
         return
-    from ..dicom.seg import load_slice_uids, read_seg_masks
+    from voxelpipe.dicom.seg import load_slice_uids, read_seg_masks
 
     masks, rows = read_seg_masks(source.path, geometry, slice_uids=load_slice_uids(task.volume),
                                  segments=task.rois, frame_of_reference_uid=frame_uid, volume=task.volume,
@@ -111,8 +111,8 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
     """Rasterise every source of ``task`` onto its volume and write the masks; returns the report rows.
 
     Never raises for a bad object or volume unless ``task.strict`` (then errors reading an object propagate)."""
-    from ..masks import write_masks
-    from ..volume import open_volume
+    from voxelpipe.stores.masks import write_masks
+    from voxelpipe.stores.volumes import open_volume
 
     rows: list[dict] = []
     try:
@@ -267,7 +267,7 @@ def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
                             executor: str = "pool", scheduler: str | None = None) -> list[dict]:
     """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
     ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``).
-    ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.parallel.imap`)."""
+    ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.execution.imap`)."""
     check_executor(executor, scheduler)
     out = os.fspath(out)
     if not os.path.isdir(out):

@@ -16,14 +16,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .. import __version__
-from ..dicom.files import iter_files, read_header
-from ..dicom.records import FileRecord, make_record
-from ..dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
-from ..errors import DicomReadError, InputError, NoGeometryError, NotDicomError
-from ..parallel import check_executor, default_workers, imap
-from ..progress import Progress
-from ..tables import RowSpool, write_csv, write_json
+from voxelpipe._version import __version__
+from voxelpipe.dicom.files import iter_files, read_header
+from voxelpipe.dicom.records import FileRecord, make_record
+from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
+from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
+from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.core.progress import Progress
+from voxelpipe.stores.tables import RowSpool, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
 
@@ -91,7 +91,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).
     ``shards``: number of byte-balanced shard files; ``workers``: processes (1 = in this process);
     ``table_format``: ``csv`` or ``parquet`` (metadata also as Parquet); ``secret``: HMAC key for series keys.
-    ``executor``/``scheduler``: where the header-reading tasks run (:func:`voxelpipe.parallel.imap`).
+    ``executor``/``scheduler``: where the header-reading tasks run (:func:`voxelpipe.execution.imap`).
     """
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):

@@ -15,15 +15,15 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from ..dicom.files import read_header
-from ..dicom.pixels import PixelFormat, decode_into
-from ..dicom.records import make_record
-from ..errors import DicomReadError
-from ..keys import series_key as hash_key
-from ..rescale import rescale
-from ..stores.hdf5_store import write_attrs
-from ..stores.zarr_store import PARTIAL, STORE_SUFFIXES, disk_size, open_store, remove
-from ..tables import write_csv
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels import PixelFormat, decode_into
+from voxelpipe.dicom.records import make_record
+from voxelpipe.core.errors import DicomReadError
+from voxelpipe.core.keys import series_key as hash_key
+from voxelpipe.ops.rescale import rescale
+from voxelpipe.stores.hdf5_store import write_attrs
+from voxelpipe.stores.zarr_store import PARTIAL, STORE_SUFFIXES, disk_size, open_store, remove
+from voxelpipe.stores.tables import write_csv
 
 INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_number", "shape", "dtype", "path"]
 

@@ -17,17 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import __version__
-from ..dicom.files import read_header
-from ..dicom.pixels import PixelFormat, decode_into
-from ..dicom.records import PHASE_TAGS, FileRecord, make_record
-from ..errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
-from ..geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
-from ..rescale import output_dtype, rescale
-from ..stores.hdf5_store import Hdf5VolumeWriter
-from ..stores.npz_store import NpzVolumeWriter
-from ..stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter
-from ..tables import atomic_path, write_json
+from voxelpipe._version import __version__
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels import PixelFormat, decode_into
+from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
+from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
+from voxelpipe.ops.rescale import output_dtype, rescale
+from voxelpipe.stores.hdf5_store import Hdf5VolumeWriter
+from voxelpipe.stores.npz_store import NpzVolumeWriter
+from voxelpipe.stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter
+from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
@@ -81,7 +81,7 @@ def convert_series(task: SeriesTask) -> dict:
             row.update(status="skipped", reason="already complete")
             return row
         if task.mode == "2d":
-            from .series_instances import convert_instances
+            from voxelpipe.pipelines.series_instances import convert_instances
 
             result = convert_instances(task)
         else:
@@ -348,7 +348,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
             for z0 in range(0, n_slices, depth):
                 n = min(depth, n_slices - z0)
                 batch = ordered[t * n_slices + z0:t * n_slices + z0 + n]
-                _decode_batch(batch, raw)
+                decode_batch(batch, raw)
                 slopes = np.array([f.slope for f in batch])
                 intercepts = np.array([f.intercept for f in batch])
                 try:
@@ -371,7 +371,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
             "verification": verification}
 
 
-def _decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
+def decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
     """Decode the frames of ``batch`` into ``raw[:len(batch)]``; runs of frames from one file (enhanced
     multi-frame) are decoded in one call so the file is opened and parsed once per slab."""
     j = 0

@@ -13,11 +13,12 @@ import time
 
 import numpy as np
 
-from ..errors import InputError
-from ..progress import Progress
-from ..stores.zarr_store import STORE_SUFFIXES
-from ..tables import write_csv
-from ..volume import Volume, open_volume, save_volume
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.progress import Progress
+from voxelpipe.stores.zarr_store import STORE_SUFFIXES
+from voxelpipe.stores.tables import write_csv
+from voxelpipe.core.volume import Volume
+from voxelpipe.stores.volumes import open_volume, save_volume
 
 log = logging.getLogger("voxelpipe")
 SUMMARY_COLUMNS = ["series_key", "status", "reason", "source", "path", "shape", "spacing", "seconds"]
@@ -78,8 +79,8 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
                      order: str = "linear", orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
     """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
-    from ..reorient import reorient
-    from ..resample import resample, resample_to
+    from voxelpipe.ops.reorient import reorient
+    from voxelpipe.ops.resample import resample, resample_to
 
     if sum(v is not None for v in (spacing, shape, like)) != 1:
         raise InputError("give exactly one of --spacing, --shape or --like")
@@ -104,7 +105,7 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
-    from ..projection import project
+    from voxelpipe.ops.projection import project
 
     def one(path: str, target: str):
         volume = open_volume(path)
@@ -122,7 +123,7 @@ def _masks(path: str) -> dict[str, np.ndarray]:
     """``masks/<name>`` arrays stored beside ``image`` in a Zarr volume, in memory (none for other formats)."""
     if path.endswith((".npz", ".h5", ".hdf5")):
         return {}
-    from ..masks import open_masks
+    from voxelpipe.stores.masks import open_masks
 
     return {name: np.asarray(array[...]) for name, array in open_masks(path).items()}
 
@@ -132,7 +133,7 @@ def _write_projections(target: str, result, masks: dict, volume: Volume, angles,
     import zarr
     from zarr.codecs import BloscCodec
 
-    from ..stores.zarr_store import PARTIAL, open_store, remove
+    from voxelpipe.stores.zarr_store import PARTIAL, open_store, remove
 
     partial = target + PARTIAL
     remove(partial)
@@ -144,7 +145,7 @@ def _write_projections(target: str, result, masks: dict, volume: Volume, angles,
     group = zarr.create_group(store=store, zarr_format=3, attributes=attrs)
     codec = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=4)
     group.create_array("image", data=np.ascontiguousarray(result.images), compressors=[codec])
-    from ..projection import project
+    from voxelpipe.ops.projection import project
 
     for index, (name, mask) in enumerate(masks.items()):
         images = result.mask_images if index == 0 else project(volume, angles, axis=axis, mask=mask).mask_images

@@ -12,7 +12,7 @@ import os
 import h5py
 import numpy as np
 
-from .zarr_store import PARTIAL, remove
+from voxelpipe.stores.zarr_store import PARTIAL, remove
 
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 1

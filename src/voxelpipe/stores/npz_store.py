@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .zarr_store import PARTIAL, remove
+from voxelpipe.stores.zarr_store import PARTIAL, remove
 
 GEOMETRY_ARRAYS = ("spacing", "origin", "direction", "affine", "affine_ras", "slice_positions")
 

@@ -34,9 +34,9 @@ import shutil
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import InputError
-from .zarr_store import remove
+from voxelpipe._version import __version__
+from voxelpipe.core.errors import InputError
+from voxelpipe.stores.zarr_store import remove
 
 __all__ = ["SubjectStore", "open_subject_store", "store_kind", "LAYOUT", "LAYOUT_VERSION", "GROUPS",
            "copy_subject"]

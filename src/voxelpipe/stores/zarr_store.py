@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 
-import numcodecs
 import numpy as np
 import zarr
 from numcodecs import Blosc
@@ -32,7 +31,7 @@ def open_store(path: str, kind: str, mode: str = "r"):
     if kind == "zip":
         return zarr.storage.ZipStore(path, mode="r" if read_only else "w", read_only=read_only)
     if kind == "sqlite":
-        from .sqlite_store import SqliteStore
+        from voxelpipe.stores.sqlite_store import SqliteStore
 
         return SqliteStore(path, read_only=read_only)
     raise ValueError(f"unknown store kind {kind!r}; choose dir, zip or sqlite")
@@ -56,12 +55,6 @@ def remove(path: str) -> None:
 
 async def _set_all(store, values: dict) -> None:
     await asyncio.gather(*(store.set(key, value) for key, value in values.items()))
-
-
-def set_blosc_threads(threads: int) -> None:
-    """Blosc threads for this process (``import zarr`` switches numcodecs' Blosc threading off)."""
-    numcodecs.blosc.set_nthreads(max(1, threads))
-    numcodecs.blosc.use_threads = threads > 1
 
 
 class ZarrVolumeWriter:

@@ -1,0 +1,77 @@
+"""Process pool for per-item tasks: spawn/forkserver context, numba threads per worker ≤ cores / workers.
+
+``workers=1`` runs in the calling process. Results come back in input order. A pool is kept alive for later calls
+with the same worker count in the same process (library use, benchmarks) and shut down at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from voxelpipe.execution.workers import guarded, init_worker, threads_per_worker
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Modules the forkserver imports once, so every worker starts with them loaded.
+PRELOAD = ["numpy", "numba", "pydicom", "zarr", "voxelpipe.pipelines.scan", "voxelpipe.pipelines.convert"]
+
+
+def context() -> multiprocessing.context.BaseContext:
+    """forkserver where the platform has it (fast worker start with preloaded modules), else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+_pools: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def get_pool(workers: int) -> multiprocessing.pool.Pool:
+    """The process pool of ``workers`` workers, created on first use and reused afterwards."""
+    pool = _pools.get(workers)
+    if pool is None:
+        pool = context().Pool(workers, initializer=init_worker, initargs=(threads_per_worker(workers),))
+        if not _pools:
+            # registered after multiprocessing's own exit hook, so it runs first (atexit is last-in first-out)
+            atexit.register(shutdown)
+        _pools[workers] = pool
+    return pool
+
+
+def discard_pool(workers: int) -> None:
+    """Stop the pool of ``workers`` workers (after an error or interruption its state is unknown)."""
+    pool = _pools.pop(workers, None)
+    if pool is not None:
+        pool.terminate()
+        pool.join()
+
+
+def shutdown() -> None:
+    """Stop every pool of this process."""
+    atexit.unregister(shutdown)
+    for workers in list(_pools):
+        pool = _pools.pop(workers)
+        pool.close()
+        pool.join()
+
+
+def pool_imap(func: Callable[[T], R], items: list[T], workers: int, chunksize: int = 1,
+              on_error: Callable[[T, Exception], R] | None = None) -> Iterator[R]:
+    """``map`` over ``items`` with ``workers`` processes (in-process for 1), yielding results in order;
+    ``on_error`` as in :func:`voxelpipe.execution.imap`."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield guarded(lambda: func(item), item, on_error)
+        return
+    try:
+        results = get_pool(workers).imap(func, items, chunksize=chunksize)
+        for item in items:
+            yield guarded(lambda: next(results), item, on_error)
+    except BaseException:
+        discard_pool(workers)
+        raise
