@@ -1,4 +1,4 @@
-"""voxelpipe.reader.batches: batches from npz pairs and Zarr volumes, order, reproducibility, prefetch, torch.
+"""voxelpipe.reader: batches from npz pairs and Zarr volumes, order, reproducibility, prefetch, torch.
 
 Synthetic data only. Every sample carries its identity in its values (pairs: the image is filled with the
 sample id and each mask with a kind-specific function of it; volumes: kept in memory by the fixture), so a
@@ -20,7 +20,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask
 from voxelpipe.stores.masks import write_masks
-from voxelpipe.reader.batches import PREFETCH_THREAD_NAME, PairReader, PatchReader, SliceReader
+from voxelpipe.reader import PREFETCH_THREAD_NAME, PairReader, PatchReader, SliceReader
 from voxelpipe.core.volume import Volume
 from voxelpipe.stores.volumes import save_volume
 

@@ -1,0 +1,185 @@
+"""The loop every training reader shares: a fixed sample index, a reproducible order per epoch, batches.
+
+Epoch ``e`` reads the samples in the order of ``np.random.default_rng((seed, e)).permutation(n)`` (or index
+order without shuffling), so every process and DataLoader worker computes the same order from the seed. Batches
+are loaded by a background thread (:mod:`voxelpipe.reader.prefetch`) unless ``prefetch`` is 0.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from voxelpipe.core.errors import InputError
+from voxelpipe.reader.dataset import torch_dataset_class
+from voxelpipe.reader.prefetch import prefetched
+
+
+class BatchReader:
+    """Iterate batches over ``epochs`` epochs of a fixed sample index.
+
+    Each batch is a dict:
+
+    - ``image``: (N, rows, cols) or (N, pz, py, px), the sources' common dtype (or ``dtype``);
+    - ``mask``: (N, K, ...) uint8, K = ``len(reader.mask_names)``; a mask a sample lacks is zeros, and
+    - ``present``: (N, K) bool says which masks the sample has;
+    - ``source``: list of N paths; ``index``: (N,) int64 (file number, slice index or patch number);
+    - ``epoch``: int; patches also have ``start`` (N, 3) int64 and ``foreground`` (N,) bool.
+
+    Subclasses set ``samples_per_epoch`` and ``mask_names`` and provide ``_sample`` and ``_load``.
+
+    Args:
+        batch_size: Samples per batch (at least 1).
+        shuffle: A fresh permutation every epoch (else index order).
+        seed: Integer >= 0; None draws one (kept in ``reader.seed``).
+        drop_last: Drop each epoch's last, short batch.
+        epochs: Epochs one iteration covers (at least 1).
+        prefetch: Batches loaded ahead by a background thread (0: load in the consumer's thread).
+        dtype: dtype of ``image`` (default: the sources' common dtype).
+
+    Raises:
+        InputError: A value out of range.
+    """
+
+    samples_per_epoch: int = 0
+
+    def __init__(self, *, batch_size: int = 16, shuffle: bool = True, seed: int | None = None,
+                 drop_last: bool = False, epochs: int = 1, prefetch: int = 2, dtype=None):
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if int(epochs) < 1:
+            raise InputError(f"epochs must be at least 1, got {epochs}")
+        if int(prefetch) < 0:
+            raise InputError(f"prefetch must be 0 or more, got {prefetch}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+        if int(seed) < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last)
+        self.epochs = int(epochs)
+        self.prefetch = int(prefetch)
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self._orders: dict[int, np.ndarray] = {}
+
+    # -- to be provided by subclasses -------------------------------------------------------------------------
+    def _sample(self, number: int) -> tuple[int, int]:
+        """Sample ``number`` of the index as (source number, index within the source)."""
+        raise NotImplementedError
+
+    def _load(self, epoch: int, samples: list[tuple[int, int]]) -> dict:
+        raise NotImplementedError
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _check_batches(self) -> None:
+        if self.samples_per_epoch == 0:
+            raise InputError("no samples to read")
+        if self.batches_per_epoch == 0:
+            raise InputError(f"drop_last with batch_size {self.batch_size} > {self.samples_per_epoch} samples "
+                             "per epoch leaves no batch")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches in one epoch."""
+        n, size = self.samples_per_epoch, self.batch_size
+        return n // size if self.drop_last else math.ceil(n / size)
+
+    def __len__(self) -> int:
+        """Batches over all epochs."""
+        return self.batches_per_epoch * self.epochs
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample numbers of ``epoch`` in reading order (the same in every process).
+
+        Args:
+            epoch: Epoch number (>= 0).
+
+        Returns:
+            (samples_per_epoch,) int64 array of sample numbers.
+        """
+        order = self._orders.get(epoch)
+        if order is None:
+            n = self.samples_per_epoch
+            order = np.random.default_rng((self.seed, epoch)).permutation(n) if self.shuffle else np.arange(n)
+            self._orders = {epoch: order}  # one epoch at a time is all a loop needs
+        return order
+
+    def batch(self, epoch: int, number: int) -> dict:
+        """Batch ``number`` of ``epoch``, loaded now.
+
+        Raises:
+            IndexError: No such batch.
+        """
+        if not 0 <= number < self.batches_per_epoch or epoch < 0:
+            raise IndexError(f"no batch {number} of epoch {epoch} ({self.batches_per_epoch} batches per epoch)")
+        order = self.order(epoch)
+        picked = order[number * self.batch_size:(number + 1) * self.batch_size]
+        batch = self._load(epoch, [self._sample(int(s)) for s in picked])
+        batch["epoch"] = epoch
+        return batch
+
+    def _batches(self, first_epoch: int = 0, worker: int = 0, workers: int = 1) -> Iterator[dict]:
+        """Batches ``worker``, ``worker + workers``, ... of the reader's sequence (all epochs in a row)."""
+        per_epoch = self.batches_per_epoch
+        for g in range(worker, per_epoch * self.epochs, workers):
+            epoch, number = divmod(g, per_epoch)
+            yield self.batch(first_epoch + epoch, number)
+
+    def iterate(self, first_epoch: int = 0, worker: int = 0, workers: int = 1) -> Iterator[dict]:
+        """Epochs ``first_epoch`` .. ``first_epoch + epochs - 1``, prefetched when ``prefetch`` > 0.
+
+        Args:
+            first_epoch: Number of the first epoch.
+            worker: This worker's number (0-based) when ``workers`` > 1.
+            workers: With ``workers`` > 1, only this worker's share: global batches ``worker::workers``.
+        """
+        batches = self._batches(first_epoch, worker, workers)
+        return prefetched(batches, self.prefetch) if self.prefetch else batches
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iterate()
+
+    def torch(self, first_epoch: int = 0):
+        """This reader as a ``torch.utils.data.IterableDataset`` (see ``voxelpipe.reader.TorchDataset``)."""
+        return torch_dataset_class()(self, first_epoch)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_orders"] = {}
+        return state
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def _empty(self, n: int, shape: tuple[int, ...], dtype) -> dict:
+        k = len(self.mask_names)
+        return {"image": np.empty((n, *shape), self.dtype or dtype),
+                "mask": np.zeros((n, k, *shape), np.uint8),
+                "present": np.zeros((n, k), bool),
+                "source": [], "index": np.empty(n, np.int64)}
+
+
+def common_shape(shapes: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
+    """The one shape every source shares.
+
+    Args:
+        shapes: (path, shape) of every source, e.g. (rows, cols) of each image.
+
+    Returns:
+        The common shape; (0, 0) when ``shapes`` is empty.
+
+    Raises:
+        InputError: The shapes differ; the message names a file of each shape.
+    """
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for path, shape in shapes:
+        groups.setdefault(tuple(shape), []).append(path)
+    if len(groups) > 1:
+        listed = "; ".join(f"{shape}: {len(paths)} file(s), e.g. {paths[0]}" for shape, paths in groups.items())
+        raise InputError(f"images differ in (rows, cols), so they cannot share a batch: {listed}. "
+                         "Build one reader per shape (or resample first).")
+    return next(iter(groups), (0, 0))
+
+
+__all__ = ["BatchReader", "common_shape"]

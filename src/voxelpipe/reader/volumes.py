@@ -1,0 +1,167 @@
+"""Converted Zarr volumes as reader sources: finding them, keeping them open, reading many regions at once.
+
+A volume is a Zarr group (``.zarr`` folder, ``.zarr.zip`` or ``.zarr.sqlite``) with an ``image`` array
+(slice, row, column) and optional ``masks/<name>`` arrays of the same shape. Zarr arrays are indexed with
+slices, so only the chunks a slice or patch touches are read; the regions of one batch are fetched and decoded
+concurrently in one trip to zarr's event loop (zarr and Blosc release the GIL).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from zarr.core.sync import sync
+
+from voxelpipe.core.errors import InputError
+from voxelpipe.reader.base import BatchReader
+from voxelpipe.stores.masks import MASKS_GROUP
+from voxelpipe.stores.zarr_store import open_volume_group
+
+ZARR_SUFFIXES = (".zarr", ".zarr.zip", ".zarr.sqlite")
+
+
+def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
+    """The Zarr volumes (``.zarr``, ``.zarr.zip``, ``.zarr.sqlite``) of ``source``.
+
+    Args:
+        source: A volume path, a folder searched recursively (e.g. convert's ``OUT/data``; ``*.partial``
+            folders are skipped), or a list of these.
+
+    Returns:
+        The volume paths, sorted within each folder.
+
+    Raises:
+        InputError: A path that does not exist or is neither a volume nor a folder.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source).rstrip(os.sep)
+        if path.endswith(ZARR_SUFFIXES):
+            if not os.path.exists(path):
+                raise InputError(f"{path}: no such volume")
+            return [path]
+        if not os.path.isdir(path):
+            raise InputError(f"{path}: neither a Zarr volume ({', '.join(ZARR_SUFFIXES)}) nor a folder")
+        found = []
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.endswith(".partial"))
+            for name in sorted(dirs + files):
+                if name.endswith(ZARR_SUFFIXES):
+                    found.append(os.path.join(folder, name))
+            dirs[:] = [d for d in dirs if not d.endswith(".zarr")]
+        return found
+    return [p for item in source for p in volume_paths(item)]
+
+
+def open_volume_arrays(path: str):
+    """Open the volume at ``path``.
+
+    Returns:
+        (group, image array, {mask name: mask array}); close ``group.store`` when done.
+
+    Raises:
+        InputError: ``path`` cannot be opened as a Zarr volume.
+    """
+    try:
+        group = open_volume_group(path)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot open as a Zarr volume ({exc})") from exc
+    masks = dict(group[MASKS_GROUP].arrays()) if MASKS_GROUP in group else {}
+    return group, group["image"], masks
+
+
+class OpenVolumes:
+    """Per-process cache of open volumes; the least recently used beyond ``limit`` are closed.
+
+    Never pickled (only ``limit`` is), and emptied after a fork: stores such as SQLite must not be shared
+    between processes.
+
+    Args:
+        limit: Volumes kept open at most.
+    """
+
+    def __init__(self, limit: int = 32):
+        self.limit = limit
+        self._pid = None
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str):
+        """(image array, {mask name: array}) of the volume at ``path``, opened when not cached."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._items, self._pid = OrderedDict(), os.getpid()
+            item = self._items.pop(path, None)
+            if item is None:
+                item = open_volume_arrays(path)
+            self._items[path] = item
+            while len(self._items) > self.limit:
+                self._items.popitem(last=False)[1][0].store.close()
+            return item[1], item[2]
+
+    def __getstate__(self):
+        return {"limit": self.limit}
+
+    def __setstate__(self, state):
+        self.__init__(state["limit"])
+
+
+def read_many(reads: list[tuple[object, tuple]]) -> list[np.ndarray]:
+    """``array[selection]`` for every (zarr array, selection) pair, in one trip to zarr's event loop.
+
+    The chunks of a whole batch are fetched and decoded concurrently instead of one array at a time.
+
+    Args:
+        reads: (zarr array, selection tuple) pairs.
+
+    Returns:
+        One numpy array per pair, in order.
+    """
+
+    async def gather():
+        return await asyncio.gather(*(array.async_array.getitem(selection) for array, selection in reads))
+
+    return [np.asarray(data) for data in sync(gather())] if reads else []
+
+
+class VolumeReader(BatchReader):
+    """Base of the slice and patch readers: the volumes, their shapes and masks.
+
+    Args:
+        volumes: Volume paths or folders (see :func:`volume_paths`).
+        masks: Mask names (``masks/<name>``) to return, in this order; None takes every name found in any
+            volume, sorted.
+        open_volumes: Volumes kept open per process.
+        **options: Passed to :class:`~voxelpipe.reader.base.BatchReader`.
+
+    Raises:
+        InputError: A volume that cannot be opened or whose image is not 3-D.
+    """
+
+    def __init__(self, volumes, masks: Sequence[str] | None, open_volumes: int, **options):
+        super().__init__(**options)
+        self.paths = volume_paths(volumes)
+        self._volumes = OpenVolumes(open_volumes)
+        shapes, dtypes, names = [], [], set()
+        for path in self.paths:
+            group, image, found = open_volume_arrays(path)
+            try:
+                if image.ndim != 3:
+                    raise InputError(f"{path}: image has shape {image.shape}; the reader takes 3-D volumes")
+                shapes.append(tuple(image.shape))
+                dtypes.append(np.dtype(image.dtype))
+                names.update(found)
+            finally:
+                group.store.close()
+        self.shapes = shapes
+        self.image_dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.int16)
+        self.mask_names = sorted(names) if masks is None else list(masks)
+
+    def _arrays(self, v: int):
+        return self._volumes.get(self.paths[v])
+
+
+__all__ = ["OpenVolumes", "VolumeReader", "ZARR_SUFFIXES", "open_volume_arrays", "read_many", "volume_paths"]
