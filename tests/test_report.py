@@ -32,7 +32,7 @@ import voxelpipe
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
-from voxelpipe.apps.report.build import build_report, choose_series, read_plane, view_plan, write_report
+from voxelpipe.apps.report import build_report, choose_series, read_plane, view_plan, write_report
 from voxelpipe.testing.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
 from helpers import resave, sha_key
 
@@ -396,7 +396,7 @@ def test_planes_are_read_one_at_a_time(study):
 
 
 def test_big_volumes_are_strided_for_the_mip(study, monkeypatch):
-    from voxelpipe.apps.report import build as report
+    from voxelpipe.apps.report import pictures as report
 
     volume = voxelpipe.open_volume(str(study["out"] / "data" / f"{_ct_key(study)}.zarr"))  # 40 x 64 x 64
     monkeypatch.setattr(report, "MIP_MAX_VOXELS", 20 * 32 * 32)

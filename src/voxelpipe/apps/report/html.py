@@ -1,6 +1,6 @@
 """The HTML of the verification report: one self-contained file (inline CSS, images as base64 PNG, no script,
 no external URL) built from plain data (:class:`ReportData`). Reading the convert output and drawing the
-pictures is done by :mod:`voxelpipe.apps.report.build`; this module only lays them out.
+pictures is done by :mod:`voxelpipe.apps.report.build` and the modules it uses; this module only lays them out.
 
 Pictures are uint8 arrays (rows, columns) grey or (rows, columns, 3) RGB, encoded as PNG with Pillow and shown
 in 256-px boxes (aspect kept, small images enlarged without smoothing). The page is at most 1200 px wide.
@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.ops.overlay import PNG_LEVEL
@@ -109,8 +110,6 @@ def e(value: object) -> str:
 
 def png_data_uri(pixels: np.ndarray) -> str:
     """``data:image/png;base64,...`` of a uint8 grey (rows, cols) or RGB (rows, cols, 3) array."""
-    from PIL import Image
-
     data = np.ascontiguousarray(pixels)
     if data.dtype != np.uint8 or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] != 3):
         raise InputError(f"report picture must be uint8 (rows, cols) or (rows, cols, 3), got {data.dtype} "
@@ -134,6 +133,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, table_id: st
 
 
 def series_anchor(key: str) -> str:
+    """The HTML id of a series' section."""
     return "series-" + key
 
 
@@ -155,7 +155,7 @@ def _summary(data: ReportData) -> str:
     for note in data.notes:
         parts.append(f'<p class="muted">{e(note)}</p>')
     if data.runs:
-        headers = ["summary", "series", "converted", "skipped", "failed", "files", "MB in", "MB out", "ratio",
+        headers = ["summary", "series", "done", "skipped", "failed", "files", "MB in", "MB out", "ratio",
                    "seconds", "files/s", "MB/s"]
         rows = [[e(r.get(h, "")) for h in headers] for r in data.runs]
         parts.append("<h4>Runs (one per summary file)</h4>")
