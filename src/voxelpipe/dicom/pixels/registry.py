@@ -81,7 +81,7 @@ def decoder_for(transfer_syntax: str, samples_per_pixel: int = 1) -> str:
 def available_decoders() -> dict[str, str]:
     """``{"<uid> (<name>)": "<backend>: <library>"}`` for every transfer syntax decodable here (for logs)."""
     table = {}
-    for _, decoder in DECODERS.items():
+    for decoder in DECODERS.values():
         for uid, what in decoder.syntaxes().items():
             table.setdefault(syntax_name(uid), f"{decoder.name}: {what}")
     return table
