@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.ops.overlay import outline, overlay_png, overlay_rgb, window_to_uint8
+from voxelpipe.ops.overlay import outline, overlay_rgb, window_to_uint8
+from voxelpipe.stores.images import overlay_png
 
 
 def ref_outline(mask: np.ndarray) -> np.ndarray:
