@@ -1,5 +1,5 @@
-"""voxelpipe.ops.overlay: windowing, outlines and PNG output, against slow obvious references (pixel loops, the DICOM
-VOI formula written out) and Pillow's own decoding."""
+"""voxelpipe.ops.overlay (windowing, outlines) and voxelpipe.stores.images.overlay_png (PNG output), against slow
+obvious references (pixel loops, the DICOM VOI formula written out) and Pillow's own decoding."""
 from __future__ import annotations
 
 import numpy as np
