@@ -18,15 +18,16 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
+from helpers import sha_key
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from skimage.draw import polygon2mask
 
-from helpers import sha_key
+from voxelpipe.apps.contours import ContourParseError, convert_contours, read_contour
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
-from voxelpipe.apps.contours.pipeline import ContourParseError, convert_contours, read_contour
+from voxelpipe.core.types import Status
 
 NAME = re.compile(r"IM-\d+-(\d+)-([a-z])contour-manual\.txt$")
 
@@ -232,7 +233,7 @@ def test_real_filelists_list_exactly_the_written_files(real_npz):
     overlays = (out / "overlays" / "filelist.txt").read_text().splitlines()
     assert set(overlays) == files_under(out, ".png") and len(overlays) == 36
     rows = read_rows(out / "pairs.csv")
-    assert {r["path"] for r in rows} == set(listed) and {r["status"] for r in rows} == {"written"}
+    assert {r["path"] for r in rows} == set(listed) and {r["status"] for r in rows} == {Status.DONE}
 
 
 def test_real_no_patient_ids_in_paths(real_npz, truth):
@@ -269,7 +270,7 @@ def test_real_rerun_skips_complete_outputs(real_npz, cardiac):
     result = convert_contours(cardiac / "link.csv", cardiac / "dicoms", cardiac / "contourfiles", out,
                               overlay=True, workers=1, progress=False)
     assert len(result.written) == 0 and len(result.skipped) == 36 and result.problems == []
-    assert {p.overlay_status for p in result.pairs} == {"skipped"}
+    assert {p.overlay_status for p in result.pairs} == {Status.SKIPPED}
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert (out / "filelist.txt").read_text() == before
 
@@ -523,7 +524,7 @@ def test_zarr_equals_npz_and_reruns(study, tmp_path):
     # a new contour changes the patient's pair set: its group is rewritten, the other one kept
     write_contour(contour_path(study["root"], "orig-a", 4, "i"), polygon(4, "i"))
     third = run(study, zarr_out, fmt="zarr")
-    assert {(p.patient_key, p.status) for p in third.pairs} == {(key, "written"), (sha_key("PAT-B"), "skipped")}
+    assert {(p.patient_key, p.status) for p in third.pairs} == {(key, Status.DONE), (sha_key("PAT-B"), Status.SKIPPED)}
     group = zarr.open_group(store=zarr.storage.LocalStore(zarr_out / f"{key}.zarr", read_only=True), mode="r")
     assert list(group["instance_numbers"][...]) == [2, 3, 4, 5]
     assert not any(p.name.endswith((".partial", ".old")) for p in zarr_out.iterdir())
@@ -573,7 +574,7 @@ def test_overlay_window_rescale_and_percentile(tmp_path):
     again = convert_contours(root / "link.csv", root / "dicom", root / "contours", out, overlay=True, workers=1,
                              progress=False)
     assert {(p.instance_number, p.status, p.overlay_status) for p in again.pairs} == {
-        (1, "skipped", "written"), (2, "skipped", "skipped")}
+        (1, Status.SKIPPED, Status.DONE), (2, Status.SKIPPED, Status.SKIPPED)}
     assert (out / key / "0001.npz").stat().st_mtime_ns == stamp
 
 
@@ -611,11 +612,11 @@ def test_rerun_with_other_kinds_redoes_the_pairs(study, tmp_path):
     result = run(study, out)  # i,o now: pairs that have an o contour lack mask_o, so they are rewritten
     key = sha_key("PAT-A")
     assert {(p.patient_key, p.instance_number, p.status) for p in result.pairs} == {
-        (key, 2, "skipped"), (key, 3, "written"), (key, 5, "written"), (sha_key("PAT-B"), 1, "written")}
+        (key, 2, Status.SKIPPED), (key, 3, Status.DONE), (key, 5, Status.DONE), (sha_key("PAT-B"), 1, Status.DONE)}
     assert "mask_o" in load_npz(out / key / "0003.npz")
     zarr_out = tmp_path / "zarr"
     run(study, zarr_out, fmt="zarr", kinds="i")
     again = run(study, zarr_out, fmt="zarr")
-    assert {p.status for p in again.pairs} == {"written"}
+    assert {p.status for p in again.pairs} == {Status.DONE}
     group = zarr.open_group(store=zarr.storage.LocalStore(zarr_out / f"{key}.zarr", read_only=True), mode="r")
     assert list(group["has_o"][...]) == [False, True, True]

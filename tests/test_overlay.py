@@ -1,5 +1,5 @@
-"""voxelpipe.ops.overlay: windowing, outlines and PNG output, against slow obvious references (pixel loops, the DICOM
-VOI formula written out) and Pillow's own decoding."""
+"""voxelpipe.ops.overlay (windowing, outlines) and voxelpipe.stores.images.overlay_png (PNG output), against slow
+obvious references (pixel loops, the DICOM VOI formula written out) and Pillow's own decoding."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.ops.overlay import outline, overlay_png, overlay_rgb, window_to_uint8
+from voxelpipe.ops.overlay import outline, overlay_rgb, window_to_uint8
+from voxelpipe.stores.images import overlay_png
 
 
 def ref_outline(mask: np.ndarray) -> np.ndarray:

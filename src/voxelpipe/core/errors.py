@@ -68,3 +68,9 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):  # disk full, permissions
         return f"{type(exc).__name__}: {exc}"
     return f"unexpected {type(exc).__name__}: {exc}"
+
+
+class StoreError(VoxelpipeError, ValueError, TypeError):
+    """A store (Zarr, HDF5, NPZ, SQLite) used against its contract: a value of the wrong type, an unknown store
+    kind or suffix, a store opened twice, a file that is not the store its name says. It is also a ValueError and
+    a TypeError, the built-ins zarr's ``Store`` API names for these cases."""

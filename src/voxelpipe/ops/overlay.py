@@ -1,4 +1,5 @@
-"""Mask outlines drawn over a greyscale image: an RGB uint8 array (``overlay_rgb``) or a PNG (``overlay_png``).
+"""Mask outlines drawn over a greyscale image as an RGB uint8 array (``overlay_rgb``); no file I/O here
+(``voxelpipe.stores.images.overlay_png`` writes the PNG).
 
 - The image is windowed to 0-255: with ``window=(centre, width)`` by the DICOM linear VOI rule (PS3.3
   C.11.2.1.2.1, the rule viewers apply to WindowCenter/WindowWidth), else between its 1st and 99th percentile.
@@ -10,16 +11,13 @@
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.stores.tables import atomic_path
 
 DEFAULT_COLORS: dict[str, tuple[int, int, int]] = {"i": (255, 0, 0), "o": (0, 255, 0)}
-PNG_LEVEL = 3  # zlib level: half the time of Pillow's default 6 on 256x256 overlays, files no larger
 PALETTE: list[tuple[int, int, int]] = [(0, 128, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
                                        (255, 128, 0), (128, 0, 255)]
 
@@ -92,16 +90,3 @@ def overlay_rgb(image: np.ndarray, masks: Mapping[str, np.ndarray], window: Sequ
             raise InputError(f"overlay: mask {name!r} has shape {np.shape(mask)}, the image {grey.shape}")
         rgb[outline(mask)] = palette[name]
     return rgb
-
-
-def overlay_png(image: np.ndarray, masks: Mapping[str, np.ndarray], path: str | os.PathLike,
-                window: Sequence[float] | None = None, colors: Mapping[str, Sequence[int]] | None = None) -> str:
-    """Write ``overlay_rgb(image, masks, window, colors)`` as a PNG at ``path`` (atomically: temporary name,
-    then rename; folders made as needed); returns the path."""
-    from PIL import Image
-
-    rgb = overlay_rgb(image, masks, window, colors)
-    path = os.fspath(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=PNG_LEVEL)
-    return path

@@ -22,17 +22,15 @@ from voxelpipe.core.errors import DicomReadError
 from voxelpipe.core.keys import series_key as hash_key
 from voxelpipe.ops.rescale import rescale
 from voxelpipe.stores.hdf5_store import write_attrs
-from voxelpipe.stores.zarr_store import PARTIAL, STORE_SUFFIXES, disk_size, open_store, remove
+from voxelpipe.stores.registry import volume_path
+from voxelpipe.stores.zarr_store import PARTIAL, disk_size, open_store, remove
 from voxelpipe.stores.tables import write_csv
 
 INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_number", "shape", "dtype", "path"]
 
 
 def instances_path(task) -> str:
-    folder = os.path.join(task.out, "data")
-    if task.fmt == "zarr":
-        return os.path.join(folder, task.key + STORE_SUFFIXES[task.store])
-    return os.path.join(folder, task.key + (".h5" if task.fmt == "hdf5" else ".npz"))
+    return volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
 
 
 def convert_instances(task) -> dict:

@@ -24,9 +24,8 @@ from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.ops.rescale import output_dtype, rescale
-from voxelpipe.stores.hdf5_store import Hdf5VolumeWriter
-from voxelpipe.stores.npz_store import NpzVolumeWriter
-from voxelpipe.stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter
+from voxelpipe.stores.registry import volume_path as registry_volume_path
+from voxelpipe.stores.writer import VolumeWriter, writer_for
 from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
@@ -66,10 +65,7 @@ class Frame:
 
 def volume_path(task: SeriesTask) -> str:
     """Final output path of a series (the HDF5 per-series file is merged into the run file afterwards)."""
-    folder = os.path.join(task.out, "data")
-    if task.fmt == "zarr":
-        return os.path.join(folder, task.key + STORE_SUFFIXES[task.store])
-    return os.path.join(folder, task.key + (".h5" if task.fmt == "hdf5" else ".npz"))
+    return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
 
 
 def convert_series(task: SeriesTask) -> dict:
@@ -315,15 +311,8 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
     return attrs
 
 
-def _writer(task: SeriesTask, shape, dtype, chunks, attrs):
-    path = volume_path(task)
-    if task.fmt == "zarr":
-        return ZarrVolumeWriter(path, task.store, shape, dtype, chunks, attrs, clevel=task.clevel)
-    if task.fmt == "hdf5":
-        return Hdf5VolumeWriter(path, shape, dtype, chunks, attrs, clevel=task.clevel)
-    if task.fmt == "npz":
-        return NpzVolumeWriter(path, shape, dtype, chunks, attrs)
-    raise InputError(f"unknown format {task.fmt!r}; choose zarr, hdf5 or npz")
+def _writer(task: SeriesTask, shape, dtype, chunks, attrs) -> VolumeWriter:
+    return writer_for(task.fmt, task.store)(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
 
 
 def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -341,7 +330,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
     raw = np.empty((depth, fmt.rows, fmt.columns), dtype=fmt.stored_dtype)
     out = np.empty((depth, fmt.rows, fmt.columns), dtype=dtype)
     attrs = dict(attrs, dtype=str(dtype))
-    writer = _writer(task, shape, dtype, chunks, attrs)
+    writer: VolumeWriter = _writer(task, shape, dtype, chunks, attrs)
     n_slices = shape[-3]
     try:
         for t in range(n_frames):
@@ -385,7 +374,7 @@ def decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
         j = end
 
 
-def _verify(task: SeriesTask, ordered: list[Frame], writer, n_frames: int, n_slices: int, dtype) -> str:
+def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_frames: int, n_slices: int, dtype) -> str:
     """MD5 of K sampled source slices (pydicom decode + apply_modality_lut) against the stored slices."""
     k = min(task.verify_slices, len(ordered))
     if k <= 0:

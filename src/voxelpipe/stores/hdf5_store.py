@@ -40,6 +40,7 @@ def write_attrs(obj, attrs: dict) -> None:
 
 
 def read_attrs(obj) -> dict:
+    """The attributes of an HDF5 object as a JSON-like dict (JSON text decoded, numpy values made plain)."""
     result = {}
     for key, value in obj.attrs.items():
         if isinstance(value, bytes):
@@ -58,7 +59,17 @@ def read_attrs(obj) -> dict:
 
 
 class Hdf5VolumeWriter:
-    """Writes one series into its own HDF5 file (dataset ``image``), published atomically by rename."""
+    """Writes one series into its own HDF5 file (dataset ``image``), published atomically by rename (a
+    :class:`~voxelpipe.stores.writer.VolumeWriter`).
+
+    Args:
+        path: final path (``<key>.h5``).
+        shape: array shape, (slice, row, column) or (frame, slice, row, column).
+        dtype: array dtype.
+        chunks: chunk shape, same axis order as ``shape`` (clipped to it).
+        attrs: JSON-like attributes of the dataset (nested values stored as JSON text).
+        clevel: gzip level 1-9 (with shuffle).
+    """
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  attrs: dict, clevel: int = COMPRESSION_LEVEL):
@@ -73,9 +84,11 @@ class Hdf5VolumeWriter:
         write_attrs(self.dataset, attrs)
 
     def write(self, start: int, slab: np.ndarray) -> None:
+        """Write ``slab`` at ``[start : start + len(slab)]`` along axis 0."""
         self.dataset[start:start + slab.shape[0]] = slab
 
     def write_at(self, index: tuple, block: np.ndarray) -> None:
+        """Write ``block`` at ``index`` = (frame, slice(z0, z1)) of a 4-D volume."""
         self.dataset[index] = block
 
     def read(self, index: tuple) -> np.ndarray:
@@ -83,14 +96,17 @@ class Hdf5VolumeWriter:
         return np.asarray(self.dataset[index])
 
     def set_attrs(self, attrs: dict) -> None:
+        """Add or replace attributes of the dataset."""
         write_attrs(self.dataset, attrs)
 
     def finish(self) -> int:
+        """Close the file and rename it to its final name; returns its size in bytes."""
         self.file.close()
         os.replace(self.partial, self.path)
         return os.path.getsize(self.path)
 
     def abort(self) -> None:
+        """Close the file and delete the partial file."""
         try:
             self.file.close()
         finally:
@@ -114,6 +130,7 @@ def merge_into(run_file: str, series_file: str, key: str, whole_file: bool = Fal
 
 
 def keys_in(run_file: str) -> set[str]:
+    """The series keys (top-level names) held by a run's HDF5 file; empty when the file does not exist."""
     if not os.path.exists(run_file):
         return set()
     with h5py.File(run_file, "r") as run:

@@ -16,10 +16,15 @@ import shutil
 import zipfile
 
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.core.masks import Mask, mask_array_name  # noqa: F401  (re-exported)
+from voxelpipe.core.masks import Mask, mask_array_name
+from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import json_default
+from voxelpipe.stores.registry import store_kind
+from voxelpipe.stores.zarr_store import PARTIAL, open_store, open_volume_group, remove
 
 MASKS_GROUP = "masks"
 
@@ -28,9 +33,20 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
     """Add ``masks`` to the Zarr volume at ``volume_path`` as ``masks/<name>``; returns the names written.
 
     Every mask must have the image's spatial shape. An existing mask of the same name is replaced when
-    ``replace`` (else :class:`InputError`)."""
-    from voxelpipe.stores.zarr_store import open_volume_group, remove, store_kind
+    ``replace`` (else :class:`InputError`).
 
+    Args:
+        volume_path: a ``.zarr``, ``.zarr.zip`` or ``.zarr.sqlite`` volume.
+        masks: masks of shape (slice, row, column) = the image's last three axes, store-safe names.
+        replace: replace masks of the same name.
+
+    Returns:
+        The names written, in the order given.
+
+    Raises:
+        InputError: no such volume, repeated or unsafe names, a shape off the grid, a name taken (``replace``
+            False).
+    """
     path = os.fspath(volume_path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such volume")
@@ -53,17 +69,17 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
             raise InputError(f"{path}: mask {mask.name!r} exists (replace=False)")
     if not masks:
         return []
-    if kind == "dir":
+    if kind == StoreKind.DIR:
         _write_dir(path, masks, chunks)
     else:
-        partial = path + ".partial"
+        partial = path + PARTIAL
         remove(partial)
         try:
-            if kind == "zip":
+            if kind == StoreKind.ZIP:
                 _copy_zip_without(path, partial, [f"{MASKS_GROUP}/{m.name}/" for m in masks])
             else:
                 shutil.copyfile(path, partial)
-            _write_into(partial, kind, masks, chunks, replace_existing=kind == "sqlite")
+            _write_into(partial, kind, masks, chunks, replace_existing=kind == StoreKind.SQLITE)
             os.replace(partial, path)
         except BaseException:
             remove(partial)
@@ -72,9 +88,11 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
 
 
 def open_masks(volume_path: str | os.PathLike) -> dict[str, object]:
-    """The ``masks/<name>`` arrays of a Zarr volume, lazily (index them to read); empty when there are none."""
-    from voxelpipe.stores.zarr_store import open_volume_group
+    """The ``masks/<name>`` arrays of a Zarr volume, lazily (index them to read); empty when there are none.
 
+    Returns:
+        Mask name -> zarr array (slice, row, column), sorted by name.
+    """
     group = open_volume_group(os.fspath(volume_path))
     if MASKS_GROUP not in group:
         group.store.close()
@@ -84,9 +102,6 @@ def open_masks(volume_path: str | os.PathLike) -> dict[str, object]:
 
 def _create(mask: Mask, chunks: tuple[int, ...], group=None, store=None) -> None:
     """Write ``mask`` as array ``mask.name`` of ``group``, or as the array at the root of ``store``."""
-    import zarr
-    from zarr.codecs import BloscCodec
-
     data = np.ascontiguousarray(mask.array, dtype=np.uint8)
     options = dict(shape=data.shape, dtype=np.uint8, chunks=chunks, fill_value=0,
                    compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
@@ -101,15 +116,11 @@ def _create(mask: Mask, chunks: tuple[int, ...], group=None, store=None) -> None
 
 def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...]) -> None:
     """Each mask is written as a standalone array store beside the volume, then renamed into ``masks/``."""
-    import zarr
-
-    from voxelpipe.stores.zarr_store import remove
-
     masks_dir = os.path.join(path, MASKS_GROUP)
     if not os.path.exists(os.path.join(masks_dir, "zarr.json")):
         root = zarr.open_group(store=zarr.storage.LocalStore(path), mode="r+")
         root.require_group(MASKS_GROUP)
-    staging = path + ".masks.partial"
+    staging = path + ".masks" + PARTIAL
     remove(staging)
     os.makedirs(staging)
     try:
@@ -126,12 +137,9 @@ def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...]) -> None:
         remove(staging)
 
 
-def _write_into(path: str, kind: str, masks: list[Mask], chunks: tuple[int, ...], replace_existing: bool) -> None:
-    import zarr
-
-    from voxelpipe.stores.zarr_store import open_store
-
-    store = open_store(path, kind, "w") if kind == "sqlite" else zarr.storage.ZipStore(path, mode="a")
+def _write_into(path: str, kind: StoreKind, masks: list[Mask], chunks: tuple[int, ...],
+                replace_existing: bool) -> None:
+    store = open_store(path, kind, "w") if kind == StoreKind.SQLITE else zarr.storage.ZipStore(path, mode="a")
     try:
         root = zarr.open_group(store=store, mode="r+")
         group = root[MASKS_GROUP] if MASKS_GROUP in root else root.create_group(MASKS_GROUP)

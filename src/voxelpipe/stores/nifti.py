@@ -17,8 +17,8 @@ import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import LPS_TO_RAS, Geometry
-from voxelpipe.stores.tables import atomic_path
 from voxelpipe.core.volume import Volume
+from voxelpipe.stores.tables import atomic_path
 
 INSTALL_HINT = "install voxelpipe[nifti] (pip install 'voxelpipe[nifti]', which brings nibabel)"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -28,8 +28,16 @@ _NIFTI_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "int16", "uint16", "int3
                                        "float32", "float64")}
 
 
-def _nibabel(what: str):
-    try:
+def require_nibabel(what: str):
+    """The ``nibabel`` module (an optional extra, imported on first use).
+
+    Args:
+        what: the task that needs it, for the message.
+
+    Raises:
+        InputError: nibabel is not installed; the message says how to install it.
+    """
+    try:  # optional extra (voxelpipe[nifti]): imported only when NIfTI is read or written
         import nibabel
     except ImportError:
         raise InputError(f"{what} needs nibabel: {INSTALL_HINT}") from None
@@ -42,7 +50,7 @@ def read_nifti(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview
     ``name`` labels bytes input in messages and ``Volume.path``. The array keeps nibabel's (i, j, k) order and
     dtype (scaled to float only when the header has a scale slope/intercept); the geometry is in LPS mm.
     """
-    nib = _nibabel("reading NIfTI")
+    nib = require_nibabel("reading NIfTI")
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(path_or_bytes)
         label = name or "<bytes>"
@@ -98,7 +106,7 @@ def geometry_from_ras_affine(affine_ras: np.ndarray, shape, label: str = "") -> 
 
 def to_nifti_image(volume: Volume):
     """The nibabel ``Nifti1Image`` of a volume (affine = the geometry's RAS affine, units mm)."""
-    nib = _nibabel("writing NIfTI")
+    nib = require_nibabel("writing NIfTI")
     array = np.asarray(volume.numpy())
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)

@@ -9,13 +9,26 @@ import os
 
 import numpy as np
 
+from voxelpipe.stores.registry import NPZ_SUFFIX
+from voxelpipe.stores.tables import atomic_path
 from voxelpipe.stores.zarr_store import PARTIAL, remove
 
 GEOMETRY_ARRAYS = ("spacing", "origin", "direction", "affine", "affine_ras", "slice_positions")
 
 
 class NpzVolumeWriter:
-    """Collects slabs into one array and writes ``image`` + geometry arrays + ``attrs_json`` at the end."""
+    """Collects slabs into one array and writes ``image`` + geometry arrays + ``attrs_json`` at the end (a
+    :class:`~voxelpipe.stores.writer.VolumeWriter`).
+
+    Args:
+        path: final path (``<key>.npz``).
+        shape: array shape, (slice, row, column) or (frame, slice, row, column).
+        dtype: array dtype.
+        chunks: unused (NPZ has no chunks); accepted so every writer is opened alike.
+        attrs: JSON-ready attributes; the geometry entries (spacing, origin, direction in LPS mm, ...) are also
+            stored as float64 arrays of their own.
+        clevel: unused (NPZ is stored uncompressed).
+    """
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  attrs: dict, clevel: int = 0):
@@ -24,9 +37,11 @@ class NpzVolumeWriter:
         self.attrs = dict(attrs)
 
     def write(self, start: int, slab: np.ndarray) -> None:
+        """Write ``slab`` at ``[start : start + len(slab)]`` along axis 0."""
         self.image[start:start + slab.shape[0]] = slab
 
     def write_at(self, index: tuple, block: np.ndarray) -> None:
+        """Write ``block`` at ``index`` = (frame, slice(z0, z1)) of a 4-D volume."""
         self.image[index] = block
 
     def read(self, index: tuple) -> np.ndarray:
@@ -34,10 +49,12 @@ class NpzVolumeWriter:
         return np.asarray(self.image[index])
 
     def set_attrs(self, attrs: dict) -> None:
+        """Add or replace attributes."""
         self.attrs.update(attrs)
 
     def finish(self) -> int:
-        partial = self.path + PARTIAL + ".npz"
+        """Write the file under a temporary name and rename it; returns its size in bytes."""
+        partial = self.path + PARTIAL + NPZ_SUFFIX
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         arrays = {name: np.asarray(self.attrs[name], dtype=np.float64) for name in GEOMETRY_ARRAYS
                   if name in self.attrs}
@@ -47,5 +64,13 @@ class NpzVolumeWriter:
         return os.path.getsize(self.path)
 
     def abort(self) -> None:
+        """Drop the collected array and any partial file."""
         self.image = None
-        remove(self.path + PARTIAL + ".npz")
+        remove(self.path + PARTIAL + NPZ_SUFFIX)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """Write ``arrays`` (name -> array) as one ``.npz`` file (zip-deflated with ``compress``), atomically."""
+    save = np.savez_compressed if compress else np.savez
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        save(fh, **arrays)

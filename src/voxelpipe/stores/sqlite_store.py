@@ -24,6 +24,8 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
+from voxelpipe.core.errors import StoreError
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
     from typing import Self
@@ -46,7 +48,7 @@ def _bounds(byte_range: ByteRequest, size: int) -> tuple[int, int]:
         return min(byte_range.offset, size), size
     if isinstance(byte_range, SuffixByteRequest):
         return max(size - byte_range.suffix, 0), size
-    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+    raise StoreError(f"Unexpected byte_range, got {byte_range}.")
 
 
 def _prefix_sql(prefix: str) -> tuple[str, tuple[str, ...]]:
@@ -63,12 +65,13 @@ def _prefix_sql(prefix: str) -> tuple[str, tuple[str, ...]]:
 class SqliteStore(Store):
     """Zarr store backed by a single SQLite database file.
 
-    Parameters
-    ----------
-    path
-        The database file. Created (with its parent directories) by a writable store on first use.
-    read_only
-        Open the file read-only (``mode=ro``); the file must exist. Writes raise ``ValueError``.
+    Args:
+        path: The database file. Created (with its parent directories) by a writable store on first use.
+        read_only: Open the file read-only (``mode=ro``); the file must exist. Writes raise ``ValueError``.
+
+    Misuse the zarr ``Store`` API answers with TypeError or ValueError (a value that is not a ``Buffer``, an
+    unknown byte range, opening twice, a file without the ``kv`` table) raises
+    :class:`~voxelpipe.core.errors.StoreError`, which is both.
     """
 
     supports_writes: bool = True
@@ -82,7 +85,7 @@ class SqliteStore(Store):
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         super().__init__(read_only=read_only)
         if not isinstance(path, (str, Path)):
-            raise TypeError(f"'path' must be a str or Path, got {type(path)}")
+            raise StoreError(f"'path' must be a str or Path, got {type(path)}")
         self.path = Path(path)
         self._conn = None
         self._lock = threading.Lock()
@@ -98,7 +101,7 @@ class SqliteStore(Store):
             found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
             if found.fetchone() is None:
                 conn.close()
-                raise ValueError(f"{self.path} is not a SqliteStore database (no table {TABLE!r})")
+                raise StoreError(f"{self.path} is not a SqliteStore database (no table {TABLE!r})")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -120,7 +123,7 @@ class SqliteStore(Store):
 
     async def _open(self) -> None:
         if self._is_open:
-            raise ValueError("store is already open")
+            raise StoreError("store is already open")
         with self._lock:
             self._db()
             self._is_open = True
@@ -210,7 +213,7 @@ class SqliteStore(Store):
     @staticmethod
     def _blob(value: Buffer) -> memoryview:
         if not isinstance(value, Buffer):
-            raise TypeError(f"SqliteStore.set(): `value` must be a Buffer instance, got {type(value)}")
+            raise StoreError(f"SqliteStore.set(): `value` must be a Buffer instance, got {type(value)}")
         return memoryview(value.as_numpy_array())
 
     def set_sync(self, key: str, value: Buffer) -> None:

@@ -32,14 +32,27 @@ import json
 import os
 import shutil
 
+import h5py
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
 
 from voxelpipe._version import __version__
 from voxelpipe.core.errors import InputError
+from voxelpipe.core.types import Format
+from voxelpipe.core.volume import json_default
+from voxelpipe.stores.registry import subject_file_format
 from voxelpipe.stores.zarr_store import remove
 
-__all__ = ["SubjectStore", "open_subject_store", "store_kind", "LAYOUT", "LAYOUT_VERSION", "GROUPS",
-           "copy_subject"]
+__all__ = [
+    "GROUPS",
+    "LAYOUT",
+    "LAYOUT_VERSION",
+    "SubjectStore",
+    "copy_subject",
+    "open_subject_store",
+    "subject_file_format",
+]
 
 LAYOUT_VERSION = 1
 GROUPS = ("image", "mask", "mask_iso")
@@ -62,16 +75,6 @@ COMPLETE = "complete"
 JSON_ATTR = "_json"
 CHUNK_BYTES = 4 << 20
 CLEVEL = 1
-SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".zarr": "zarr"}
-
-
-def store_kind(path: str | os.PathLike) -> str:
-    """``"hdf5"`` for ``.h5`` / ``.hdf5``, ``"zarr"`` for ``.zarr`` (a directory)."""
-    text = os.fspath(path).rstrip("/")
-    for suffix, kind in SUFFIXES.items():
-        if text.lower().endswith(suffix):
-            return kind
-    raise InputError(f"{text}: unknown subject file kind; expected a name ending in .h5, .hdf5 or .zarr")
 
 
 def _check_name(subject: str) -> str:
@@ -113,13 +116,11 @@ def _as_mask(mask, name: str, spatial: tuple[int, ...], subject: str) -> np.ndar
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
-def _json_default(value):
-    """numpy scalars and arrays become plain JSON values; anything else is not JSON-ready."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def _strict_json_default(value):
+    """``json.dumps`` default: numpy scalars and arrays become plain JSON values; anything else is not JSON-ready."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return json_default(value)
+    raise InputError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _check_attrs(attrs: dict, subject: str) -> dict:
@@ -128,7 +129,7 @@ def _check_attrs(attrs: dict, subject: str) -> dict:
     if not isinstance(attrs, dict):
         raise InputError(f"subject {subject}: attrs must be a dict, got {type(attrs).__name__}")
     try:
-        return json.loads(json.dumps(attrs, default=_json_default))  # JSON-ready check, numpy → plain, a copy
+        return json.loads(json.dumps(attrs, default=_strict_json_default))  # JSON-ready check, numpy → plain, a copy
     except (TypeError, ValueError) as exc:
         raise InputError(f"subject {subject}: attrs are not JSON-ready: {exc}") from exc
 
@@ -172,11 +173,9 @@ def _decode_h5_attrs(raw) -> dict:
 
 
 class _Hdf5Backend:
-    kind = "hdf5"
+    kind = Format.HDF5
 
     def __init__(self, path: str, mode: str):
-        import h5py
-
         self.path = path
         h5mode = {"r": "r", "a": "a", "w": "w"}[mode]
         try:
@@ -248,11 +247,9 @@ class _Hdf5Backend:
 
 
 class _ZarrBackend:
-    kind = "zarr"
+    kind = Format.ZARR
 
     def __init__(self, path: str, mode: str):
-        import zarr
-
         self.path = path
         self.writable = mode != "r"
         try:
@@ -303,8 +300,6 @@ class _ZarrBackend:
                 shutil.rmtree(target)
 
     def put(self, group: str, name: str, data: np.ndarray) -> None:
-        from zarr.codecs import BloscCodec
-
         codec = BloscCodec(cname="zstd", clevel=CLEVEL, shuffle="bitshuffle", typesize=data.dtype.itemsize)
         array = self.root[group].create_array(name, shape=data.shape, dtype=data.dtype,
                                               chunks=chunks_for(data.shape, data.dtype.itemsize),
@@ -347,23 +342,26 @@ class _ZarrBackend:
 class SubjectStore:
     """A subject file (see the module docstring). Use :func:`open_subject_store`."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r", kind: str | None = None,
+    def __init__(self, path: str | os.PathLike, mode: str = "r", kind: Format | str | None = None,
                  layout: str = LAYOUT, content: str = "subjects"):
         if mode not in ("r", "a", "w"):
             raise InputError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         self.path = os.fspath(path).rstrip("/")
-        self.kind = kind or store_kind(self.path)
-        if self.kind not in ("hdf5", "zarr"):
+        if kind is None:
+            self.kind = subject_file_format(self.path)
+        elif kind in (Format.HDF5, Format.ZARR):
+            self.kind = Format(kind)
+        else:
             raise InputError(f"kind must be 'hdf5' or 'zarr', got {kind!r}")
         self.mode = mode
         if mode == "r" and not os.path.exists(self.path):
             raise InputError(f"{self.path}: no such subject file")
-        if mode == "w" and self.kind == "zarr" and os.path.exists(self.path):
+        if mode == "w" and self.kind == Format.ZARR and os.path.exists(self.path):
             remove(self.path)
         if mode != "r":
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        backend = _Hdf5Backend if self.kind == "hdf5" else _ZarrBackend
-        self._backend = backend(self.path, "a" if (mode == "w" and self.kind == "zarr") else mode)
+        backend = _Hdf5Backend if self.kind == Format.HDF5 else _ZarrBackend
+        self._backend = backend(self.path, "a" if (mode == "w" and self.kind == Format.ZARR) else mode)
         if mode != "r":
             self._backend.ensure_groups()
             if "layout" not in self._backend.file_attrs():
@@ -382,7 +380,7 @@ class SubjectStore:
         self._backend.close()
 
     def __repr__(self) -> str:
-        return f"SubjectStore({self.path!r}, mode={self.mode!r}, kind={self.kind!r})"
+        return f"SubjectStore({self.path!r}, mode={self.mode!r}, kind={str(self.kind)!r})"
 
     # -- reading -----------------------------------------------------------------------------------------
     @property
@@ -477,10 +475,11 @@ def copy_subject(source: SubjectStore, target: SubjectStore, subject: str, name:
     target.write(name, data["image"], data["mask"], data["mask_iso"], data["attrs"])
 
 
-def open_subject_store(path: str | os.PathLike, mode: str = "r", kind: str | None = None, *,
+def open_subject_store(path: str | os.PathLike, mode: str = "r", kind: Format | str | None = None, *,
                        layout: str = LAYOUT, content: str = "subjects") -> SubjectStore:
-    """Open a subject file; the kind comes from the suffix (``.h5`` / ``.hdf5`` → HDF5, ``.zarr`` → Zarr
-    directory) unless ``kind`` is given. ``mode``: ``"r"`` read, ``"a"`` read/write (created when absent),
+    """Open a subject file; its format comes from the suffix (``.h5`` / ``.hdf5`` → HDF5, ``.zarr`` → Zarr
+    directory, see :func:`~voxelpipe.stores.registry.subject_file_format`) unless ``kind`` (a ``Format``:
+    ``hdf5`` or ``zarr``) is given. ``mode``: ``"r"`` read, ``"a"`` read/write (created when absent),
     ``"w"`` truncate. New files get the file-level attrs ``layout`` (description), ``layout_version``,
     ``voxelpipe_version``, ``content``."""
     return SubjectStore(path, mode, kind, layout, content)

@@ -43,14 +43,22 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str])
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts of strings."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
 def write_json(path: str | os.PathLike, data: object) -> None:
+    """Write ``data`` as indented JSON (values JSON cannot hold written as their text), atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, default=str)
         fh.write("\n")
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write ``lines`` as UTF-8 text, one per line (``\n`` endings), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(line + "\n" for line in lines)
 
 
 class RowSpool:
@@ -65,6 +73,7 @@ class RowSpool:
         self.count = 0
 
     def add(self, row: dict[str, str]) -> None:
+        """Append one row (its new columns join the table's columns)."""
         self.columns.update(dict.fromkeys(row))
         self._fh.write(json.dumps(row, ensure_ascii=False))
         self._fh.write("\n")
@@ -88,6 +97,7 @@ class RowSpool:
             write_parquet(parquet_path, self._rows(extra, key), columns)
 
     def close(self) -> None:
+        """Close and delete the temporary file."""
         name = self._fh.name
         self._fh.close()
         if os.path.exists(name):
@@ -96,7 +106,7 @@ class RowSpool:
 
 def write_parquet(path: str, rows: Iterable[dict], columns: list[str], batch_rows: int = 5000) -> None:
     """Write rows as a Parquet table of string columns (needs pyarrow: ``pip install voxelpipe[parquet]``)."""
-    try:
+    try:  # optional extra, imported only when Parquet is asked for
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:

@@ -4,29 +4,38 @@ from __future__ import annotations
 import json
 import os
 
+import h5py
 import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.stores.hdf5_store import read_attrs
-from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_volume_group, store_kind
+from voxelpipe.stores.registry import HDF5_SUFFIXES, NPZ_SUFFIX, store_kind
+from voxelpipe.stores.writer import VolumeWriter
+from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_volume_group
 
 
 def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
     """Open a converted volume: ``<key>.zarr`` / ``.zarr.zip`` / ``.zarr.sqlite``, ``<key>.npz``, or a run's
-    ``.h5`` file with ``key`` naming the dataset. The array is read lazily (zarr, h5py)."""
+    ``.h5`` file with ``key`` naming the dataset. The array is read lazily (zarr, h5py).
+
+    Returns:
+        A Volume: array (slice, row, column) or (frame, slice, row, column), geometry in LPS mm from the attrs.
+
+    Raises:
+        InputError: no such volume, or an HDF5 file without ``key`` / with several volumes and no ``key``.
+        StoreError: a name with no volume suffix.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such volume")
-    if path.endswith(".npz"):
+    if path.endswith(NPZ_SUFFIX):
         with np.load(path) as data:
             attrs = json.loads(str(data["attrs_json"]))
             array = data["image"]
         return Volume(array, Geometry.from_attrs(attrs), attrs, path)
-    if path.endswith((".h5", ".hdf5")):
-        import h5py
-
+    if path.endswith(HDF5_SUFFIXES):
         handle = h5py.File(path, "r")
         names = list(handle.keys())
         if key is None:
@@ -46,7 +55,18 @@ def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
 def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = (8, 256, 256),
                 clevel: int = 1, attrs: dict | None = None) -> int:
     """Write a volume as a Zarr store (kind from the suffix: ``.zarr``, ``.zarr.zip``, ``.zarr.sqlite``) with its
-    geometry in the attributes, atomically; returns the bytes written. 4-D arrays keep their frame axis."""
+    geometry in the attributes, atomically; returns the bytes written. 4-D arrays keep their frame axis.
+
+    Args:
+        volume: the volume to write.
+        path: the store's path; its suffix picks the store kind.
+        chunks: spatial chunk shape (slice, row, column), clipped to the array (4-D: one frame per chunk).
+        clevel: Blosc zstd level.
+        attrs: extra attributes (the geometry's own entries win).
+
+    Raises:
+        StoreError: a name that is not a Zarr volume's.
+    """
     path = os.fspath(path)
     array = volume.array
     shape = tuple(array.shape)
@@ -56,7 +76,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int,
     merged.update(attrs or {})
     merged.update(volume.geometry.to_attrs())
     merged["dtype"] = str(np.dtype(array.dtype))
-    writer = ZarrVolumeWriter(path, store_kind(path), shape, np.dtype(array.dtype), chunk_shape,
+    writer: VolumeWriter = ZarrVolumeWriter(path, store_kind(path), shape, np.dtype(array.dtype), chunk_shape,
                               json.loads(json.dumps(merged, default=json_default)), clevel=clevel)
     try:
         depth = spatial[0]

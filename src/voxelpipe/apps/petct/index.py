@@ -306,10 +306,10 @@ def _export_one(row: dict) -> tuple[str, dict[str, bytes]]:
 def export_nifti_zip(rows: list[dict], path: str | os.PathLike, workers: int | None = None) -> str:
     """Write the zipped NIfTI form of the indexed studies (one subject loaded per task; only this process writes
     the zip, under a temporary name renamed at the end). Members are stored, not deflated: they are gzipped."""
-    from voxelpipe.stores.nifti import _nibabel
+    from voxelpipe.stores.nifti import require_nibabel
     from voxelpipe.execution import default_workers, imap
 
-    _nibabel("--export-zip")  # fail before any work when nibabel is missing
+    require_nibabel("--export-zip")  # fail before any work when nibabel is missing
     path = os.fspath(path)
     workers = default_workers() if workers is None else max(1, workers)
     workers = min(workers, max(1, len(rows)))

@@ -14,7 +14,7 @@ import os
 import uuid
 
 from voxelpipe.core.errors import InputError, VoxelpipeError
-from voxelpipe.stores.subject_store import open_subject_store, store_kind
+from voxelpipe.stores.subject_store import open_subject_store, subject_file_format
 from voxelpipe.stores.zarr_store import remove
 
 log = logging.getLogger("voxelpipe")
@@ -57,9 +57,9 @@ def merge(inputs, out, on_duplicate: str = "error") -> dict:
     out = os.fspath(out).rstrip("/")
     if not inputs:
         raise InputError("merge: give at least one input file")
-    out_kind = store_kind(out)
+    out_kind = subject_file_format(out)
     for path in inputs:
-        store_kind(path)
+        subject_file_format(path)
         if not os.path.exists(path):
             raise InputError(f"{path}: no such subject file")
         if _same_path(path, out):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.ops.overlay import PNG_LEVEL
+from voxelpipe.stores.images import PNG_LEVEL
 
 BOX_PX = 256  # side of the box every picture is shown in (CSS px)
 

@@ -1,0 +1,132 @@
+"""The one table of output file suffixes: suffix ↔ (:class:`Format`, :class:`StoreKind`).
+
+Converted volumes::
+
+    <key>.zarr          Format.ZARR, StoreKind.DIR      a folder (zarr's LocalStore)
+    <key>.zarr.zip      Format.ZARR, StoreKind.ZIP      a zip file (zarr's ZipStore)
+    <key>.zarr.sqlite   Format.ZARR, StoreKind.SQLITE   an SQLite file (voxelpipe's SqliteStore)
+    <key>.h5            Format.HDF5                     an HDF5 file (``.hdf5`` is read too)
+    <key>.npz           Format.NPZ                      a numpy zip archive
+
+Subject files of the PET/CT app (``voxelpipe.stores.subject_store``) are HDF5 (``.h5`` / ``.hdf5``) or a Zarr
+folder (``.zarr``); :func:`subject_file_format` names their format.
+
+Only core is imported here, so any layer from stores up may use the table without loading zarr or h5py.
+"""
+from __future__ import annotations
+
+import os
+
+from voxelpipe.core.errors import InputError, StoreError
+from voxelpipe.core.types import Format, StoreKind
+
+__all__ = [
+    "HDF5_SUFFIXES",
+    "NPZ_SUFFIX",
+    "STORE_SUFFIXES",
+    "SUBJECT_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "ZARR_SUFFIXES",
+    "is_volume_path",
+    "store_kind",
+    "subject_file_format",
+    "volume_format",
+    "volume_path",
+    "volume_suffix",
+]
+
+STORE_SUFFIXES: dict[StoreKind, str] = {
+    StoreKind.DIR: ".zarr",
+    StoreKind.ZIP: ".zarr.zip",
+    StoreKind.SQLITE: ".zarr.sqlite",
+}
+"""The file suffix of each Zarr store kind."""
+
+ZARR_SUFFIXES: tuple[str, ...] = tuple(STORE_SUFFIXES.values())
+HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
+NPZ_SUFFIX = ".npz"
+
+VOLUME_SUFFIXES: dict[str, tuple[Format, StoreKind | None]] = {
+    **{suffix: (Format.ZARR, kind) for kind, suffix in STORE_SUFFIXES.items()},
+    **{suffix: (Format.HDF5, None) for suffix in HDF5_SUFFIXES},
+    NPZ_SUFFIX: (Format.NPZ, None),
+}
+"""Every volume suffix with its format and, for Zarr, its store kind (None for HDF5 and NPZ)."""
+
+SUBJECT_SUFFIXES: dict[str, Format] = {".h5": Format.HDF5, ".hdf5": Format.HDF5, ".zarr": Format.ZARR}
+"""Suffixes of PET/CT subject files and their format."""
+
+# longest first, so ".zarr.zip" is not taken for ".zarr"
+_BY_LENGTH = sorted(VOLUME_SUFFIXES, key=len, reverse=True)
+
+
+def _match(path: str | os.PathLike) -> str | None:
+    text = os.fspath(path).rstrip("/")
+    return next((suffix for suffix in _BY_LENGTH if text.endswith(suffix)), None)
+
+
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """True when ``path`` ends in a volume suffix (Zarr store, HDF5 or NPZ)."""
+    return _match(path) is not None
+
+
+def volume_format(path: str | os.PathLike) -> Format:
+    """The format of a volume path, from its suffix.
+
+    Raises:
+        StoreError: the name ends in no volume suffix.
+    """
+    suffix = _match(path)
+    if suffix is None:
+        raise StoreError(f"{os.fspath(path)}: not a voxelpipe volume (expected a name ending in "
+                         f"{', '.join(VOLUME_SUFFIXES)})")
+    return VOLUME_SUFFIXES[suffix][0]
+
+
+def store_kind(path: str | os.PathLike) -> StoreKind:
+    """The Zarr store kind of a volume path, from its suffix (``.zarr`` dir, ``.zarr.zip`` zip, ``.zarr.sqlite``
+    sqlite).
+
+    Raises:
+        StoreError: the name is not that of a Zarr volume.
+    """
+    suffix = _match(path)
+    kind = VOLUME_SUFFIXES[suffix][1] if suffix is not None else None
+    if kind is None:
+        raise StoreError(f"{os.fspath(path)}: not a voxelpipe Zarr volume (expected {', '.join(ZARR_SUFFIXES)})")
+    return kind
+
+
+def volume_suffix(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> str:
+    """The file suffix of a volume written as ``fmt`` (``kind`` picks the Zarr store; ignored otherwise).
+
+    Raises:
+        StoreError: unknown format or store kind.
+    """
+    try:
+        fmt = Format(fmt)
+        if fmt is Format.ZARR:
+            return STORE_SUFFIXES[StoreKind(kind)]
+    except ValueError:
+        raise StoreError(f"unknown volume format '{fmt}' / store kind '{kind}'; choose format "
+                         f"{', '.join(Format)} and store {', '.join(StoreKind)}") from None
+    return HDF5_SUFFIXES[0] if fmt is Format.HDF5 else NPZ_SUFFIX
+
+
+def volume_path(folder: str | os.PathLike, key: str, fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> str:
+    """``<folder>/<key><suffix>``: where a volume of series ``key`` is written as ``fmt`` (and ``kind``)."""
+    return os.path.join(os.fspath(folder), key + volume_suffix(fmt, kind))
+
+
+def subject_file_format(path: str | os.PathLike) -> Format:
+    """The format of a PET/CT subject file: HDF5 for ``.h5`` / ``.hdf5``, Zarr for ``.zarr`` (a folder).
+
+    Raises:
+        InputError: any other name.
+    """
+    text = os.fspath(path).rstrip("/")
+    for suffix, fmt in SUBJECT_SUFFIXES.items():
+        if text.lower().endswith(suffix):
+            return fmt
+    raise InputError(f"{text}: unknown subject file kind; expected a name ending in "
+                     f"{', '.join(SUBJECT_SUFFIXES)}")
