@@ -106,8 +106,7 @@ def render_file(path: Path) -> str:
             lines.append(row)
         lines.append("")
         if base is None:
-            lines += ["No ratio column: this group has no `voxelpipe` row (its rows compare variants of one "
-                      "implementation).", ""]
+            lines += ["No ratio column: this group has no `voxelpipe` row.", ""]
         elif len(ours) > 1:
             lines += [f"Ratios are against `{_implementation(base)}`, the "
                       f"{'plain' if exact else 'fastest'} voxelpipe row.", ""]

@@ -38,6 +38,14 @@ def env_variable(action: argparse.Action) -> str | None:
     return ENV_PREFIX + max(longs, key=len).lstrip("-").upper().replace("-", "_")
 
 
+def _plain(text: object) -> str:
+    """Help text as literal Markdown: ``<key>``, ``summary_*.csv`` and ``[x]`` stay as written."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "\\`*_[]":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def _cell(text: object) -> str:
     """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ").strip()
@@ -106,13 +114,13 @@ def _actions_table(parser: argparse.ArgumentParser, with_env: bool = True) -> li
         lines += ["**Arguments**", "", "| Argument | Description | Number |", "| --- | --- | --- |"]
         for action in positionals:
             count = {"+": "one or more", "*": "any number", "?": "optional", None: "one"}.get(action.nargs, str(action.nargs))
-            lines.append(f"| {_flags_text(action, parser.prog)} | {_cell(_help_text(action, parser.prog))} | {count} |")
+            lines.append(f"| {_flags_text(action, parser.prog)} | {_cell(_plain(_help_text(action, parser.prog)))} | {count} |")
         lines.append("")
     if options:
         header = "| Option | Description | Default |" + (" Environment variable |" if with_env else "")
         lines += ["**Options**", "", header, "| --- | --- | --- |" + (" --- |" if with_env else "")]
         for action in options:
-            text = _help_text(action, parser.prog)
+            text = _plain(_help_text(action, parser.prog))
             if action.choices is not None:
                 text = text.rstrip()
                 text += ("" if not text or text.endswith(".") else ".") + f" Choices: {', '.join(_code(c) for c in action.choices)}."
@@ -147,20 +155,21 @@ def render_cli_reference(parser: argparse.ArgumentParser) -> str:
     lines = ["## Global options", "", "Global options come before the command name.", "",
              "```text", _usage(parser), "```", ""]
     if parser.description:
-        lines += [parser.description, ""]
+        lines += [_plain(parser.description), ""]
     lines += _actions_table(parser)
     lines += ["## Commands", "", "| Command | What it does |", "| --- | --- |"]
-    lines += [f"| [`{name}`](#{name}) | {_cell(summary)} |" for name, summary, _ in commands]
+    lines += [f"| [`{name}`](#{name}) | {_cell(_plain(summary))} |" for name, summary, _ in commands]
     lines.append("")
     for name, summary, sub in commands:
         lines += [f"### {name} {{ #{name} }}", ""]
         description = sub.description or summary
         if description:
-            lines += [description[0].upper() + description[1:] + ("" if description.endswith(".") else "."), ""]
+            sentence = description[0].upper() + description[1:] + ("" if description.endswith(".") else ".")
+            lines += [_plain(sentence), ""]
         lines += ["```text", _usage(sub), "```", ""]
         lines += _actions_table(sub)
         if sub.epilog:
-            lines += [sub.epilog, ""]
+            lines += [_plain(sub.epilog), ""]
     return "\n".join(lines)
 
 
