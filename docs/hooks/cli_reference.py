@@ -4,7 +4,9 @@ The page ``reference/cli.md`` holds the marker ``<!-- cli-reference -->``; this 
 per subcommand of ``voxelpipe.cli.app.build_parser()`` (usage, description, every option with its flags, help,
 default, choices and environment variable). Nothing here knows the commands by name, so the page follows the CLI
 as it changes. Each command's section has the anchor ``#<command>`` (e.g. ``reference/cli.md#petct-index``),
-which the user guide links to.
+which the user guide links to, and links back to ``guide/<command>.md`` when that page exists. The environment
+variable shown is ``VOXELPIPE_`` + the long option in upper case with dashes as underscores (``--table-format`` ->
+``VOXELPIPE_TABLE_FORMAT``); positional arguments have none.
 """
 from __future__ import annotations
 
@@ -121,7 +123,7 @@ def _actions_table(parser: argparse.ArgumentParser, with_env: bool = True) -> li
         lines += ["**Options**", "", header, "| --- | --- | --- |" + (" --- |" if with_env else "")]
         for action in options:
             text = _plain(_help_text(action, parser.prog))
-            if action.choices is not None:
+            if action.choices is not None and action.metavar is not None:  # else the flags show {a,b,c}
                 text = text.rstrip()
                 text += ("" if not text or text.endswith(".") else ".") + f" Choices: {', '.join(_code(c) for c in action.choices)}."
             row = f"| {_flags_text(action, parser.prog)} | {_cell(text)} | {_default_text(action)} |"
@@ -149,8 +151,14 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
     return found
 
 
-def render_cli_reference(parser: argparse.ArgumentParser) -> str:
-    """Markdown for the whole CLI: global options, a command index, then one section per command."""
+def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str] | None = None) -> str:
+    """Markdown for the whole CLI: global options, a command index, then one section per command.
+
+    Args:
+        parser: the top-level parser, with one subparser per command.
+        guides: command name -> link (relative to the CLI page) of its user guide page, where there is one.
+    """
+    guides = guides or {}
     commands = _subcommands(parser)
     lines = ["## Global options", "", "Global options come before the command name.", "",
              "```text", _usage(parser), "```", ""]
@@ -166,6 +174,8 @@ def render_cli_reference(parser: argparse.ArgumentParser) -> str:
         if description:
             sentence = description[0].upper() + description[1:] + ("" if description.endswith(".") else ".")
             lines += [_plain(sentence), ""]
+        if name in guides:
+            lines += [f"User guide: [what `{name}` reads and writes, exit codes, examples]({guides[name]}).", ""]
         lines += ["```text", _usage(sub), "```", ""]
         lines += _actions_table(sub)
         if sub.epilog:
@@ -176,4 +186,7 @@ def render_cli_reference(parser: argparse.ArgumentParser) -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if page.file.src_uri != PAGE or MARKER not in markdown:
         return markdown
-    return markdown.replace(MARKER, render_cli_reference(_import_build_parser()()))
+    parser = _import_build_parser()()
+    guides = {name: f"../guide/{name}.md" for name, _, _ in _subcommands(parser)
+              if files.get_file_from_path(f"guide/{name}.md") is not None}
+    return markdown.replace(MARKER, render_cli_reference(parser, guides))
