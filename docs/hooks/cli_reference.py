@@ -22,14 +22,12 @@ USAGE_WIDTH = 100
 
 
 def _import_build_parser():
-    """``build_parser`` of the CLI; ``src/`` is put on the path when voxelpipe is not importable yet."""
-    src = Path(__file__).resolve().parents[2] / "src"
-    try:
-        module = importlib.import_module("voxelpipe.cli.app")
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(src))
-        module = importlib.import_module("voxelpipe.cli.app")
-    return module.build_parser
+    """``build_parser`` of this checkout's CLI: ``src/`` goes first on the path, so an installed voxelpipe of
+    another version is never documented by mistake."""
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    if Path(src).is_dir() and src not in sys.path:
+        sys.path.insert(0, src)
+    return importlib.import_module("voxelpipe.cli.app").build_parser
 
 
 def env_variable(action: argparse.Action) -> str | None:
