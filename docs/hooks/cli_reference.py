@@ -5,13 +5,15 @@ per subcommand of ``voxelpipe.cli.app.build_parser()`` (usage, description, ever
 default, choices and environment variable). Nothing here knows the commands by name, so the page follows the CLI
 as it changes. Each command's section has the anchor ``#<command>`` (e.g. ``reference/cli.md#petct-index``),
 which the user guide links to, and links back to ``guide/<command>.md`` when that page exists. The environment
-variable shown is ``VOXELPIPE_`` + the long option in upper case with dashes as underscores (``--table-format`` ->
-``VOXELPIPE_TABLE_FORMAT``); positional arguments have none.
+variable shown is the CLI's own ``env_name(action)`` when ``voxelpipe.cli.app`` has one, else ``VOXELPIPE_`` + the
+first long option in upper case with dashes as underscores (``--table-format`` -> ``VOXELPIPE_TABLE_FORMAT``);
+positional arguments have none.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -21,21 +23,27 @@ ENV_PREFIX = "VOXELPIPE_"
 USAGE_WIDTH = 100
 
 
-def _import_build_parser():
-    """``build_parser`` of this checkout's CLI: ``src/`` goes first on the path, so an installed voxelpipe of
-    another version is never documented by mistake."""
+def _import_cli():
+    """This checkout's ``voxelpipe.cli.app`` (``build_parser``, maybe ``env_name``): ``src/`` goes first on the
+    path, so an installed voxelpipe of another version is never documented by mistake."""
     src = str(Path(__file__).resolve().parents[2] / "src")
     if Path(src).is_dir() and src not in sys.path:
         sys.path.insert(0, src)
-    return importlib.import_module("voxelpipe.cli.app").build_parser
+    return importlib.import_module("voxelpipe.cli.app")
 
 
-def env_variable(action: argparse.Action) -> str | None:
-    """``VOXELPIPE_<LONG_OPTION>``: the longest ``--`` flag, upper case, dashes as underscores (None: positional)."""
-    longs = [flag for flag in action.option_strings if flag.startswith("--")]
-    if not longs:
+def env_variable(action: argparse.Action, cli=None) -> str | None:
+    """The environment variable that sets ``action`` (None for a positional argument).
+
+    The CLI's own ``env_name(action)`` when it has one, so the page shows exactly what the program reads; else
+    ``VOXELPIPE_`` + the first long option in upper case with dashes as underscores.
+    """
+    if not action.option_strings:
         return None
-    return ENV_PREFIX + max(longs, key=len).lstrip("-").upper().replace("-", "_")
+    if cli is not None and callable(getattr(cli, "env_name", None)):
+        return cli.env_name(action)
+    flag = next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
 
 
 def _plain(text: object) -> str:
@@ -70,14 +78,16 @@ def _help_text(action: argparse.Action, prog: str) -> str:
         return action.help
 
 
-def _default_text(action: argparse.Action) -> str:
+def _default_text(action: argparse.Action, help_text: str = "") -> str:
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "off" if isinstance(action, argparse._StoreTrueAction) else "on"
     if action.required:
         return "required"
     default = action.default
     if default is None or default == argparse.SUPPRESS:
-        return "—"
+        # resolved at run time: take the help's own "(default ...)" words, if it has them
+        stated = re.search(r"\(default:?\s*([^()]*(?:\([^()]*\)[^()]*)*)\)", help_text)
+        return _plain(stated.group(1).strip()) if stated else "—"
     if isinstance(default, (list, tuple)):
         default = ",".join(map(str, default))
     return _code(default)
@@ -106,7 +116,7 @@ def _exclusive_notes(parser: argparse.ArgumentParser) -> list[str]:
     return notes
 
 
-def _actions_table(parser: argparse.ArgumentParser, with_env: bool = True) -> list[str]:
+def _actions_table(parser: argparse.ArgumentParser, cli=None, with_env: bool = True) -> list[str]:
     positionals = [a for a in parser._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
     options = [a for a in parser._actions if a.option_strings and not isinstance(a, argparse._HelpAction)]
     lines: list[str] = []
@@ -120,13 +130,14 @@ def _actions_table(parser: argparse.ArgumentParser, with_env: bool = True) -> li
         header = "| Option | Description | Default |" + (" Environment variable |" if with_env else "")
         lines += ["**Options**", "", header, "| --- | --- | --- |" + (" --- |" if with_env else "")]
         for action in options:
-            text = _plain(_help_text(action, parser.prog))
+            raw_help = _help_text(action, parser.prog)
+            text = _plain(raw_help)
             if action.choices is not None and action.metavar is not None:  # else the flags show {a,b,c}
                 text = text.rstrip()
                 text += ("" if not text or text.endswith(".") else ".") + f" Choices: {', '.join(_code(c) for c in action.choices)}."
-            row = f"| {_flags_text(action, parser.prog)} | {_cell(text)} | {_default_text(action)} |"
+            row = f"| {_flags_text(action, parser.prog)} | {_cell(text)} | {_cell(_default_text(action, raw_help))} |"
             if with_env:
-                env = env_variable(action) if not isinstance(action, argparse._VersionAction) else None
+                env = env_variable(action, cli) if not isinstance(action, argparse._VersionAction) else None
                 row += f" {_code(env) if env else '—'} |"
             lines.append(row)
         lines.append("")
@@ -149,12 +160,13 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpar
     return found
 
 
-def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str] | None = None) -> str:
+def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str] | None = None, cli=None) -> str:
     """Markdown for the whole CLI: global options, a command index, then one section per command.
 
     Args:
         parser: the top-level parser, with one subparser per command.
         guides: command name -> link (relative to the CLI page) of its user guide page, where there is one.
+        cli: the CLI module, whose ``env_name(action)`` (if any) names the environment variables.
     """
     guides = guides or {}
     commands = _subcommands(parser)
@@ -162,7 +174,9 @@ def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str]
              "```text", _usage(parser), "```", ""]
     if parser.description:
         lines += [_plain(parser.description), ""]
-    lines += _actions_table(parser)
+    lines += _actions_table(parser, cli)
+    if parser.epilog:
+        lines += [_plain(parser.epilog), ""]
     lines += ["## Commands", "", "| Command | What it does |", "| --- | --- |"]
     lines += [f"| [`{name}`](#{name}) | {_cell(_plain(summary))} |" for name, summary, _ in commands]
     lines.append("")
@@ -175,7 +189,7 @@ def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str]
         if name in guides:
             lines += [f"User guide: [what `{name}` reads and writes, exit codes, examples]({guides[name]}).", ""]
         lines += ["```text", _usage(sub), "```", ""]
-        lines += _actions_table(sub)
+        lines += _actions_table(sub, cli)
         if sub.epilog:
             lines += [_plain(sub.epilog), ""]
     return "\n".join(lines)
@@ -184,7 +198,8 @@ def render_cli_reference(parser: argparse.ArgumentParser, guides: dict[str, str]
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if page.file.src_uri != PAGE or MARKER not in markdown:
         return markdown
-    parser = _import_build_parser()()
+    cli = _import_cli()
+    parser = cli.build_parser()
     guides = {name: f"../guide/{name}.md" for name, _, _ in _subcommands(parser)
               if files.get_file_from_path(f"guide/{name}.md") is not None}
-    return markdown.replace(MARKER, render_cli_reference(parser, guides))
+    return markdown.replace(MARKER, render_cli_reference(parser, guides, cli))
