@@ -12,6 +12,7 @@ In the default smoke run (``--benchmark-disable``) nothing is timed and nothing 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,15 @@ def shared_data_root() -> Path:
     """The real DICOM test data: ``$VOXELPIPE_TEST_DATA``, else ``../shared/data`` beside the repository."""
     env = os.environ.get("VOXELPIPE_TEST_DATA")
     return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def remove_paths(*paths: str) -> None:
+    """Remove each of ``paths`` that exists (a folder with its contents, or a file): a round's outputs."""
+    for path in paths:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,8 @@ written).
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -94,12 +92,14 @@ from voxelpipe.core.geometry import Geometry, geometry_from_slices
 from voxelpipe.core.types import Status
 from voxelpipe.core.volume import Volume
 from voxelpipe.dicom.rtstruct import read_rtstruct_masks
+from voxelpipe.kernels import resample as kresample
+from voxelpipe.kernels import rescale as krescale
 from voxelpipe.ops.resample import resample_to
 from voxelpipe.pipelines.series_read import read_series
 from voxelpipe.testing import synthetic
 
-from _common import Column, RatioTable, shared_data_root
-from numba_timing import Clock, cold_compile_seconds, compile_line
+from _common import Column, RatioTable, remove_paths, shared_data_root
+from numba_timing import Clock, cold_compile_seconds, compile_line, loaded_from_disk_cache
 
 SPACING = (2.0, 2.0, 2.0)
 STAGE = "stage1_{:g}x{:g}x{:g}".format(*SPACING)
@@ -304,17 +304,6 @@ def voxelpipe_patient(folder: str, root: str) -> list[dict]:
     return rows
 
 
-def _kernels() -> list:
-    out = []
-    for name in ("voxelpipe.kernels.rescale", "voxelpipe.kernels.resample"):
-        try:
-            module = importlib.import_module(name)
-        except Exception:
-            continue
-        out += [obj for obj in vars(module).values() if hasattr(obj, "stats") and hasattr(obj, "py_func")]
-    return out
-
-
 COLD_COMPILE_CODE = (
     "import os, sys, tempfile, time\n"
     f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
@@ -365,7 +354,7 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
     t0 = time.perf_counter()
     voxelpipe_patient(src, os.path.join(workdir, "tiny_out"))
     COMPILE["first_call_seconds"] = time.perf_counter() - t0
-    COMPILE["loaded_from_disk_cache"] = any(sum(k.stats.cache_hits.values()) > 0 for k in _kernels())
+    COMPILE["loaded_from_disk_cache"] = loaded_from_disk_cache(krescale, kresample)
     COMPILE["cold_compile_seconds"] = cold_compile_seconds(COLD_COMPILE_CODE) if benchmarks_enabled else None
     print("\n" + compile_line(COMPILE, "tiny series through run_lung"))
     return dict(COMPILE)
@@ -373,14 +362,6 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
 
 def _root(workdir: str, impl: str, which: str = "run") -> str:
     return os.path.join(workdir, f"{impl}_{which}")
-
-
-def _remove(*paths: str) -> None:
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
-            os.remove(p)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -406,11 +387,11 @@ def test_lung_patient(benchmark, request, kind, workdir, ct_folder, impl):
             INFO[impl] = kaggle_patient(ct_folder, root, clocks[-1], order=ZOOM_ORDER[impl])
 
     rounds = ROUNDS[kind][impl]
-    benchmark.pedantic(fn, setup=lambda: _remove(root), rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(fn, setup=lambda: remove_paths(root), rounds=rounds, iterations=1, warmup_rounds=0)
     for stage in STAGES:
         assert os.listdir(os.path.join(root, stage)), (impl, stage)
     keep = _root(workdir, impl, "keep")
-    _remove(keep)
+    remove_paths(keep)
     os.replace(root, keep)  # kept for the agreement check
     TABLE.record(benchmark, rounds)
     if impl != "voxelpipe":

@@ -65,7 +65,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass
@@ -83,8 +82,8 @@ from voxelpipe.kernels import project as kp
 from voxelpipe.kernels import resample as kr
 from voxelpipe.stores.subject_store import open_subject_store
 
-from _common import RatioTable
-from numba_timing import Clock, cold_compile_seconds, compile_line
+from _common import RatioTable, remove_paths
+from numba_timing import Clock, cold_compile_seconds, compile_line, loaded_from_disk_cache
 
 ANGLES = np.arange(0.0, 360.0, 45.0)
 ISO_FRACTION = 0.41
@@ -360,16 +359,6 @@ def _check_rows(what: str, rows) -> None:
     assert rows and not bad, f"{what}: {rows}"
 
 
-def _kernels() -> list:
-    out = []
-    for module in (kr, kp):
-        for name in dir(module):
-            obj = getattr(module, name)
-            if hasattr(obj, "stats") and hasattr(obj, "py_func"):
-                out.append(obj)
-    return out
-
-
 COLD_COMPILE_CODE = (
     "import os, sys, tempfile, time\n"
     f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
@@ -418,7 +407,7 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
     voxelpipe_prepare(tiny, out, TINY)
     voxelpipe_project(out, out2)
     COMPILE["first_call_seconds"] = time.perf_counter() - t0
-    COMPILE["loaded_from_disk_cache"] = any(sum(k.stats.cache_hits.values()) > 0 for k in _kernels())
+    COMPILE["loaded_from_disk_cache"] = loaded_from_disk_cache(kr, kp)
     COMPILE["cold_compile_seconds"] = cold_compile_seconds(COLD_COMPILE_CODE) if benchmarks_enabled else None
     print("\n" + compile_line(COMPILE, "tiny subject through run_petct + project_2d"))
     return dict(COMPILE)
@@ -426,14 +415,6 @@ def voxelpipe_warm(workdir, benchmarks_enabled) -> dict:
 
 def _paths(workdir: str, impl: str) -> dict[str, str]:
     return {k: os.path.join(workdir, f"{impl}_{k}.h5") for k in ("run", "run_2d", "keep", "keep_2d")}
-
-
-def _remove(*paths: str) -> None:
-    for p in paths:
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.exists(p):
-            os.remove(p)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -457,9 +438,9 @@ def test_petct_prepare(benchmark, request, case, workdir, subject_zip, impl):
             nilearn_prepare(subject_zip, p["run"], case, clocks[-1])
 
     rounds = ROUNDS[impl]
-    benchmark.pedantic(fn, setup=lambda: _remove(p["run"]), rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(fn, setup=lambda: remove_paths(p["run"]), rounds=rounds, iterations=1, warmup_rounds=0)
     assert os.path.exists(p["run"])
-    _remove(p["keep"])
+    remove_paths(p["keep"])
     os.replace(p["run"], p["keep"])  # kept for the projection case and the agreement check
     TABLE.record(benchmark, rounds)
     if impl == "nilearn":
@@ -489,8 +470,8 @@ def test_petct_project(benchmark, request, case, workdir, subject_zip, impl):
             nilearn_project(p["keep"], p["run_2d"], clocks[-1])
 
     rounds = ROUNDS[impl]
-    benchmark.pedantic(fn, setup=lambda: _remove(p["run_2d"]), rounds=rounds, iterations=1, warmup_rounds=0)
-    _remove(p["keep_2d"])
+    benchmark.pedantic(fn, setup=lambda: remove_paths(p["run_2d"]), rounds=rounds, iterations=1, warmup_rounds=0)
+    remove_paths(p["keep_2d"])
     os.replace(p["run_2d"], p["keep_2d"])
     TABLE.record(benchmark, rounds)
     if impl == "nilearn":
@@ -501,7 +482,7 @@ def test_petct_project(benchmark, request, case, workdir, subject_zip, impl):
 def test_petct_steps(case, workdir, subject_zip, voxelpipe_warm):
     """voxelpipe's per-step times (one run, outside pytest-benchmark): load, prepare, write."""
     out = os.path.join(workdir, "steps.h5")
-    _remove(out)
+    remove_paths(out)
     clock = Clock()
     (sid,), _ = zip_subject_ids(subject_zip)
     subject = load_zip_subject(subject_zip, sid)
@@ -514,7 +495,7 @@ def test_petct_steps(case, workdir, subject_zip, voxelpipe_warm):
     clock.lap("write")
     STEPS["voxelpipe"] = clock.steps
     assert prepared["image"].shape == (2,) + tuple(INFO["target_shape"]), prepared["image"].shape
-    _remove(out)
+    remove_paths(out)
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
