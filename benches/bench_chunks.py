@@ -1,7 +1,7 @@
-"""Zarr chunk and shard shapes for a CT volume: write speed, ratio, random-slice and random-patch reads (issue 3).
+"""Zarr chunk and shard shapes for a CT volume: write speed, ratio, random-slice and random-patch reads.
 
-The issue asks for "chunk and shard shapes chosen by measurement (write speed, ratio, random-slice read, random
-64^3 patch read) and documented". One phantom volume (``voxelpipe.testing.synthetic.phantom_hu(300, 512, 512, seed=0)``,
+Chunk and shard shapes are chosen by measurement (write speed, ratio, random-slice read, random 64^3 patch read).
+One phantom volume (``voxelpipe.testing.synthetic.phantom_hu(300, 512, 512, seed=0)``,
 int16 HU, 157 MB) is written once per round with each candidate layout, then read back:
 
 * ``chunks-1x512x512``, ``chunks-8x256x256``, ``chunks-16x256x256`` (convert's default), ``chunks-32x128x128``,
@@ -21,7 +21,10 @@ Measured per layout (write: median of 3 rounds; reads from the page cache, files
 * random axial slice ``image[z]``; random coronal slice ``image[:, y]`` (the cost of a thin-z layout);
 * random 64^3 patch ``image[z:z+64, y:y+64, x:x+64]`` (origins uniform over the valid range).
 
-Each case also checks that the stored volume equals the source. Nothing is asserted about speed.
+Each case checks the stored array's shape and chunks (a sanity check; the writer's content is tested through
+``convert`` in tests/). Nothing is asserted about speed. In the ratio table the implementation is ``voxelpipe``
+(ZarrVolumeWriter) or ``zarr`` (zarr's API) and the baseline is convert's default layout: ratio = layout's write
+median / the default's.
 
 Run:
 
@@ -50,6 +53,8 @@ from zarr.codecs import BloscCodec
 from voxelpipe.stores.zarr_store import DEFAULT_CLEVEL, ZarrVolumeWriter, disk_size
 from voxelpipe.testing.synthetic import phantom_hu
 
+from _common import Column, RatioTable
+
 try:
     from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS
 except ImportError:  # pragma: no cover - renamed in src/
@@ -74,8 +79,9 @@ LAYOUTS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {
     "shards-16x512x512-16x64x64": ((16, 64, 64), (16, 512, 512)),
 }
 
-RESULTS: dict[str, dict] = {}  # layout id -> measurements, read at session end
-INFO: dict[str, object] = {}
+GROUP = "zarr-chunks-write"
+DEFAULT_LAYOUT = "chunks-" + "x".join(map(str, DEFAULT_CHUNKS))
+SHAPES: dict[str, tuple[int, ...]] = {}
 
 
 def _fit(block: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -171,34 +177,31 @@ def _n_objects(path: str) -> int:
     return sum(len(files) for _, _, files in os.walk(path))
 
 
-def _table() -> list[str]:
-    timed = {k: r for k, r in RESULTS.items() if r.get("median") is not None}
-    if not timed:
-        return []
-    shape = timed[next(iter(timed))]["shape"]
+def _header() -> list[str]:
+    shape = SHAPES["volume"]
     mb = np.prod(shape) * 2 / 1e6
-    lines = [
-        f"phantom {shape[0]}x{shape[1]}x{shape[2]} int16 ({mb:.0f} MB), Blosc zstd clevel {DEFAULT_CLEVEL} "
-        f"bitshuffle, one process, one Blosc thread; write = median of {ROUNDS} rounds; reads = median of "
-        f"{N_READS} random reads from the page cache via zarr.open_group(...)['image']",
-        f"{'layout':<28} {'write MB/s':>10} {'ratio':>6} {'objects':>8} {'axial ms':>9} {'coronal ms':>11} "
-        f"{'64^3 ms':>8}  written by",
-    ]
-    for key in LAYOUTS:
-        r = timed.get(key)
-        if r is None:
-            continue
-        mark = " *" if r["chunks"] == tuple(DEFAULT_CHUNKS) and r["shards"] is None else ""
-        lines.append(f"{key + mark:<28} {r['write_mb_s']:>10.1f} {r['ratio']:>6.3f} {r['objects']:>8d} "
-                     f"{r['axial_ms']:>9.2f} {r['coronal_ms']:>11.2f} {r['patch_ms']:>8.2f}  {r['writer']}")
-    lines.append(f"* = convert's current default chunks {tuple(DEFAULT_CHUNKS)}")
-    lines.append("ZarrVolumeWriter writes plain chunks (it encodes them itself); the sharded layout is written "
-                 "with zarr's API")
-    return lines
+    return [f"phantom {shape[0]}x{shape[1]}x{shape[2]} int16 ({mb:.0f} MB), Blosc zstd clevel {DEFAULT_CLEVEL} "
+            f"bitshuffle, one process, one Blosc thread; write = median of {ROUNDS} rounds; reads = median of "
+            f"{N_READS} random reads from the page cache via zarr.open_group(...)['image']"]
+
+
+def _footer() -> list[str]:
+    return [f"baseline = convert's current default chunks {tuple(DEFAULT_CHUNKS)}",
+            "ZarrVolumeWriter writes plain chunks (it encodes them itself); the sharded layout is written "
+            "with zarr's API"]
+
+
+TABLE = RatioTable(
+    "zarr chunk/shard layouts: write speed, ratio, random reads", baseline=DEFAULT_LAYOUT, order=list(LAYOUTS),
+    header=_header, footer=_footer,
+    columns=[Column("write MB/s", "write_mb_s", ".1f"), Column("compression", "ratio", ".3f"),
+             Column("objects", "objects", "d"), Column("axial ms", "axial_ms", ".2f"),
+             Column("coronal ms", "coronal_ms", ".2f"), Column("64^3 ms", "patch_ms", ".2f"),
+             Column("written by", "writer", "", align="<")])
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_chunk_layout(benchmark, bench_summary, benchmarks_enabled, chunk_volume, tmp_path, layout):
+def test_chunk_layout(benchmark, benchmarks_enabled, chunk_volume, tmp_path, layout):
     """Write the phantom with one layout (timed), then measure ratio and random reads."""
     volume = chunk_volume
     chunks, shards = LAYOUTS[layout]
@@ -207,8 +210,8 @@ def test_chunk_layout(benchmark, bench_summary, benchmarks_enabled, chunk_volume
         shards = _fit(shards, volume.shape)
     use_writer = shards is None
     write = _write_with_writer if use_writer else _write_with_zarr
-    benchmark.group = "zarr-chunks-write"
-    bench_summary("zarr chunk/shard layouts: write speed, ratio, random reads", _table)
+    TABLE.begin(benchmark, GROUP, "voxelpipe" if use_writer else "zarr", label=layout)
+    SHAPES["volume"] = volume.shape
 
     paths: list[str] = []
 
@@ -224,9 +227,8 @@ def test_chunk_layout(benchmark, bench_summary, benchmarks_enabled, chunk_volume
     elapsed = time.perf_counter() - t0  # one run when disabled
     path = paths[-1]
 
-    stored = zarr.open_group(path, mode="r")["image"]  # correctness: the volume round-trips
-    assert stored.shape == volume.shape and tuple(stored.chunks) == chunks
-    np.testing.assert_array_equal(stored[...], volume)
+    stored = zarr.open_group(path, mode="r")["image"]  # sanity: the layout that was asked for
+    assert stored.shape == volume.shape and tuple(stored.chunks) == chunks, (stored.shape, stored.chunks)
 
     median = benchmark.stats.stats.median if benchmark.stats is not None else None
     seconds = median if median is not None else elapsed
@@ -239,5 +241,5 @@ def test_chunk_layout(benchmark, bench_summary, benchmarks_enabled, chunk_volume
     record.update(_measure_reads(path, volume.shape, N_READS if benchmarks_enabled else SMOKE_READS))
     benchmark.extra_info.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in record.items()
                                  if k not in ("median",)})
-    RESULTS[layout] = record
+    TABLE.record(benchmark, ROUNDS, **record)
     shutil.rmtree(path, ignore_errors=True)

@@ -23,8 +23,9 @@ format outside it):
 * ``skimage``: ``polygon2mask(shape, polygon)`` per polygon, XOR-accumulated (the exact reference of
   voxelpipe's rule); one round, on all the polygons (about 6 s for 1,000 here).
 
-Correctness, untimed: voxelpipe must equal the XOR of ``polygon2mask`` (asserted, all polygons). For PIL and
-OpenCV the table reports their inexactness: each polygon drawn alone (the first 100) against its
+Figures, untimed: every implementation's image against ``polygon2mask`` combined with its own rule (voxelpipe's
+exactness against the XOR of ``polygon2mask`` is tested in ``tests/test_polygon.py``). For PIL and OpenCV the
+table also reports their inexactness: each polygon drawn alone (the first 100) against its
 ``polygon2mask``, pixels added / dropped in % of the reference's pixels; and the whole image against the
 reference with their own combination rule (PIL: union; cv2: XOR), differing pixels in %.
 
@@ -37,21 +38,22 @@ Run::
     python -m pytest benches/bench_polygon.py -q                            # smoke test
     python -m pytest benches/bench_polygon.py --benchmark-enable -q -s      # timed, ratio table at the end
 
-Targets (issue, not asserted): >= 2x PIL and >= 100x skimage for 1,000 polygons; DESIGN.md: at least as fast as
-OpenCV while exact.
+Targets (not asserted): >= 2x PIL and >= 100x skimage for 1,000 polygons; at least as fast as OpenCV while exact.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
-from numba_timing import compile_line
-from numba_timing import first_call as measure_first_call
 from voxelpipe.kernels.polygon import fill_polygons_2d
 from voxelpipe.ops.polygon import fill_polygons
+
+from _common import Column, RatioTable
+from numba_timing import compile_line
+from numba_timing import first_call as measure_first_call
 
 SHAPE = (512, 512)
 N_VERTICES = 200
@@ -65,8 +67,8 @@ WARMUP = {"voxelpipe": 2, "pil": 1, "cv2": 1, "skimage": 0}
 TARGETS = {"many": {"pil": 2.0, "skimage": 100.0, "cv2": 1.0}}
 RULE = {"voxelpipe": "even-odd", "skimage": "even-odd (XOR)", "pil": "union", "cv2": "even-odd + edges"}
 
-RESULTS: dict[str, dict[str, dict]] = {"one": {}, "many": {}}
 COMPILE: dict[str, object] = {}
+COUNTS: dict[str, int] = {}  # group -> number of polygons
 
 
 def _stars(count: int, seed: int, radius: tuple[float, float], centre: tuple[float, float] | None = None):
@@ -114,7 +116,7 @@ def first_call(benchmarks_enabled) -> dict:
 @pytest.fixture(scope="module")
 def references(datasets) -> dict[str, dict]:
     """Per case: the XOR and the union of ``polygon2mask`` over all polygons, and the first N_CHECK masks."""
-    from skimage.draw import polygon2mask
+    from skimage.draw import polygon2mask  # optional (scikit-image, test extra): every case's reference
 
     refs = {}
     for case, polys in datasets.items():
@@ -137,8 +139,6 @@ def _prepare(impl: str, polys: list[np.ndarray]) -> tuple[Callable[[], np.ndarra
     if impl == "voxelpipe":
         return (lambda: fill_polygons(polys, SHAPE)), (lambda i: fill_polygons([polys[i]], SHAPE))
     if impl == "pil":
-        from PIL import Image, ImageDraw
-
         flat = [p[:, ::-1].ravel().tolist() for p in polys]  # PIL wants (x, y) = (column, row)
 
         def draw_pil(items):
@@ -150,7 +150,7 @@ def _prepare(impl: str, polys: list[np.ndarray]) -> tuple[Callable[[], np.ndarra
 
         return (lambda: draw_pil(flat)), (lambda i: draw_pil(flat[i:i + 1]))
     if impl == "cv2":
-        import cv2
+        import cv2  # optional peer: imported only by its cases (they skip without it)
 
         points = [np.round(p[:, ::-1] * 16).astype(np.int32) for p in polys]  # (x, y) in 1/16 pixel
 
@@ -160,7 +160,7 @@ def _prepare(impl: str, polys: list[np.ndarray]) -> tuple[Callable[[], np.ndarra
             return mask
 
         return (lambda: draw_cv2(points)), (lambda i: draw_cv2(points[i:i + 1]))
-    from skimage.draw import polygon2mask
+    from skimage.draw import polygon2mask  # optional peer
 
     def draw_skimage(items):
         acc = np.zeros(SHAPE, bool)
@@ -182,35 +182,13 @@ def _inexactness(draw_one: Callable[[int], np.ndarray], singles: list[np.ndarray
     return {"added_pct": 100.0 * added / total, "dropped_pct": 100.0 * dropped / total, "checked": len(singles)}
 
 
-def _ratio_table() -> list[str]:
-    lines = []
-    for case in ("one", "many"):
-        timed = {impl: r for impl, r in RESULTS[case].items() if r["median"] is not None}
-        if not timed:
-            continue
-        base = timed.get("voxelpipe", {}).get("median")
-        first = next(iter(timed.values()))
-        lines.append(f"polygon-{case}: {first['count']} x {N_VERTICES}-vertex polygon(s) into "
-                     f"{SHAPE[0]}x{SHAPE[1]}; speed-up = impl median / voxelpipe median")
-        lines.append(f"{'impl':<10} {'rounds':>6} {'median ms':>10} {'speed-up':>9} {'target':>7} "
-                     f"{'rule':<17} {'added %':>8} {'dropped %':>9} {'image diff %':>12}")
-        for impl in IMPLS:
-            if impl not in timed:
-                continue
-            r = timed[impl]
-            speed = f"{r['median'] / base:.1f}x" if base else "n/a"
-            target = TARGETS.get(case, {}).get(impl)
-            target = f">={target:g}x" if target else ""
-            if "added_pct" in r:
-                added, dropped = f"{r['added_pct']:.2f}", f"{r['dropped_pct']:.2f}"
-            else:
-                added = dropped = "0 (exact)"
-            lines.append(f"{impl:<10} {r['rounds']:>6} {r['median'] * 1e3:>10.3f} {speed:>9} {target:>7} "
-                         f"{RULE[impl]:<17} {added:>8} {dropped:>9} {r['image_diff_pct']:>12.2f}")
-    if not lines:
-        return []
-    if COMPILE:
-        lines.append(compile_line(COMPILE))
+def _header() -> list[str]:
+    return [f"{group}: {count} x {N_VERTICES}-vertex polygon(s) into {SHAPE[0]}x{SHAPE[1]}"
+            for group, count in COUNTS.items()]
+
+
+def _footer() -> list[str]:
+    lines = [compile_line(COMPILE)] if COMPILE else []
     lines.append(f"added/dropped: each polygon drawn alone (first {N_CHECK}) vs skimage polygon2mask, in % of its "
                  "pixels; image diff: the whole image vs polygon2mask combined with the impl's own rule "
                  "(union for PIL, XOR otherwise), in % of the reference's pixels; cv2 draws every polygon's edges "
@@ -219,36 +197,42 @@ def _ratio_table() -> list[str]:
     return lines
 
 
+TABLE = RatioTable(
+    "polygon fill: milliseconds, ratios, exactness vs skimage polygon2mask", unit="ms", order=IMPLS,
+    header=_header, footer=_footer,
+    columns=[Column("target", lambda r: TARGETS.get(r.group.removeprefix("polygon-"), {}).get(r.label),
+                    lambda v: f">={v:g}x"),
+             Column("rule", lambda r: RULE[r.label], "", align="<"),
+             Column("added %", "added_pct", ".2f", missing="0 (exact)"),
+             Column("dropped %", "dropped_pct", ".2f", missing="0 (exact)"),
+             Column("image diff %", "image_diff_pct", ".2f")])
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", ["one", "many"])
-def test_polygon_fill(benchmark, bench_summary, datasets, first_call, references, case, impl):
-    """Fill the case's polygons; voxelpipe must equal polygon2mask, the peers' differences are measured."""
+def test_polygon_fill(benchmark, datasets, first_call, references, case, impl):
+    """Fill the case's polygons; every implementation's difference from polygon2mask is measured, untimed."""
     if impl == "pil":
         pytest.importorskip("PIL")
     if impl == "cv2":
         pytest.importorskip("cv2")
-    benchmark.group = f"polygon-{case}"
-    bench_summary("polygon fill: milliseconds, speed-ups of voxelpipe, exactness vs skimage polygon2mask", _ratio_table)
+    TABLE.begin(benchmark, f"polygon-{case}", impl)
     polys = datasets[case]
+    COUNTS[f"polygon-{case}"] = len(polys)
     ref = references[case]
     draw, draw_one = _prepare(impl, polys)
     if impl == "voxelpipe":
         benchmark.extra_info.update(first_call)
 
     rounds = ROUNDS[case][impl]
-    t0 = time.perf_counter()
     result = benchmark.pedantic(draw, rounds=rounds, iterations=1, warmup_rounds=WARMUP[impl])
-    elapsed = time.perf_counter() - t0
 
     result = np.asarray(result).astype(bool)
+    assert result.shape == SHAPE, (impl, result.shape)
     expected = ref["union"] if impl == "pil" else ref["xor"]
     diff = int(np.count_nonzero(result != expected))
-    record = {"rounds": rounds, "elapsed": elapsed, "count": len(polys),
-              "median": benchmark.stats.stats.median if benchmark.stats is not None else None,
-              "image_diff_pct": 100.0 * diff / max(1, int(np.count_nonzero(expected)))}
-    if impl in ("voxelpipe", "skimage"):
-        assert diff == 0, f"{impl}: {diff} pixels differ from the XOR of polygon2mask"
-    else:
-        record.update(_inexactness(draw_one, ref["singles"]))
-        benchmark.extra_info.update({k: record[k] for k in ("added_pct", "dropped_pct", "image_diff_pct")})
-    RESULTS[case][impl] = record
+    figures = {"image_diff_pct": 100.0 * diff / max(1, int(np.count_nonzero(expected)))}
+    if impl not in ("voxelpipe", "skimage"):
+        figures.update(_inexactness(draw_one, ref["singles"]))
+        benchmark.extra_info.update({k: figures[k] for k in ("added_pct", "dropped_pct", "image_diff_pct")})
+    TABLE.record(benchmark, rounds, **figures)

@@ -1,12 +1,13 @@
 """Files per second of scan + convert over the 20,000-file synthetic tree: 1 and 2 pool workers, and the dask
-LocalCluster against the pool (issue 8).
+LocalCluster against the pool.
 
 Data: ``voxelpipe.testing.tree.write_scale_tree`` (seed 0), written once per session into pytest's tmp folder:
 ~330 CT series of 20–100 slices of 16×16 / 32×32 in nested patient/study/series folders, 8 localizers, 7 broken
 files. Size: ``VOXELPIPE_BENCH_SCALE_FILES``, default 20,000 when benchmarks are timed and 2,000 in the smoke run
 (pyproject addopts ``--benchmark-disable``).
 
-Cases (ids), each ``voxelpipe.convert([tree], out=<fresh dir>, workers=W, executor=E, progress=False)``, the
+Cases (ids; all implementation ``voxelpipe``, the ratio table's baseline is ``pool-1w``), each
+``voxelpipe.convert([tree], out=<fresh dir>, workers=W, executor=E, progress=False)``, the
 library call of ``python -m voxelpipe convert TREE --out OUT --workers W --executor E`` (scan into OUT/manifest,
 then one series per task, Zarr dir store, verification of 2 slices per series as by default):
 
@@ -18,8 +19,9 @@ then one series per task, Zarr dir store, verification of 2 slices per series as
 Before timing, one untimed cold call per case converts two series of the tree (pool or cluster start, numba
 kernels loaded); its time is ``extra_info["cold_seconds"]``. Before every round (untimed) every input file is
 read once, so rounds convert from the page cache (this VM reclaims idle file pages within tens of seconds), and
-the output folder is fresh. Each round checks its result outside the timing: every series converted, every broken
-file in the unreadable list. ``extra_info["files_per_second"]`` = tree files / median (one run when disabled);
+the output folder is fresh. The last round's result is sanity-checked outside the timing: one row per series, none
+failed, every broken file in the unreadable list (the scale tree's geometry and content are tested in
+``tests/test_scale.py``). ``extra_info["files_per_second"]`` = tree files / median (one run when disabled);
 the table also splits the last round into its scan (``manifest/scan.json`` seconds) and the rest (convert).
 
 Run:
@@ -46,15 +48,17 @@ from pathlib import Path
 import pytest
 
 import voxelpipe
+from voxelpipe.core.types import Status
 from voxelpipe.execution import cpu_count
 from voxelpipe.testing.tree import ScaleTree, write_scale_tree
+
+from _common import Column, RatioTable
 
 FULL_FILES, SMOKE_FILES = 20000, 2000
 ROUNDS = 3
 CASES = {"pool-1w": ("pool", 1), "pool-2w": ("pool", 2), "dask-local-2w": ("dask-local", 2)}
+GROUP = "scale-scan-convert"
 
-# case id -> {"median": s or None, "cold": s, "files_per_second": ...}, filled by the cases, read at session end
-RESULTS: dict[str, dict] = {}
 N_FILES: dict[str, int] = {}
 
 
@@ -82,45 +86,46 @@ def _convert(tree_root: str, out: str, executor: str, workers: int, folders: lis
 
 def _check(tree: ScaleTree, out: Path, rows: list[dict]) -> None:
     assert len(rows) == len(tree.series), (len(rows), len(tree.series))
-    assert {r["status"] for r in rows} == {"converted"}, [r for r in rows if r["status"] != "converted"][:3]
+    failed = [r for r in rows if r["status"] == Status.FAILED]
+    assert not failed, failed[:3]
     summary = json.loads((out / "summary_run.json").read_text())
     assert summary["unreadable_files"] == len(tree.broken)
 
 
-def _ratio_table() -> list[str]:
-    """files/s per case, 2w/1w scaling and the dask-local overhead; empty when benchmarks were disabled."""
-    timed = {case: r for case, r in RESULTS.items() if r["median"] is not None}
-    if not timed:
-        return []
-    lines = [
-        f"scan + convert of {N_FILES['tree']:,} files ({N_FILES['series']} series; tree written in "
-        f"{N_FILES['write_seconds']:.1f} s), median of {ROUNDS} rounds, {cpu_count()} usable cores",
-        f"{'case':<15} {'median s':>9} {'files/s':>9} {'cold s':>8}   last round: scan s + rest s",
-    ]
-    for case in CASES:
-        if case in timed:
-            r = timed[case]
-            lines.append(f"{case:<15} {r['median']:>9.2f} {r['files_per_second']:>9.0f} {r['cold']:>8.2f}   "
-                         f"{r['scan']:.1f} + {r['last'] - r['scan']:.1f}")
-    one, two, dask = timed.get("pool-1w"), timed.get("pool-2w"), timed.get("dask-local-2w")
+def _header() -> list[str]:
+    return [f"scan + convert of {N_FILES['tree']:,} files ({N_FILES['series']} series; tree written in "
+            f"{N_FILES['write_seconds']:.1f} s), median of {ROUNDS} rounds, {cpu_count()} usable cores"]
+
+
+def _footer() -> list[str]:
+    """2w/1w scaling and the dask-local overhead."""
+    one, two, dask = (TABLE.median(GROUP, case) for case in CASES)
+    lines = []
     if one and two:
-        lines.append(f"scaling 2w/1w (pool): {one['median'] / two['median']:.2f}x (ideal 2.00x)")
+        lines.append(f"scaling 2w/1w (pool): {one / two:.2f}x (ideal 2.00x)")
     if two and dask:
         lines.append(f"dask-local overhead, pool/dask throughput (= dask time / pool time), 2 workers: "
-                     f"{dask['median'] / two['median']:.2f}x (1.00x = none)")
+                     f"{dask / two:.2f}x (1.00x = none)")
     return lines
 
 
+TABLE = RatioTable(
+    "scale: scan + convert files/s, 2w/1w scaling, dask-local overhead", baseline="pool-1w", order=list(CASES),
+    header=_header, footer=_footer,
+    columns=[Column("files/s", "files_per_second", ".0f"), Column("cold s", "cold_seconds", ".2f"),
+             Column("last round: scan s + rest s",
+                    lambda r: f"{r.figures['scan']:.1f} + {r.figures['last'] - r.figures['scan']:.1f}", "")])
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_scale_convert(benchmark, bench_summary, scale_tree, tmp_path, case):
+def test_scale_convert(benchmark, scale_tree, tmp_path, case):
     """scan + convert of the whole tree; files/s."""
     executor, workers = CASES[case]
     if executor != "pool":
         pytest.importorskip("distributed")
         if "executor" not in inspect.signature(voxelpipe.convert).parameters:
             pytest.skip("voxelpipe.convert has no executor argument yet")
-    benchmark.group = "scale-scan-convert"
-    bench_summary("scale: scan + convert files/s, 2w/1w scaling, dask-local overhead", _ratio_table)
+    TABLE.begin(benchmark, GROUP, "voxelpipe", label=case)
 
     t0 = time.perf_counter()  # untimed cold call on two series: pool / cluster start, numba kernels loaded
     _convert(scale_tree.root, str(tmp_path / "cold"), executor, workers,
@@ -153,5 +158,5 @@ def test_scale_convert(benchmark, bench_summary, scale_tree, tmp_path, case):
     scan_seconds = json.loads((outs[-1] / "manifest" / "scan.json").read_text())["seconds"]  # last round's split
     benchmark.extra_info.update(files_per_second=files_per_second, files=scale_tree.n_files,
                                 last_round_scan_seconds=scan_seconds, last_round_seconds=last[-1])
-    RESULTS[case] = {"cold": cold, "median": median, "files_per_second": files_per_second,
-                     "scan": scan_seconds, "last": last[-1]}
+    TABLE.record(benchmark, ROUNDS, cold_seconds=cold, files_per_second=files_per_second, scan=scan_seconds,
+                 last=last[-1])

@@ -1,8 +1,9 @@
-"""Header scan of a 300-file CT series: ``voxelpipe.scan`` vs a plain pydicom loop vs SimpleITK (issue 2).
+"""Header scan of a 300-file CT series: ``voxelpipe.scan`` vs a plain pydicom loop vs SimpleITK.
 
 Peers, timed in the same run on the same folder:
 
-* ``voxelpipe-1worker`` / ``voxelpipe-2workers``: ``voxelpipe.scan(folder, out=None, workers=N, progress=False)``
+* ``voxelpipe-1worker`` / ``voxelpipe-2workers`` (implementation ``voxelpipe``, the ratio table's baseline is
+  ``voxelpipe-1worker``): ``voxelpipe.scan(folder, out=None, workers=N, progress=False)``
   (find files by content, read every header, flatten it, group and check the series; no manifest written).
   With 2 workers every call creates its own process pool (as a library call does); the one-off forkserver
   start is paid by the untimed warm-up call, not by the timed rounds.
@@ -14,10 +15,11 @@ Data: one 300-slice 512x512 int16 CT series written once per session with ``voxe
 into pytest's tmp folder. The files were just written, so they are in the page cache: this measures header
 parsing (and pool start-up), not disk reads.
 
-Each implementation returns the number of files it read; it must be 300 (a correctness check, not timing).
+Each implementation returns the number of files it read; it must be 300 (a sanity check of the timed call;
+scan's tables are tested in ``tests/test_scan_synthetic.py`` and ``tests/test_scan_real.py``).
 Before timing, one untimed cold call per implementation (imports, forkserver start) is recorded in
 ``extra_info["cold_seconds"]``; ``extra_info["files_per_second"]`` is 300 / median (one run when disabled).
-Targets (not asserted): 1 worker at least as fast as the pydicom loop, 2 workers near 2x.
+Targets (not asserted): 1 worker at least as fast as the pydicom loop (pydicom's ratio >= 1), 2 workers near 2x.
 
 Run:
 
@@ -44,13 +46,13 @@ import voxelpipe
 from voxelpipe.execution import cpu_count
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
+from _common import Column, RatioTable
+
 N_FILES = 300
 SPEC = dict(n_slices=N_FILES, rows=512, columns=512)
-BASELINE = "pydicom"
+BASELINE = "voxelpipe-1worker"
+GROUP = f"scan-{N_FILES}-files"
 ROUNDS = 5
-
-# impl id -> {"cold": s, "median": s or None, "files_per_second": ...}, filled by the cases, read at session end
-RESULTS: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +83,7 @@ def _pydicom_loop(folder: str) -> int:
 
 
 def _simpleitk(folder: str) -> int:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # optional peer: imported only by its case (it skips without it)
 
     return len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder))
 
@@ -94,38 +96,29 @@ IMPLS: dict[str, Callable[[str], int]] = {
 }
 
 
-def _ratio_table() -> list[str]:
-    """Median of each implementation vs the pydicom loop; empty when benchmarks were disabled."""
-    timed = {impl: r for impl, r in RESULTS.items() if r["median"] is not None}
-    if not timed:
-        return []
-    base = timed.get(BASELINE, {}).get("median")
-    lines = [
-        f"{N_FILES} files of {SPEC['rows']}x{SPEC['columns']} int16, median of {ROUNDS} rounds, "
-        f"{cpu_count()} usable cores; ratio = pydicom median / impl median (>1 = faster than the pydicom loop)",
-        f"{'impl':<20} {'median s':>9} {'files/s':>9} {'vs pydicom':>11} {'cold s':>8}",
-    ]
-    for impl in IMPLS:
-        if impl not in timed:
-            continue
-        r = timed[impl]
-        ratio = f"{base / r['median']:.2f}x" if base else "n/a"
-        lines.append(f"{impl:<20} {r['median']:>9.4f} {r['files_per_second']:>9.1f} {ratio:>11} {r['cold']:>8.3f}")
-    one, two = timed.get("voxelpipe-1worker"), timed.get("voxelpipe-2workers")
-    if one and two:
-        lines.append(f"voxelpipe 2 workers vs 1 worker: {one['median'] / two['median']:.2f}x")
-    lines.append("targets (not asserted): voxelpipe-1worker >= 1.00x, voxelpipe-2workers near 2x")
+def _footer() -> list[str]:
+    one = TABLE.median(GROUP, "voxelpipe-1worker")
+    two = TABLE.median(GROUP, "voxelpipe-2workers")
+    lines = [f"voxelpipe 2 workers vs 1 worker: {one / two:.2f}x"] if one and two else []
+    lines.append("targets (not asserted): pydicom >= 1.00x (1 worker at least as fast as the pydicom loop), "
+                 "voxelpipe-2workers near 0.5x")
     return lines
 
 
+TABLE = RatioTable(
+    "scan: files/s and ratios", baseline=BASELINE, order=list(IMPLS), footer=_footer,
+    header=lambda: [f"{N_FILES} files of {SPEC['rows']}x{SPEC['columns']} int16, median of {ROUNDS} rounds, "
+                    f"{cpu_count()} usable cores"],
+    columns=[Column("files/s", "files_per_second", ".1f"), Column("cold s", "cold_seconds", ".3f")])
+
+
 @pytest.mark.parametrize("impl", list(IMPLS))
-def test_scan_series(benchmark, bench_summary, scan_series_folder, impl):
-    """Read the headers of a 300-file series; files/s and ratio to the pydicom loop."""
+def test_scan_series(benchmark, scan_series_folder, impl):
+    """Read the headers of a 300-file series; files/s and ratios."""
     if impl == "simpleitk":
         pytest.importorskip("SimpleITK")
     fn = IMPLS[impl]
-    benchmark.group = f"scan-{N_FILES}-files"
-    bench_summary("scan: files/s and ratios vs the pydicom loop", _ratio_table)
+    TABLE.begin(benchmark, GROUP, impl.split("-")[0], label=impl)
 
     t0 = time.perf_counter()  # untimed cold call: imports, forkserver start, first pool
     n = fn(scan_series_folder)
@@ -141,4 +134,4 @@ def test_scan_series(benchmark, bench_summary, scan_series_folder, impl):
     median = benchmark.stats.stats.median if benchmark.stats is not None else None
     files_per_second = N_FILES / (median if median is not None else elapsed)
     benchmark.extra_info["files_per_second"] = files_per_second
-    RESULTS[impl] = {"cold": cold, "median": median, "files_per_second": files_per_second}
+    TABLE.record(benchmark, ROUNDS, cold_seconds=cold, files_per_second=files_per_second)

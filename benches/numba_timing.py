@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 
 def cold_compile_seconds(code: str, timeout: float = 900) -> float | None:
@@ -31,6 +32,12 @@ def first_call(call: Callable[[], object], dispatcher, info: dict, cold_code: st
     if cold_code is not None:
         info["cold_compile_seconds"] = cold_compile_seconds(cold_code)
     return info
+
+
+def loaded_from_disk_cache(*modules: ModuleType) -> bool:
+    """Whether any numba dispatcher (jitted function) of ``modules`` was loaded from numba's on-disk cache."""
+    return any(sum(obj.stats.cache_hits.values()) > 0 for module in modules for obj in vars(module).values()
+               if hasattr(obj, "stats") and hasattr(obj, "py_func"))
 
 
 def compile_line(info: dict, what: str = "") -> str:

@@ -1,7 +1,10 @@
-"""Shared fixtures for the scan tests.
+"""Shared fixtures and markers for the tests.
 
 ``shared_data``: the real DICOM test data beside the repository (../shared/data, or $VOXELPIPE_TEST_DATA);
-tests using it skip when it is absent.
+tests using it skip when it is absent, and are marked ``real_data`` at collection.
+``slow``: the test modules in ``SLOW_MODULES`` (more than about 20 s each on a 2-core machine) are marked ``slow``
+at collection. Markers only select: ``python -m pytest`` runs everything; ``-m "not slow and not bench"`` is the
+quick run.
 ``synthetic``: synthetic studies written once per session with pydicom (voxelpipe.testing.synthetic plus direct pydicom
 edits for what synthetic.py cannot do). Every case records the facts it was built from (specs, the paths in
 slice order, the positions it was written at), so tests compare scan's tables against what was written, never
@@ -19,13 +22,28 @@ import numpy as np
 import pydicom
 import pytest
 
+from voxelpipe import scan
 from voxelpipe.testing.synthetic import SeriesSpec, write_localizer, write_series
+
 from helpers import resave
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA_SKIP = "../shared/data not found: real-data tests need the shared test data beside the repo"
 SMALL = dict(rows=16, columns=16)
+TESTS = Path(__file__).resolve().parent
+# test modules that take more than about 20 s on a 2-core machine (measured with --durations)
+SLOW_MODULES = frozenset({"test_scale.py"})
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``real_data`` on every test that uses the ``shared_data`` fixture (directly or through another fixture),
+    ``slow`` on the tests of ``SLOW_MODULES``."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_data)
+        path = Path(item.path)
+        if path.parent == TESTS and path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -235,8 +253,6 @@ def synthetic(tmp_path_factory) -> dict[str, Case]:
 @pytest.fixture(scope="session")
 def scan_case(synthetic):
     """``scan_case(name)``: scan one synthetic folder in-process (workers=1), cached for the session."""
-    from voxelpipe import scan
-
     cache = {}
 
     def run(name: str, **kwargs):

@@ -10,7 +10,7 @@ from voxelpipe.testing.synthetic import ROOT_UID
 
 
 def sha_key(series_uid: str) -> str:
-    """The series key DESIGN.md specifies: SHA-256 of the SeriesInstanceUID, first 16 hex characters."""
+    """The series key voxelpipe documents: SHA-256 of the SeriesInstanceUID, first 16 hex characters."""
     return hashlib.sha256(series_uid.encode("ascii")).hexdigest()[:16]
 
 
