@@ -132,7 +132,7 @@ class ZarrVolumeWriter:
         encoded: dict[str, bytes] = {}
         for starts in np.ndindex(*(len(g) for g in grid)):
             lo = [grid[a][i] for a, i in enumerate(starts)]
-            piece = block[tuple(slice(l, l + c) for l, c in zip(lo, chunks))]
+            piece = block[tuple(slice(start, start + c) for start, c in zip(lo, chunks))]
             if piece.shape != chunks:  # edge chunk: zarr stores whole chunks padded with the fill value
                 full[...] = 0
                 full[tuple(slice(0, n) for n in piece.shape)] = piece
