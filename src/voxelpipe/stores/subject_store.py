@@ -329,7 +329,8 @@ class _ZarrBackend:
         for group in ("mask", "mask_iso", "image"):
             source = os.path.join(other.path, group, name)
             target = os.path.join(self.path, group, new_name)
-            shutil.copytree(source, target, ignore=lambda folder, files, top=source: ["zarr.json"] if folder == top else [])
+            shutil.copytree(source, target,
+                            ignore=lambda folder, files, top=source: ["zarr.json"] if folder == top else [])
             shutil.copy2(os.path.join(source, "zarr.json"), os.path.join(target, "zarr.json"))
 
     def close(self) -> None:
