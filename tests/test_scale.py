@@ -251,7 +251,7 @@ def test_every_file_is_accounted_for(first_run, tree):
     assert set(files_by_key) == set(keys)
     for key, series in keys.items():
         assert files_by_key[key] == list(series.files), f"series {series.index}: files or slice order differ"
-    assert summary_statuses(first_run.out) == dict.fromkeys(keys, "converted")
+    assert summary_statuses(first_run.out) == dict.fromkeys(keys, "done")
     for row in read_rows(first_run.out / "summary_run.csv"):
         assert int(row["n_files"]) == keys[row["series_key"]].n_slices
     in_series = {p for paths in files_by_key.values() for p in paths}
@@ -367,8 +367,8 @@ def test_kill_at_random_moment_then_rerun_gives_the_same_outputs(first_run, tree
 
     rerun = run_convert(tree, out)
     assert rerun.returncode == 0, f"rerun exited {rerun.returncode}; log: {rerun.log}"
-    assert summary_statuses(out) == {k: ("skipped" if k in complete else "converted") for k in keys}
-    assert set(summary_statuses(first_run.out).values()) == {"converted"}
+    assert summary_statuses(out) == {k: ("skipped" if k in complete else "done") for k in keys}
+    assert set(summary_statuses(first_run.out).values()) == {"done"}
 
     partial, temporary = leftovers(out)
     assert partial == [], f"partial outputs left after the rerun: {partial}"

@@ -33,7 +33,7 @@ def threads_per_worker(workers: int) -> int:
 
 def set_blosc_threads(threads: int) -> None:
     """Blosc threads for this process (``import zarr`` switches numcodecs' Blosc threading off)."""
-    import numcodecs.blosc
+    import numcodecs.blosc  # lazy: keeps voxelpipe.execution (the executor check) light to import
 
     numcodecs.blosc.set_nthreads(max(1, threads))
     numcodecs.blosc.use_threads = threads > 1
@@ -41,7 +41,7 @@ def set_blosc_threads(threads: int) -> None:
 
 def init_worker(threads: int) -> None:
     """Pool initialiser (also used for in-process runs): numba and Blosc threads of this process."""
-    import numba
+    import numba  # lazy: keeps voxelpipe.execution (the executor check) light to import
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     set_blosc_threads(threads)

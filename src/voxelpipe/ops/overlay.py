@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.stores.tables import atomic_path
@@ -98,8 +99,6 @@ def overlay_png(image: np.ndarray, masks: Mapping[str, np.ndarray], path: str | 
                 window: Sequence[float] | None = None, colors: Mapping[str, Sequence[int]] | None = None) -> str:
     """Write ``overlay_rgb(image, masks, window, colors)`` as a PNG at ``path`` (atomically: temporary name,
     then rename; folders made as needed); returns the path."""
-    from PIL import Image
-
     rgb = overlay_rgb(image, masks, window, colors)
     path = os.fspath(path)
     with atomic_path(path) as tmp:

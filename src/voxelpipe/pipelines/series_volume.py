@@ -16,17 +16,22 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
-from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
+from voxelpipe.core.rows import done_row, failed_row, lost_row, skipped_row
+from voxelpipe.core.types import Format, StoreKind
 from voxelpipe.ops.rescale import output_dtype, rescale
+from voxelpipe.pipelines.series_instances import convert_instances, volume_path
 from voxelpipe.stores.hdf5_store import Hdf5VolumeWriter
 from voxelpipe.stores.npz_store import NpzVolumeWriter
-from voxelpipe.stores.zarr_store import STORE_SUFFIXES, ZarrVolumeWriter
+from voxelpipe.stores.zarr_store import ZarrVolumeWriter
 from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
@@ -41,9 +46,9 @@ class SeriesTask:
     key: str
     paths: list[str]
     out: str
-    fmt: str = "zarr"  # zarr | hdf5 | npz
+    fmt: Format = Format.ZARR
     mode: str = "3d"  # 3d: one volume per series; 2d: one array per file
-    store: str = "dir"  # dir | zip | sqlite (zarr only)
+    store: StoreKind = StoreKind.DIR  # zarr only
     chunks: tuple[int, int, int] | None = None
     clevel: int = 1
     verify_slices: int = 2
@@ -64,47 +69,34 @@ class Frame:
     phase: tuple = ()
 
 
-def volume_path(task: SeriesTask) -> str:
-    """Final output path of a series (the HDF5 per-series file is merged into the run file afterwards)."""
-    folder = os.path.join(task.out, "data")
-    if task.fmt == "zarr":
-        return os.path.join(folder, task.key + STORE_SUFFIXES[task.store])
-    return os.path.join(folder, task.key + (".h5" if task.fmt == "hdf5" else ".npz"))
-
-
 def convert_series(task: SeriesTask) -> dict:
-    """Convert one series; never raises for bad input: the summary row says what happened."""
+    """Convert one series; never raises for bad input: the summary row says what happened (status ``done``,
+    ``skipped`` when its volume exists and ``overwrite`` is off, else ``failed`` with the reason)."""
     started = time.perf_counter()
-    row = _failed_row(task)
+    base = series_row(task)
     try:
-        if os.path.exists(row["path"]) and not task.overwrite:
-            row.update(status="skipped", reason="already complete")
-            return row
-        if task.mode == "2d":
-            from voxelpipe.pipelines.series_instances import convert_instances
-
-            result = convert_instances(task)
+        if os.path.exists(base["path"]) and not task.overwrite:
+            row = skipped_row(base, "already complete")
         else:
-            result = _convert(task)
-        row.update(result, status="converted")
-        row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
+            result = convert_instances(task) if task.mode == "2d" else _convert(task)
+            row = done_row(base, **result)
+            row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
     except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
-        row["reason"] = failure_reason(exc)
-    finally:
-        row["seconds"] = round(time.perf_counter() - started, 3)
+        row = failed_row(base, exc)
+    row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
 
-def _failed_row(task: SeriesTask, reason: str = "") -> dict:
-    """The summary row of ``task`` before (or without) its conversion."""
-    return {"series_key": task.key, "status": "failed", "reason": reason, "n_files": len(task.paths),
+def series_row(task: SeriesTask) -> dict:
+    """The summary row of ``task`` before its conversion (no status yet)."""
+    return {"series_key": task.key, "reason": "", "n_files": len(task.paths),
             "bytes_in": sum(_size(p) for p in task.paths), "bytes_out": 0, "shape": "", "dtype": "",
             "ratio": "", "seconds": 0.0, "verification": "", "path": volume_path(task)}
 
 
 def lost_series(task: SeriesTask, exc: Exception) -> dict:
     """The failed row of a task that never returned its own (its worker died, the cluster lost it)."""
-    return _failed_row(task, lost_task_reason(exc))
+    return lost_row(series_row(task), exc)
 
 
 def _size(path: str) -> int:
@@ -158,16 +150,12 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
 def _convert(task: SeriesTask) -> dict:
     plan = plan_series(task.paths, task.records)
     attrs = series_attrs(task, plan)
-    for dtype in plan.dtypes:
+    for dtype in plan.dtypes[:-1]:  # optimistic int16 output: redone as float32 when a value does not fit
         try:
             return _write(task, plan.ordered, plan.shape, plan.n_frames, dtype, attrs, plan.geometry)
-        except _DoesNotFit:
+        except ValuesDoNotFitError:
             continue
-    raise AssertionError("float32 output cannot overflow")
-
-
-class _DoesNotFit(Exception):
-    """Optimistic int16 output met a value that does not fit; redo as float32."""
+    return _write(task, plan.ordered, plan.shape, plan.n_frames, plan.dtypes[-1], attrs, plan.geometry)
 
 
 def _stored_range(fmt: PixelFormat) -> tuple[int, int]:
@@ -317,13 +305,13 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
 
 def _writer(task: SeriesTask, shape, dtype, chunks, attrs):
     path = volume_path(task)
-    if task.fmt == "zarr":
+    if task.fmt == Format.ZARR:
         return ZarrVolumeWriter(path, task.store, shape, dtype, chunks, attrs, clevel=task.clevel)
-    if task.fmt == "hdf5":
+    if task.fmt == Format.HDF5:
         return Hdf5VolumeWriter(path, shape, dtype, chunks, attrs, clevel=task.clevel)
-    if task.fmt == "npz":
+    if task.fmt == Format.NPZ:
         return NpzVolumeWriter(path, shape, dtype, chunks, attrs)
-    raise InputError(f"unknown format {task.fmt!r}; choose zarr, hdf5 or npz")
+    raise InputError(f"unknown format {task.fmt!r}; choose {', '.join(Format)}")
 
 
 def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -351,10 +339,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
                 decode_batch(batch, raw)
                 slopes = np.array([f.slope for f in batch])
                 intercepts = np.array([f.intercept for f in batch])
-                try:
-                    rescale(raw[:n], slopes, intercepts, out=out[:n])
-                except ValuesDoNotFitError:
-                    raise _DoesNotFit() from None
+                rescale(raw[:n], slopes, intercepts, out=out[:n])  # ValuesDoNotFitError: _convert tries float32
                 if n_frames == 1:
                     writer.write(z0, out[:n])
                 else:
@@ -390,9 +375,6 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer, n_frames: int, n_sli
     k = min(task.verify_slices, len(ordered))
     if k <= 0:
         return "not verified"
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     rng = np.random.default_rng(int(hashlib.sha256(task.key.encode()).hexdigest()[:8], 16))
     picks = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
     for index in picks:
