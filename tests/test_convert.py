@@ -156,7 +156,7 @@ def test_shuffled_ct_values_and_geometry(ct20, tmp_path):
 
 
 def test_output_layout_and_meta(ct20, tmp_path):
-    """DESIGN.md output layout: data/<key>.zarr, meta/<key>.series.json and .slices.csv, summary_<suffix>."""
+    """The output layout: data/<key>.zarr, meta/<key>.series.json and .slices.csv, summary_<suffix>."""
     folder, spec, paths = ct20
     out = tmp_path / "out"
     rows = convert([str(folder)], out=str(out), summary_suffix="mine")

@@ -1,4 +1,4 @@
-"""convert on a dask.distributed cluster gives exactly what the process pool gives (issue 8).
+"""convert on a dask.distributed cluster gives exactly what the process pool gives.
 
 The pool's own correctness is tested against pydicom elsewhere (test_convert*.py); here the volumes are also
 checked against pydicom's ``apply_modality_lut`` so the dask run is held to the independent reference too.

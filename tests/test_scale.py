@@ -1,10 +1,10 @@
-"""At scale (issue 8): a 20,000-file synthetic tree through ``python -m voxelpipe convert TREE --out OUT
+"""At scale: a 20,000-file synthetic tree through ``python -m voxelpipe convert TREE --out OUT
 --workers 2`` (scan included), in a subprocess whose whole process tree is sampled for memory.
 
 References, all independent of voxelpipe's reader: ``voxelpipe.testing.tree.write_scale_tree`` records every
 file it wrote (the files of each series in slice order, the localizers, the broken files with the kind README
 gives them) and recomputes each series' HU volume from the formula it stored; series keys are SHA-256 of the
-SeriesInstanceUID (DESIGN.md, ``helpers.sha_key``); volumes are read with zarr directly.
+SeriesInstanceUID (``helpers.sha_key``); volumes are read with zarr directly.
 
 Memory rule (stated, not timed): RSS of the process tree (main + forkserver + pool workers, /proc VmRSS) is
 sampled every 0.2 s. During the convert phase (after ``manifest/scan.json`` appears) the peak of the second

@@ -8,13 +8,16 @@ or ``note`` in the masks report: ``key=``).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 from voxelpipe.core.errors import failure_reason, lost_task_reason
 from voxelpipe.core.types import Status
 
 __all__ = ["ALREADY_COMPLETE", "done_row", "skipped_row", "failed_row", "lost_row", "count_statuses", "format_counts",
-           "has_failures"]
+           "has_failures", "warn_if_failed"]
+
+log = logging.getLogger("voxelpipe")
 
 ALREADY_COMPLETE = "already complete"  # the reason of an item skipped because an earlier run finished it
 
@@ -60,3 +63,9 @@ def format_counts(counts: Mapping[Status, int]) -> str:
 def has_failures(rows: Iterable[Mapping[str, object]]) -> bool:
     """True when some row failed."""
     return any(row["status"] == Status.FAILED for row in rows)
+
+
+def warn_if_failed(row: Mapping[str, object], label: str, key: str, *, reason_key: str = "reason") -> None:
+    """Log a warning ``"<label>: <row[key]> failed: <reason>"`` when ``row`` failed (a run goes on after it)."""
+    if row["status"] == Status.FAILED:
+        log.warning("%s: %s failed: %s", label, row.get(key) or "?", row.get(reason_key, ""))

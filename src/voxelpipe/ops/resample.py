@@ -1,6 +1,6 @@
 """Resample a volume onto a new grid (``resample``) or onto another volume's grid (``resample_to``).
 
-Arrays are ``(slice, row, column)`` = axes 0, 1, 2; geometry is LPS millimetres (see DESIGN.md).
+Arrays are ``(slice, row, column)`` = axes 0, 1, 2; geometry is LPS millimetres.
 
 Grid convention of :func:`resample` -- the field of view, i.e. the outer voxel *edges*, is preserved:
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.rows import count_statuses, format_counts, skipped_row
+from voxelpipe.core.rows import ALREADY_COMPLETE, count_statuses, format_counts, skipped_row, warn_if_failed
 from voxelpipe.core.types import Executor, Format, Status, StoreKind, member_of
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.records import COLUMN
@@ -111,7 +111,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     else:
         summary = []
     workers = default_workers() if workers is None else max(1, workers)
-    if executor == Executor.POOL and (workers == 1 or len(tasks) <= 1):  # in this process: give its kernels and Blosc every core
+    if executor == Executor.POOL and (workers == 1 or len(tasks) <= 1):
+        # in this process: give its kernels and Blosc every core
         init_worker(threads_per_worker(1))
     log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
              f"/{store}" if fmt == Format.ZARR else "", workers, scheduler or executor)
@@ -121,8 +122,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             if fmt == Format.HDF5 and row["status"] == Status.DONE:
                 merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
                 row["path"] = run_h5
-            if row["status"] == Status.FAILED:
-                log.warning("convert: %s failed: %s", row["series_key"], row["reason"])
+            warn_if_failed(row, "convert", "series_key")
             summary.append(row)
             bar.update()
     unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
@@ -183,7 +183,7 @@ def _add_images_without_geometry(manifest: str, rows: list[dict], files: dict[st
 
 
 def _skipped(task: SeriesTask, run_h5: str) -> dict:
-    return skipped_row({"series_key": task.key, "n_files": len(task.paths), "path": run_h5}, "already complete")
+    return skipped_row({"series_key": task.key, "n_files": len(task.paths), "path": run_h5}, ALREADY_COMPLETE)
 
 
 def _check_options(fmt: str, store: str, mode: str, shard_id: int | None, num_shards: int | None,

@@ -12,7 +12,8 @@ tasks run in the process pool of :mod:`voxelpipe.execution.pool`; one bad object
 
 Every ROI / segment gets a report row (``REPORT_COLUMNS``; status ``done`` for a mask written (``voxels`` 0 for
 an empty one), ``skipped`` for an ROI without a mask or an object without a volume, ``failed``; why in ``note``),
-built here from the parsers' plain :class:`~voxelpipe.core.masks.PlacedRoi` results, written as CSV (``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
+built here from the parsers' plain :class:`~voxelpipe.core.masks.PlacedRoi` results, written as CSV
+(``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
 folder). Rows of an earlier report for other volumes or objects are kept; rows for the same volume and object
 are replaced, like the masks themselves. Errors about the request itself (no such volume, a ``--roi`` name the
 file does not have, a file that is not an RTSTRUCT / SEG, another frame of reference) stop the single-volume
@@ -412,5 +413,4 @@ def masks_command(args) -> int:
 
 
 __all__ = ["add_masks", "add_masks_from_manifest", "masks_command", "masks_for_volume", "plan_manifest",
-           "load_objects", "default_report", "write_report", "report_row", "report_rows", "load_slice_uids",
-           "summarise", "VolumeTask", "MaskSource", "REPORT_COLUMNS"]
+           "load_objects", "default_report", "write_report", "VolumeTask", "MaskSource", "REPORT_COLUMNS"]

@@ -25,7 +25,7 @@ from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
-from voxelpipe.core.rows import done_row, failed_row, lost_row, skipped_row
+from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
 from voxelpipe.core.types import Format, StoreKind
 from voxelpipe.ops.rescale import output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
@@ -76,7 +76,7 @@ def convert_series(task: SeriesTask) -> dict:
     base = series_row(task)
     try:
         if os.path.exists(base["path"]) and not task.overwrite:
-            row = skipped_row(base, "already complete")
+            row = skipped_row(base, ALREADY_COMPLETE)
         else:
             result = convert_instances(task) if task.mode == "2d" else _convert(task)
             row = done_row(base, **result)
@@ -387,7 +387,8 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer, n_frames: int, n_sli
         reference = apply_modality_lut(pixels, ds).astype(dtype)
         t, z = divmod(index, n_slices)
         stored = writer.read((z,) if n_frames == 1 else (t, z))
-        if hashlib.md5(reference.tobytes()).hexdigest() != hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest():
+        digest = hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest()
+        if hashlib.md5(reference.tobytes()).hexdigest() != digest:
             return f"mismatch at slice {z} (frame {t}) from {f.record.path}"
     return f"ok {k}/{k}"
 

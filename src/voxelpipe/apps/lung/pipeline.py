@@ -32,9 +32,10 @@ several CT series gets one output per series: id = patient + ``_`` + the first 8
 
 Resume: a series is complete when its three npz files, ``nodules/<id>.json`` written with the same spacing,
 model and threshold, and ``nodules/<id>.csv`` (written last) exist; a rerun keeps it (status ``skipped``, reason
-``already complete``) unless ``overwrite``. Every file is written under a temporary name and renamed. ``nodules.csv`` and
-``patient_features.csv`` are rebuilt on every run from the per-series caches of every complete series in ROOT, so
-runs over different inputs (or shards) into one ROOT add up; use one ROOT per spacing/model/threshold.
+``already complete``) unless ``overwrite``. Every file is written under a temporary name and renamed.
+``nodules.csv`` and ``patient_features.csv`` are rebuilt on every run from the per-series caches of every complete
+series in ROOT, so runs over different inputs (or shards) into one ROOT add up; use one ROOT per
+spacing/model/threshold.
 
 Output voxels of the resampled grid whose centre lies outside the input's voxel centres (the outer half input voxel
 of a refined axis) take the value of the nearest inside voxel along that axis (edge extension, as SimpleITK does):
@@ -67,7 +68,7 @@ from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
+from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
 from voxelpipe.core.types import Executor, Status
 from voxelpipe.core.volume import Volume
 from voxelpipe.dicom.files import iter_files
@@ -545,8 +546,7 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
     bar = Progress(len(todo), "lung", unit="series", enabled=progress)
     try:
         for status in imap(_work, todo, workers, executor=executor, scheduler=scheduler, on_error=_lost):
-            if status["status"] == Status.FAILED:
-                log.warning("lung: %s failed: %s", status["id"], status["reason"])
+            warn_if_failed(status, "lung", "id")
             rows.append(status)
             bar.update()
     finally:

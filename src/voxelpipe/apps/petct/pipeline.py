@@ -29,8 +29,8 @@ from voxelpipe._version import __version__
 from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.rows import done_row, failed_row, lost_row, skipped_row
-from voxelpipe.core.types import Executor, Status
+from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
+from voxelpipe.core.types import Executor
 from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.dicom.rtstruct import read_rtstruct_masks
 from voxelpipe.dicom.seg import read_seg_masks
@@ -481,7 +481,7 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
         todo = []
         for task in tasks:
             if store.has(task.subject_id):
-                rows.append(skipped_row({"subject_id": task.subject_id}, "already complete"))
+                rows.append(skipped_row({"subject_id": task.subject_id}, ALREADY_COMPLETE))
             else:
                 todo.append(task)
         workers = default_workers() if workers is None else max(1, int(workers))
@@ -496,8 +496,7 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
                                     result["attrs"])
                     except (VoxelpipeError, OSError) as exc:
                         status = failed_row(status, f"write failed: {exc}")
-                if status["status"] == Status.FAILED:
-                    log.warning("petct: %s failed: %s", status["subject_id"], status["reason"])
+                warn_if_failed(status, "petct", "subject_id")
                 rows.append(status)
                 bar.update()
         finally:
