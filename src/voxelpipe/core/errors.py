@@ -1,8 +1,8 @@
 """Errors raised by voxelpipe: one base type, specific subclasses.
 
 Every error voxelpipe raises on purpose derives from :class:`VoxelpipeError`; every message names the file, and
-where it applies the tag and the value at fault. The tree (module of each class in brackets; classes that are
-natural built-in errors too also inherit that built-in, so ``except ValueError`` keeps working)::
+where it applies the tag and the value at fault. The tree (classes of other modules name theirs in brackets; those
+that are natural built-in errors too also inherit that built-in, so ``except ValueError`` keeps working)::
 
     VoxelpipeError
       InputError (ValueError)                      a bad request: option value, shape, dtype, missing input
@@ -30,8 +30,8 @@ natural built-in errors too also inherit that built-in, so ``except ValueError``
       ModelError (RuntimeError)       [apps.lung.nodules]   a user nodule model failed
       DemoStepError                   [apps.demo]           a demo stage did not do its job
 
-Internal signals that never leave their module (a fast path declining a file, int16 output that does not fit) are
-plain exceptions caught where they are raised; they are not errors of a run.
+Internal signals that never leave their package (the raw header walker meeting an encoding it does not handle,
+a fast pixel decoder declining a file) are plain exceptions caught by their caller; they are not errors of a run.
 
 A run that goes on after one item failed records :func:`failure_reason` (or :func:`lost_task_reason`) in that
 item's row (see :mod:`voxelpipe.core.rows`).
