@@ -144,11 +144,11 @@ def test_demo(tmp_path):
         assert (manifest / name).is_file()
     assert read_csv(manifest / "series_all.csv")  # the demo study has image series
     masks = read_csv(out / "volumes" / "masks_report.csv")  # the whole flow: masks, resample, project, report
-    assert sorted(r["roi_name"] for r in masks if r["status"] == "written") == ["Core", "Lesion"]
+    assert sorted(r["roi_name"] for r in masks if r["status"] == "done") == ["Core", "Lesion"]
     converted = read_csv(out / "volumes" / "summary_run.csv")
-    assert sorted(r["status"] for r in converted) == ["converted", "converted"]  # the CT and its 5 mm copy
+    assert sorted(r["status"] for r in converted) == ["done", "done"]  # the CT and its 5 mm copy
     resampled = read_csv(out / "resampled_las_1mm" / "resample_summary.csv")
-    assert sorted(r["status"] for r in resampled) == ["resampled", "resampled"]
+    assert sorted(r["status"] for r in resampled) == ["done", "done"]
     for row in resampled:  # LAS at 1 mm: each axis step is 1 mm along the codes' directions
         attrs = zarr.open_group(row["path"], mode="r").attrs
         np.testing.assert_allclose(attrs["spacing"], [1.0, 1.0, 1.0])
@@ -157,7 +157,7 @@ def test_demo(tmp_path):
                    else "SI"[int(c[2] < 0)] for c in direction.T]
         assert "".join(letters) == "LAS"
     projected = read_csv(out / "projections" / "project_summary.csv")
-    assert sorted(r["status"] for r in projected) == ["projected", "projected"]
+    assert sorted(r["status"] for r in projected) == ["done", "done"]
     for row in projected:  # 0:360:45 -> 8 angles
         assert zarr.open_array(row["path"] + "/image", mode="r").shape[0] == 8
     html = (out / "volumes" / "report.html").read_text()
@@ -169,10 +169,10 @@ def test_demo_stops_on_a_stage_that_did_not_do_its_job():
 
     with pytest.raises(DemoStepError, match="convert gave 2 row.*1 not ok.*abc: failed no pixels"):
         _require("convert", [{"series_key": "abc", "status": "failed", "reason": "no pixels"},
-                             {"series_key": "def", "status": "converted"}], {"converted"})
+                             {"series_key": "def", "status": "done"}], {"done"})
     with pytest.raises(DemoStepError, match=r"masks gave 1 row\(s\), 0 not ok \(expected 2\)"):
-        _require("masks", [{"status": "written"}], {"written"}, count=2)
-    _require("project", [{"status": "projected"}] * 2, {"projected"}, count=2)
+        _require("masks", [{"status": "done"}], {"done"}, count=2)
+    _require("project", [{"status": "done"}] * 2, {"done"}, count=2)
 
 
 def test_atomic_outputs_get_the_usual_permissions(tmp_path):

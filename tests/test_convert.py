@@ -144,7 +144,7 @@ def test_shuffled_ct_values_and_geometry(ct20, tmp_path):
     rows = convert([str(folder)], out=str(tmp_path / "out"), verify_slices=3)
     assert len(rows) == 1
     row = rows[0]
-    assert row["status"] == "converted", row["reason"]
+    assert row["status"] == "done", row["reason"]
     assert row["series_key"] == sha_key(spec.series_uid)
     assert row["verification"] == "ok 3/3"
     volume = voxelpipe.open_volume(row["path"])
@@ -156,12 +156,12 @@ def test_shuffled_ct_values_and_geometry(ct20, tmp_path):
 
 
 def test_output_layout_and_meta(ct20, tmp_path):
-    """DESIGN.md output layout: data/<key>.zarr, meta/<key>.series.json and .slices.csv, summary_<suffix>."""
+    """The output layout: data/<key>.zarr, meta/<key>.series.json and .slices.csv, summary_<suffix>."""
     folder, spec, paths = ct20
     out = tmp_path / "out"
     rows = convert([str(folder)], out=str(out), summary_suffix="mine")
     key = sha_key(spec.series_uid)
-    assert rows[0]["status"] == "converted", rows[0]["reason"]
+    assert rows[0]["status"] == "done", rows[0]["reason"]
     assert (out / "data" / f"{key}.zarr").is_dir()
     assert not (out / "data" / f"{key}.zarr.partial").exists()
     series_json = json.loads((out / "meta" / f"{key}.series.json").read_text())
@@ -172,8 +172,8 @@ def test_output_layout_and_meta(ct20, tmp_path):
     uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
     assert [r["sop_instance_uid"] for r in slices] == uids
     summary = read_csv(out / "summary_mine.csv")
-    assert [(r["series_key"], r["status"]) for r in summary] == [(key, "converted")]
-    assert json.loads((out / "summary_mine.json").read_text())["counts"] == {"converted": 1}
+    assert [(r["series_key"], r["status"]) for r in summary] == [(key, "done")]
+    assert json.loads((out / "summary_mine.json").read_text())["counts"] == {"done": 1}
     # provenance: input file count and bytes
     prov = voxelpipe.open_volume(out / "data" / f"{key}.zarr").attrs["provenance"]
     assert prov["input_files"] == len(paths)
@@ -183,7 +183,7 @@ def test_output_layout_and_meta(ct20, tmp_path):
 def test_cine_becomes_4d_ordered_by_trigger_time(cine, tmp_path):
     folder, first, second = cine
     rows = convert([str(folder)], out=str(tmp_path / "out"))
-    assert len(rows) == 1 and rows[0]["status"] == "converted", rows
+    assert len(rows) == 1 and rows[0]["status"] == "done", rows
     volume = voxelpipe.open_volume(rows[0]["path"])
     assert volume.shape == (2, first.n_slices, first.rows, first.columns)
     assert volume.attrs["frame_tag"] == "TriggerTime"
@@ -204,7 +204,7 @@ def test_localizer_in_the_series_is_left_out(synthetic, tmp_path):
     localizer = case.paths["localizer"][0]
     assert "LOCALIZER" in pydicom.dcmread(localizer, stop_before_pixels=True).ImageType
     rows = convert([str(case.folder)], out=str(tmp_path / "from_folder"))
-    assert [(r["series_key"], r["status"]) for r in rows] == [(key, "converted")]
+    assert [(r["series_key"], r["status"]) for r in rows] == [(key, "done")]
     np.testing.assert_array_equal(voxelpipe.open_volume(rows[0]["path"]).numpy(), phantom(spec))
 
     manifest = tmp_path / "manifest"
@@ -219,7 +219,7 @@ def test_localizer_in_the_series_is_left_out(synthetic, tmp_path):
         writer.writeheader()
         writer.writerows(listed)
     rows = convert(manifest=str(manifest / "series_all.csv"), out=str(tmp_path / "from_manifest"))
-    assert rows[0]["status"] == "converted", rows[0]["reason"]
+    assert rows[0]["status"] == "done", rows[0]["reason"]
     volume = voxelpipe.open_volume(rows[0]["path"])
     assert volume.shape == (spec.n_slices, spec.rows, spec.columns)
     np.testing.assert_array_equal(volume.numpy(), phantom(spec))
@@ -232,7 +232,7 @@ def test_series_mixing_image_sizes_converts_both_parts(synthetic, tmp_path):
     rows = by_key(convert([str(case.folder)], out=str(tmp_path / "out")))
     assert set(rows) == {f"{key}_1", f"{key}_2"}
     for part, spec in ((f"{key}_1", a), (f"{key}_2", b)):
-        assert rows[part]["status"] == "converted", rows[part]["reason"]
+        assert rows[part]["status"] == "done", rows[part]["reason"]
         volume = voxelpipe.open_volume(rows[part]["path"])
         assert volume.shape == (spec.n_slices, spec.rows, spec.columns)
         np.testing.assert_array_equal(volume.numpy(), phantom(spec))
@@ -274,7 +274,7 @@ def test_truncated_pixel_data_fails_its_series_only(tmp_path):
     assert os.path.basename(victim) in failed["reason"], failed["reason"]
     assert not os.path.exists(failed["path"])
     ok = rows[sha_key(good.series_uid)]
-    assert ok["status"] == "converted", ok["reason"]
+    assert ok["status"] == "done", ok["reason"]
     np.testing.assert_array_equal(voxelpipe.open_volume(ok["path"]).numpy(), phantom(good))
 
 
@@ -311,7 +311,7 @@ def test_every_store_and_format_round_trips_the_same_volume(ct20, ct20_manifest,
                        chunks=(8, 16, 16))
         assert len(rows) == 1
         row = rows[0]
-        assert row["status"] == "converted", (fmt, store, row["reason"])
+        assert row["status"] == "done", (fmt, store, row["reason"])
         assert row["verification"] == "ok 2/2"
         if fmt == "hdf5":
             path = out / "data" / "volumes_run.h5"
@@ -342,13 +342,13 @@ def test_hdf5_run_file_one_dataset_per_series_and_rerun_appends(tmp_path):
     write_series(tmp_path / "in" / "b", b)
     out = tmp_path / "out"
     first = convert(manifest=str(scan_to(tmp_path / "in" / "a", tmp_path / "m1")), out=str(out), fmt="hdf5")
-    assert [(r["series_key"], r["status"]) for r in first] == [(sha_key(a.series_uid), "converted")]
+    assert [(r["series_key"], r["status"]) for r in first] == [(sha_key(a.series_uid), "done")]
     run_file = out / "data" / "volumes_run.h5"
     with h5py.File(run_file, "r") as fh:
         assert set(fh.keys()) == {sha_key(a.series_uid)}
     second = by_key(convert(manifest=str(scan_to(tmp_path / "in", tmp_path / "m2")), out=str(out), fmt="hdf5"))
     assert {k: r["status"] for k, r in second.items()} == {sha_key(a.series_uid): "skipped",
-                                                          sha_key(b.series_uid): "converted"}
+                                                          sha_key(b.series_uid): "done"}
     with h5py.File(run_file, "r") as fh:
         assert set(fh.keys()) == {sha_key(a.series_uid), sha_key(b.series_uid)}
         for spec in (a, b):
@@ -437,7 +437,7 @@ def test_peak_memory_does_not_grow_with_series_length(tmp_path):
     increase_mib = {}
     for name, (spec, _) in series.items():
         (row,) = result[name]["rows"]
-        assert row["status"] == "converted", row["reason"]
+        assert row["status"] == "done", row["reason"]
         assert row["shape"] == f"{spec.n_slices}x{size}x{size}"
         increase_mib[name] = (result[name]["peak_kib"] - result[name]["rss_before_kib"]) / 1024
     long_spec, block = series["long"]
@@ -483,7 +483,7 @@ def test_cli_shards_from_a_scan_manifest_and_aggregate(synthetic, tmp_path):
     assert sets[0] and sets[1], "a shard converted nothing"
     assert not sets[0] & sets[1]
     assert sets[0] | sets[1] == keys
-    assert all(r["status"] == "converted" for part in parts for r in part), parts
+    assert all(r["status"] == "done" for part in parts for r in part), parts
     for spec in specs:
         volume = voxelpipe.open_volume(out / "data" / f"{sha_key(spec.series_uid)}.zarr")
         np.testing.assert_array_equal(volume.numpy(), phantom(spec))
@@ -491,7 +491,7 @@ def test_cli_shards_from_a_scan_manifest_and_aggregate(synthetic, tmp_path):
     assert voxelpipe.cli.main(["--no-progress", "aggregate", str(out)]) == 0
     merged = read_csv(out / "summary_all.csv")
     assert sorted(r["series_key"] for r in merged) == sorted(keys)
-    assert all(r["status"] == "converted" for r in merged)
+    assert all(r["status"] == "done" for r in merged)
 
 
 def test_batch_scheduler_recipe_scan_shards_convert_hdf5_per_shard_aggregate(synthetic, tmp_path):
@@ -515,7 +515,7 @@ def test_batch_scheduler_recipe_scan_shards_convert_hdf5_per_shard_aggregate(syn
     assert sorted(os.listdir(out / "data")) == ["volumes_shard00.h5", "volumes_shard01.h5"]
     assert voxelpipe.cli.main(["--no-progress", "aggregate", str(out)]) == 0
     merged = {r["series_key"]: r for r in read_csv(out / "summary_all.csv")}
-    assert set(merged) == keys and all(r["status"] == "converted" for r in merged.values())
+    assert set(merged) == keys and all(r["status"] == "done" for r in merged.values())
     found = {}
     for i in (0, 1):
         path = out / "data" / f"volumes_shard{i:02d}.h5"
@@ -539,5 +539,5 @@ def test_cli_failed_series_exits_nonzero_with_reason(synthetic, tmp_path):
     assert sha_key(bad.specs[0].series_uid) in stdout
     assert "duplicat" in stdout.lower(), stdout
     summary = by_key(read_csv(tmp_path / "out" / "summary_run.csv"))
-    assert summary[sha_key(good.specs[0].series_uid)]["status"] == "converted"
+    assert summary[sha_key(good.specs[0].series_uid)]["status"] == "done"
     assert summary[sha_key(bad.specs[0].series_uid)]["status"] == "failed"

@@ -61,12 +61,12 @@ def test_disk_full_fails_the_series_and_the_run_goes_on(two_series, tmp_path, mo
     monkeypatch.setattr(zarr_store.ZarrVolumeWriter, "_write_chunks", full_disk_once)
     summary = voxelpipe.convert([str(folder)], out=str(tmp_path), workers=1, progress=False, chunks=(4, 32, 32))
     statuses = sorted(row["status"] for row in summary)
-    assert statuses == ["converted", "failed"]
+    assert statuses == ["done", "failed"]
     failed = next(r for r in summary if r["status"] == "failed")
     assert "No space left on device" in failed["reason"]
     assert not os.path.exists(failed["path"])
     assert _leftovers(tmp_path) == []
-    converted = next(r for r in summary if r["status"] == "converted")
+    converted = next(r for r in summary if r["status"] == "done")
     volume = voxelpipe.open_volume(converted["path"])
     expected = [phantom_hu(s.n_slices, s.rows, s.columns, s.seed) for s in specs]
     assert any(np.array_equal(volume.numpy(), e) for e in expected)
@@ -76,7 +76,7 @@ def test_disk_full_fails_the_series_and_the_run_goes_on(two_series, tmp_path, mo
 def test_2d_mode_every_format_holds_each_file_as_pydicom_decodes_it(two_series, tmp_path, fmt):
     folder, specs = two_series
     summary = voxelpipe.convert([str(folder)], out=str(tmp_path), workers=1, progress=False, mode="2d", fmt=fmt)
-    assert [r["status"] for r in summary] == ["converted", "converted"]
+    assert [r["status"] for r in summary] == ["done", "done"]
     from pydicom.pixels import apply_modality_lut
 
     from voxelpipe.core.keys import series_key

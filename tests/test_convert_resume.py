@@ -79,14 +79,14 @@ def test_rerun_skips_complete_series_and_overwrite_redoes_them(small_study, tmp_
     keys = {sha_key(s.series_uid) for s in specs}
     out = tmp_path / "out"
     first = convert([str(folder)], out=str(out), verify_slices=3)
-    assert statuses(first) == dict.fromkeys(keys, "converted")
+    assert statuses(first) == dict.fromkeys(keys, "done")
     assert {r["verification"] for r in first} == {"ok 3/3"}
     mtimes = {k: os.path.getmtime(out / "data" / f"{k}.zarr" / "zarr.json") for k in keys}
     second = convert([str(folder)], out=str(out), verify_slices=3)
     assert statuses(second) == dict.fromkeys(keys, "skipped")
     assert {k: os.path.getmtime(out / "data" / f"{k}.zarr" / "zarr.json") for k in keys} == mtimes
     third = convert([str(folder)], out=str(out), verify_slices=3, overwrite=True)
-    assert statuses(third) == dict.fromkeys(keys, "converted")
+    assert statuses(third) == dict.fromkeys(keys, "done")
     assert {r["verification"] for r in third} == {"ok 3/3"}
     for spec in specs:
         assert_volume_is(out / "data" / f"{sha_key(spec.series_uid)}.zarr", spec)
@@ -104,7 +104,7 @@ def test_leftover_partial_output_is_replaced(small_study, tmp_path):
     (partial / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"junk": 1}}')
     (partial / "image" / "c" / "0" / "0").write_bytes(b"\x00junk" * 100)
     rows = convert([str(folder)], out=str(out))
-    assert statuses(rows) == dict.fromkeys((sha_key(s.series_uid) for s in specs), "converted")
+    assert statuses(rows) == dict.fromkeys((sha_key(s.series_uid) for s in specs), "done")
     volume = voxelpipe.open_volume(out / "data" / f"{key}.zarr")
     assert "junk" not in volume.attrs
     assert_volume_is(out / "data" / f"{key}.zarr", spec)
@@ -128,14 +128,14 @@ def test_overwrite_replaces_a_volume_whose_input_changed(tmp_path, fmt):
                 return fh[key][...]
         return voxelpipe.open_volume(out / "data" / f"{key}.zarr").numpy()
 
-    assert statuses(convert([str(tmp_path / "in")], out=str(out), fmt=fmt)) == {key: "converted"}
+    assert statuses(convert([str(tmp_path / "in")], out=str(out), fmt=fmt)) == {key: "done"}
     np.testing.assert_array_equal(stored(), old)
     for path in (tmp_path / "in").iterdir():
         path.unlink()
     write_series(tmp_path / "in", spec, hu=new)
     assert statuses(convert([str(tmp_path / "in")], out=str(out), fmt=fmt)) == {key: "skipped"}
     np.testing.assert_array_equal(stored(), old)
-    assert statuses(convert([str(tmp_path / "in")], out=str(out), fmt=fmt, overwrite=True)) == {key: "converted"}
+    assert statuses(convert([str(tmp_path / "in")], out=str(out), fmt=fmt, overwrite=True)) == {key: "done"}
     np.testing.assert_array_equal(stored(), new)
 
 
@@ -155,7 +155,7 @@ def test_hdf5_series_published_but_not_merged_is_merged_on_rerun(small_study, tm
     key = sha_key(spec.series_uid)
     row = convert_series(SeriesTask(key=key, paths=[r["path"] for r in files if r["series_key"] == key],
                                     out=str(out), fmt="hdf5"))
-    assert row["status"] == "converted" and os.path.exists(out / "data" / f"{key}.h5")  # the killed run's state
+    assert row["status"] == "done" and os.path.exists(out / "data" / f"{key}.h5")  # the killed run's state
     rows = convert(manifest=str(manifest / "series_all.csv"), out=str(out), fmt="hdf5")
     assert "failed" not in statuses(rows).values(), rows
     with h5py.File(out / "data" / "volumes_run.h5", "r") as fh:
@@ -200,10 +200,10 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(kill_study, tmp_path):
     assert complete and complete < keys, f"{len(complete)} of {len(keys)} complete at the kill: nothing to resume"
 
     rerun = convert([str(folder)], out=str(out))
-    assert statuses(rerun) == {k: ("skipped" if k in complete else "converted") for k in keys}
-    assert {r["verification"] for r in rerun if r["status"] == "converted"} == {"ok 2/2"}
+    assert statuses(rerun) == {k: ("skipped" if k in complete else "done") for k in keys}
+    assert {r["verification"] for r in rerun if r["status"] == "done"} == {"ok 2/2"}
     reference = tmp_path / "uninterrupted"
-    assert set(statuses(convert([str(folder)], out=str(reference))).values()) == {"converted"}
+    assert set(statuses(convert([str(folder)], out=str(reference))).values()) == {"done"}
 
     assert leftovers(out) == []
     assert sorted(p.name for p in data.iterdir()) == sorted(f"{k}.zarr" for k in keys)

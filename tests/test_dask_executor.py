@@ -1,4 +1,4 @@
-"""convert on a dask.distributed cluster gives exactly what the process pool gives (issue 8).
+"""convert on a dask.distributed cluster gives exactly what the process pool gives.
 
 The pool's own correctness is tested against pydicom elsewhere (test_convert*.py); here the volumes are also
 checked against pydicom's ``apply_modality_lut`` so the dask run is held to the independent reference too.
@@ -71,7 +71,7 @@ def test_convert_zarr_on_dask_local_equals_the_pool_and_pydicom(study, tmp_path)
     dask = convert([str(root / "dicom")], out=str(tmp_path / "dask"), workers=2, progress=False,
                    executor="dask-local")
     assert _stable(dask) == _stable(pool)
-    assert sum(r["status"] == "converted" for r in dask) == len(files)
+    assert sum(r["status"] == "done" for r in dask) == len(files)
     a, b = _zarr_volumes(tmp_path / "pool"), _zarr_volumes(tmp_path / "dask")
     assert sorted(a) == sorted(b) and len(a) == len(files)
     for name in a:
@@ -91,7 +91,7 @@ def test_convert_hdf5_has_one_writer_and_equals_the_pool(study, tmp_path):
     for executor in ("pool", "dask-local"):
         rows = convert([str(root / "dicom")], out=str(tmp_path / executor), fmt="hdf5", workers=2,
                        progress=False, executor=executor)
-        assert all(r["path"].endswith("volumes_run.h5") for r in rows if r["status"] == "converted")
+        assert all(r["path"].endswith("volumes_run.h5") for r in rows if r["status"] == "done")
     with h5py.File(tmp_path / "pool" / "data" / "volumes_run.h5") as a, \
             h5py.File(tmp_path / "dask-local" / "data" / "volumes_run.h5") as b:
         assert sorted(a) == sorted(b) and len(a) == 2

@@ -1,6 +1,6 @@
 """Flattened metadata rows (scan's metadata table) against pydicom's data dictionary and pydicom's own reading.
 
-Column rule (issue 2): ``"<Name> (gggg, eeee)"`` with the data dictionary name; an element nested in a sequence
+Column rule: ``"<Name> (gggg, eeee)"`` with the data dictionary name; an element nested in a sequence
 is ``"<Sequence name>_<Name> (gggg, eeee)"`` recursively; a column receiving several values in one file holds
 ``DUPLICATE TAGS IN DICOM:v1/v2/...``; multi-valued elements are ``\\``-joined; no pixel data column.
 Private elements: DICOM PS3.5 §7.8.1 reserves (gggg,0010-00FF) of an odd group for Private Creator elements;

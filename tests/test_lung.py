@@ -1,4 +1,4 @@
-"""voxelpipe.apps.lung.segment (segment_lungs, lung_box, crop) and voxelpipe.testing.synthetic.chest_phantom (issue 7).
+"""voxelpipe.apps.lung.segment (segment_lungs, lung_box, crop) and voxelpipe.testing.synthetic.chest_phantom.
 
 Synthetic chest phantoms carry their own truth (lung ellipsoids, trachea, body, nodules); the real-data test
 compares the mask of NSCLC LUNG1-001 at 2 mm with the RTSTRUCT's Lung-Left ∪ Lung-Right rasterised on the CT grid

@@ -205,7 +205,7 @@ def test_rerun_keeps_and_overwrite_redoes(data, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in outputs}
     rows = _run(data, tmp_path)
     status = {r["id"]: r["status"] for r in rows}
-    assert status == {"patient_alpha": "kept", "patient_beta": "kept", "broken_gamma": "failed"}
+    assert status == {"patient_alpha": "skipped", "patient_beta": "skipped", "broken_gamma": "failed"}
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
     kept = next(r for r in rows if r["id"] == "patient_alpha")
     assert float(kept["lung_volume_ml"]) > 0
@@ -216,7 +216,7 @@ def test_rerun_keeps_and_overwrite_redoes(data, tmp_path):
     # an unfinished series (marker missing) is redone, the complete one kept
     (tmp_path / "nodules" / "patient_beta.csv").unlink()
     status = {r["id"]: r["status"] for r in _run(data, tmp_path)}
-    assert status["patient_beta"] == "done" and status["patient_alpha"] == "kept"
+    assert status["patient_beta"] == "done" and status["patient_alpha"] == "skipped"
 
 
 MODEL = """
@@ -321,5 +321,5 @@ def test_cli(data, tmp_path, capsys):
     assert (out / "summary.csv").is_file() and (out / "nodules.csv").is_file()
     code = main(["--no-progress", "lung", str(data["root"] / "patient_beta"), "--out", str(out), "--workers", "1"])
     text = capsys.readouterr().out
-    assert code == 0 and "1 kept" in text
+    assert code == 0 and "1 skipped" in text
     assert main(["--no-progress", "lung", "--out", str(out)]) == 1  # neither DIR nor --manifest

@@ -36,7 +36,7 @@ def masks_of(volume: str) -> dict[str, tuple[np.ndarray, dict]]:
 
 def converted(folder: Path, out: Path, store: str = "dir") -> str:
     summary = voxelpipe.convert([str(folder)], out=str(out), store=store, workers=1, progress=False)
-    paths = [r["path"] for r in summary if r["status"] == "converted"]
+    paths = [r["path"] for r in summary if r["status"] == "done"]
     assert len(paths) == 1, summary
     return paths[0]
 
@@ -58,7 +58,7 @@ def test_single_volume_form_writes_and_reruns_replace(cases, tmp_path, store, ca
     volume = converted(case.folder, out, store)
     assert main(["--no-progress", "masks", "--volume", volume, "--rtstruct", case.rtstruct]) == 0
     printed = capsys.readouterr().out
-    assert "1 written" in printed and "masks/Ring" in printed
+    assert "1 done" in printed and "masks/Ring" in printed
     found = masks_of(volume)
     assert list(found) == ["Ring"]
     array, attrs = found["Ring"]
@@ -71,7 +71,7 @@ def test_single_volume_form_writes_and_reruns_replace(cases, tmp_path, store, ca
                                   voxelpipe.open_volume(converted(case.folder, tmp_path / "again", store)).numpy())
     report = out / "masks_report.csv"  # default: beside the volume's data folder
     rows = read_report(report)
-    assert [(r["roi_name"], r["status"], r["mask_name"]) for r in rows] == [("Ring", "written", "Ring")]
+    assert [(r["roi_name"], r["status"], r["mask_name"]) for r in rows] == [("Ring", "done", "Ring")]
     assert rows[0]["volume"] == os.path.abspath(volume) and float(rows[0]["volume_ml"]) > 0
 
     # rerun with another structure set holding a ROI of the same name: the mask is replaced
@@ -97,7 +97,7 @@ def test_roi_option_and_report_path(cases, even_volume, tmp_path, capsys):
                  "--roi", "ring", "GTV 1", "--report", str(report)]) == 0
     assert set(masks_of(even_volume)) == {"Ring", "GTV_1"}
     rows = read_report(report)
-    assert [r["status"] for r in rows] == ["written", "written", "skipped", "skipped", "skipped", "skipped",
+    assert [r["status"] for r in rows] == ["done", "done", "skipped", "skipped", "skipped", "skipped",
                                            "skipped"]
     assert not os.path.exists(Path(even_volume).parent.parent / "masks_report.csv")
     np.testing.assert_array_equal(masks_of(even_volume)["Ring"][0].astype(bool), case.expected["Ring"])
@@ -114,9 +114,9 @@ def test_every_roi_of_the_even_case_is_reported(cases, even_volume, capsys):
         assert found[mask_name][1]["roi_name"] == name
     rows = {r["roi_name"]: r for r in read_report(Path(even_volume).parent.parent / "masks_report.csv")}
     assert rows["Off"]["contours_unmatched"] == "1" and rows["Marker"]["status"] == "skipped"
-    assert rows["Empty"]["status"] == "empty"
+    assert rows["Empty"]["status"] == "done"
     printed = capsys.readouterr().out
-    assert "4 written, 2 empty, 1 skipped, 0 failed on 1 volume(s)" in printed
+    assert "6 done, 1 skipped, 0 failed on 1 volume(s) (2 empty mask(s))" in printed
 
 
 def test_missing_roi_names_fail_with_the_names_available(cases, even_volume, caplog):
@@ -158,7 +158,7 @@ def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys, 
     voxelpipe.scan(str(study), out=str(tmp_path / "scan"), workers=1, progress=False)
     summary = voxelpipe.convert(manifest=str(tmp_path / "scan" / "series_all.csv"), out=str(tmp_path / "out"),
                                 workers=1, progress=False)
-    assert [r["status"] for r in summary] == ["converted", "converted"]
+    assert [r["status"] for r in summary] == ["done", "done"]
     # two volumes: two tasks in the process pool
     assert main(["--no-progress", "masks", "--manifest", str(tmp_path / "scan"), "--out", str(tmp_path / "out"),
                  "--workers", "2", "--executor", executor]) == 1  # the structure set in another frame of reference failed
@@ -198,7 +198,7 @@ def test_nsclc_scan_convert_masks_manifest(shared_data, tmp_path, capsys):
     print(printed)
     rows = {r["roi_name"]: r for r in read_report(tmp_path / "out" / "masks_report.csv")}
     assert set(rows) == {"GTV-1", "Spinal-Cord", "Lung-Left", "Lung-Right"}
-    assert all(r["status"] == "written" for r in rows.values())
+    assert all(r["status"] == "done" for r in rows.values())
     assert 1000 < float(rows["Lung-Left"]["volume_ml"]) < 4000 and 10 < float(rows["GTV-1"]["volume_ml"]) < 500
     found = masks_of(rows["GTV-1"]["volume"])
     assert set(found) == {"GTV-1", "Spinal-Cord", "Lung-Left", "Lung-Right"}
@@ -214,7 +214,7 @@ def test_seg_through_the_command(shared_data, tmp_path, caplog):
     assert list(found) == ["Liver"] and found["Liver"][0].any()
     assert found["Liver"][1]["source_kind"] == "SEG"
     rows = read_report(tmp_path / "out" / "masks_report.csv")
-    assert [(r["source_kind"], r["roi_name"], r["status"]) for r in rows] == [("SEG", "Liver", "written")]
+    assert [(r["source_kind"], r["roi_name"], r["status"]) for r in rows] == [("SEG", "Liver", "done")]
     assert rows[0]["source"] == os.path.abspath(seg)
     with caplog.at_level(logging.ERROR, logger="voxelpipe"):
         assert main(["--no-progress", "masks", "--volume", volume, "--seg", seg, "--roi", "Spleen"]) == 2

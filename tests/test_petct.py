@@ -157,7 +157,7 @@ def test_run_writes_skips_on_rerun_and_reports_the_broken_subject(project, subje
     rows = run_petct(project["index"], out, shape=(24, 24, 16), spacing=(2.0, 2.0, 4.0),
                      workers=1 if suffix == ".zarr" else 2, progress=False, executor=executor)
     status = {r["subject_id"]: r for r in rows}
-    assert status["a000000001"]["status"] == status["b000000002"]["status"] == "written"
+    assert status["a000000001"]["status"] == status["b000000002"]["status"] == "done"
     assert status["c000000003"]["status"] == "failed"
     assert "PatientWeight" in status["c000000003"]["reason"]
     with open_subject_store(out) as store:
@@ -181,7 +181,7 @@ def test_cli_and_roi_selection(project, tmp_path, capsys):
     code = main(["petct", project["index"], "--out", str(out), "--shape", "16,16,10", "--workers", "1",
                  "--roi", "GTV", "--suv-window", "0,10"])
     printed = capsys.readouterr().out
-    assert code == 1 and "2 written" in printed and "1 failed" in printed and "c000000003" in printed
+    assert code == 1 and "2 done" in printed and "1 failed" in printed and "c000000003" in printed
     rows = run_petct(project["index"], tmp_path / "roi.h5", rois=["NOPE"], workers=1, progress=False)
     assert {r["subject_id"]: r["status"] for r in rows}["a000000001"] == "failed"
     with pytest.raises(InputError):
@@ -208,7 +208,7 @@ def test_zip_form_gives_the_same_output(project, subjects, tmp_path):
         np.testing.assert_array_equal(b["mask"], a["mask"])
         np.testing.assert_allclose(b["attrs"]["geometry"]["affine"], a["attrs"]["geometry"]["affine"], atol=1e-4)
     rows = {r["subject_id"]: r for r in run_petct(archive, tmp_path / "zip.h5", workers=1, progress=False)}
-    assert rows["a000000001"]["status"] == rows["b000000002"]["status"] == "written"
+    assert rows["a000000001"]["status"] == rows["b000000002"]["status"] == "done"
     assert rows["d000000004"]["status"] == "failed" and "missing" in rows["d000000004"]["reason"]
 
 

@@ -95,7 +95,7 @@ def test_angle_keys():
 def test_projections_match_references(tmp_path, source, out_name):
     out = tmp_path / out_name
     rows = project_2d(source, out, ANGLES, axis="S", workers=1, progress=False)
-    assert [r["status"] for r in rows] == ["projected", "projected"]
+    assert [r["status"] for r in rows] == ["done", "done"]
     with open_subject_store(out) as store:
         keys = store.subjects()
         assert len(keys) == len(ANGLES) * 2  # angles × subjects
@@ -139,7 +139,7 @@ def test_rerun_skips_complete_and_redoes_incomplete(tmp_path, source):
     assert [r["status"] for r in rows] == ["skipped", "skipped"]
     # a new angle: both subjects redone (their existing projections rewritten, the new one added)
     rows = project_2d(source, out, [0, 90, 45], workers=1, progress=False)
-    assert [r["status"] for r in rows] == ["projected", "projected"]
+    assert [r["status"] for r in rows] == ["done", "done"]
     # an interrupted projection (completion mark missing) makes its subject redone
     import h5py
 
@@ -148,7 +148,7 @@ def test_rerun_skips_complete_and_redoes_incomplete(tmp_path, source):
     with open_subject_store(out) as store:
         assert store.incomplete() == ["fff0000aaa_a090"] and len(store.subjects()) == 5
     rows = project_2d(source, out, [0, 90, 45], workers=1, progress=False)
-    assert {r["subject"]: r["status"] for r in rows} == {"abc1234def": "skipped", "fff0000aaa": "projected"}
+    assert {r["subject"]: r["status"] for r in rows} == {"abc1234def": "skipped", "fff0000aaa": "done"}
     with open_subject_store(out) as store:
         assert len(store.subjects()) == 6 and store.incomplete() == []
 
@@ -161,7 +161,7 @@ def test_failures_reported(tmp_path):
         store.write("nogeo", image, mask, mask_iso, {"orientation": "LAS"})
     rows = project_2d(source, tmp_path / "o.h5", [0], workers=1, progress=False)
     status = {r["subject"]: r for r in rows}
-    assert status["good"]["status"] == "projected"
+    assert status["good"]["status"] == "done"
     assert status["nogeo"]["status"] == "failed" and "no 'geometry'" in status["nogeo"]["reason"]
     with pytest.raises(InputError, match="same projection twice"):
         project_2d(source, tmp_path / "o.h5", [45, 45.0], workers=1, progress=False)
@@ -177,7 +177,7 @@ def test_cli_with_workers(tmp_path, source, capsys):
     assert main(["--no-progress", "project-2d", str(source), "--out", str(two), "--angles", "0,120,240",
                  "--axis", "S", "--workers", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "2 subjects projected, 0 skipped (complete), 0 failed; 3 angles each" in printed
+    assert "2 subjects done, 0 skipped (complete), 0 failed; 3 angles each" in printed
     with open_subject_store(one) as a, open_subject_store(two) as b:
         assert a.subjects() == b.subjects() == sorted(
             f"{s}_a{k}" for s in ("abc1234def", "fff0000aaa") for k in ("000", "120", "240"))
@@ -186,7 +186,7 @@ def test_cli_with_workers(tmp_path, source, capsys):
             for name in ("image", "mask", "mask_iso"):
                 np.testing.assert_array_equal(x[name], y[name])
     assert main(["--no-progress", "project-2d", str(source), "--out", str(one), "--angles", "0:360:120"]) == 0
-    assert "0 subjects projected, 2 skipped" in capsys.readouterr().out
+    assert "0 subjects done, 2 skipped" in capsys.readouterr().out
     # 2-D files merge like subject files and keep their self-description
     project_2d(source, tmp_path / "p45.h5", [45], workers=1, progress=False)
     merged = tmp_path / "merged.zarr"

@@ -580,7 +580,7 @@ def nsclc_ct(shared_data, tmp_path_factory):
         pytest.skip(f"{folder} not in the shared test data")
     out = tmp_path_factory.mktemp("resample_ct")
     rows = voxelpipe.convert([str(folder)], out=str(out), workers=1, progress=False)
-    assert len(rows) == 1 and rows[0]["status"] == "converted", rows
+    assert len(rows) == 1 and rows[0]["status"] == "done", rows
     return voxelpipe.open_volume(rows[0]["path"])
 
 

@@ -26,13 +26,21 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 import voxelpipe
 from helpers import resave
 from voxelpipe.dicom.rtstruct import (FrameOfReferenceMismatchError, NotRtstructError, RoiNotFoundError,
-                                      assign_slices, parse_rtstruct, read_rtstruct_masks, slice_windows)
+                                      assign_slices, parse_rtstruct, slice_windows)
+from voxelpipe.dicom.rtstruct import read_rtstruct_masks as parse_rtstruct_masks
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.pipelines.masks import report_rows
 from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, object_dataset, referenced_frame_sequence, write_series
 
 polygon2mask = pytest.importorskip("skimage.draw", reason="scikit-image is a test dependency").polygon2mask
 
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def read_rtstruct_masks(*args, volume: str = "", **kwargs):
+    """The parser's masks, and the masks pipeline's report rows for its placed ROIs."""
+    masks, placed = parse_rtstruct_masks(*args, **kwargs)
+    return masks, report_rows(placed, volume)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,7 +328,7 @@ def build_cases(root: Path) -> dict[str, Case]:
 def convert_case(case: Case, out: Path, store: str = "dir") -> str:
     """Convert the case's folder (its one series; the structure set in it is an object); returns the volume."""
     summary = voxelpipe.convert([str(case.folder)], out=str(out), store=store, workers=1, progress=False)
-    rows = [r for r in summary if r["status"] == "converted"]
+    rows = [r for r in summary if r["status"] == "done"]
     assert len(rows) == 1, summary
     return rows[0]["path"]
 
@@ -330,7 +338,7 @@ def cases(tmp_path_factory) -> dict[str, Case]:
     root = tmp_path_factory.mktemp("rtstruct_cases")
     built = build_cases(root)
     for case in built.values():
-        case.extra["volume"] = convert_case(case, root / "converted" / case.name)
+        case.extra["volume"] = convert_case(case, root / "done" / case.name)
     return built
 
 
@@ -379,22 +387,22 @@ def test_report_rows_say_what_happened_to_every_roi(cases):
     masks, rows = read_rtstruct_masks(case.rtstruct, geometry, frame_of_reference_uid=attrs["frame_of_reference_uid"])
     report = rows_by_name(rows)
     assert [r["roi_name"] for r in rows] == ["Ring", "GTV 1", "Off", "Marker", "Empty", "Warped", "GTV/1"]
-    assert report["Ring"]["status"] == "written" and report["Ring"]["note"] == ""
+    assert report["Ring"]["status"] == "done" and report["Ring"]["note"] == ""
     # open contour skipped with a note, the closed one filled
-    assert report["GTV 1"]["status"] == "written" and report["GTV 1"]["contours_skipped"] == 1
+    assert report["GTV 1"]["status"] == "done" and report["GTV 1"]["contours_skipped"] == 1
     assert "OPEN_PLANAR" in report["GTV 1"]["note"]
     # the contour off every slice: counted, its position in the note
     off = report["Off"]
-    assert off["status"] == "written" and off["contours"] == 2 and off["contours_unmatched"] == 1
+    assert off["status"] == "done" and off["contours"] == 2 and off["contours_unmatched"] == 1
     assert f"{case.extra['off_position']:.2f}" in off["note"] and "off every slice" in off["note"]
     # a POINT-only ROI has no area: skipped, no mask
     assert report["Marker"]["status"] == "skipped" and "POINT" in report["Marker"]["note"]
     assert "Marker" not in by_name(masks)
     # no contours: an empty mask is written and reported
-    assert report["Empty"]["status"] == "empty" and "no contours" in report["Empty"]["note"]
+    assert report["Empty"]["status"] == "done" and "no contours" in report["Empty"]["note"]
     assert by_name(masks)["Empty"].array.sum() == 0
     # non-planar CLOSED_PLANAR: skipped and noted
-    assert report["Warped"]["status"] == "empty" and report["Warped"]["contours_skipped"] == 1
+    assert report["Warped"]["status"] == "done" and report["Warped"]["contours_skipped"] == 1
     assert "not in a slice plane" in report["Warped"]["note"] and "not planar" in report["Warped"]["note"]
     # store-safe, distinct mask names
     assert report["GTV 1"]["mask_name"] == "GTV_1" and report["GTV/1"]["mask_name"] == "GTV_1_2"
@@ -410,7 +418,7 @@ def test_uneven_spacing_uses_the_local_step(cases):
     found, report = by_name(masks), rows_by_name(rows)
     np.testing.assert_array_equal(found["Blob"].array.astype(bool), case.expected["Blob"])
     assert report["Blob"]["contours_unmatched"] == 0
-    assert report["Beyond"]["status"] == "empty" and report["Beyond"]["contours_unmatched"] == 1
+    assert report["Beyond"]["status"] == "done" and report["Beyond"]["contours_unmatched"] == 1
     # volume: every slice stands for the width of its window (midpoint to midpoint)
     p = case.extra["positions"]
     mid = (p[1:] + p[:-1]) / 2
@@ -541,7 +549,7 @@ def nsclc(shared_data, tmp_path_factory):
     folder = shared_data / "nsclc-lung1-001"
     out = tmp_path_factory.mktemp("nsclc")
     summary = voxelpipe.convert([str(folder / "image")], out=str(out), workers=1, progress=False)
-    assert summary[0]["status"] == "converted"
+    assert summary[0]["status"] == "done"
     rtstruct = str(folder / "mask_rtstruct" / "1-1.dcm")
     volume = voxelpipe.open_volume(summary[0]["path"])
     masks, rows = read_rtstruct_masks(rtstruct, volume.geometry,
@@ -558,7 +566,7 @@ def test_nsclc_volumes_are_plausible(nsclc):
     for name, row in rows.items():
         print(f"  {name:<12} {row['voxels']:>8} voxels {row['volume_ml']:>9.1f} mL  {row['contours']} contours")
     assert set(rows) == {"GTV-1", "Spinal-Cord", "Lung-Left", "Lung-Right"}
-    assert all(r["status"] == "written" and r["contours_unmatched"] == 0 and r["contours_skipped"] == 0
+    assert all(r["status"] == "done" and r["contours_unmatched"] == 0 and r["contours_skipped"] == 0
                for r in rows.values())
     assert 1000 < rows["Lung-Left"]["volume_ml"] < 4000 and 1000 < rows["Lung-Right"]["volume_ml"] < 4500
     assert 10 < rows["GTV-1"]["volume_ml"] < 500

@@ -1,10 +1,10 @@
-"""At scale (issue 8): a 20,000-file synthetic tree through ``python -m voxelpipe convert TREE --out OUT
+"""At scale: a 20,000-file synthetic tree through ``python -m voxelpipe convert TREE --out OUT
 --workers 2`` (scan included), in a subprocess whose whole process tree is sampled for memory.
 
 References, all independent of voxelpipe's reader: ``voxelpipe.testing.tree.write_scale_tree`` records every
 file it wrote (the files of each series in slice order, the localizers, the broken files with the kind README
 gives them) and recomputes each series' HU volume from the formula it stored; series keys are SHA-256 of the
-SeriesInstanceUID (DESIGN.md, ``helpers.sha_key``); volumes are read with zarr directly.
+SeriesInstanceUID (``helpers.sha_key``); volumes are read with zarr directly.
 
 Memory rule (stated, not timed): RSS of the process tree (main + forkserver + pool workers, /proc VmRSS) is
 sampled every 0.2 s. During the convert phase (after ``manifest/scan.json`` appears) the peak of the second
@@ -251,7 +251,7 @@ def test_every_file_is_accounted_for(first_run, tree):
     assert set(files_by_key) == set(keys)
     for key, series in keys.items():
         assert files_by_key[key] == list(series.files), f"series {series.index}: files or slice order differ"
-    assert summary_statuses(first_run.out) == dict.fromkeys(keys, "converted")
+    assert summary_statuses(first_run.out) == dict.fromkeys(keys, "done")
     for row in read_rows(first_run.out / "summary_run.csv"):
         assert int(row["n_files"]) == keys[row["series_key"]].n_slices
     in_series = {p for paths in files_by_key.values() for p in paths}
@@ -367,8 +367,8 @@ def test_kill_at_random_moment_then_rerun_gives_the_same_outputs(first_run, tree
 
     rerun = run_convert(tree, out)
     assert rerun.returncode == 0, f"rerun exited {rerun.returncode}; log: {rerun.log}"
-    assert summary_statuses(out) == {k: ("skipped" if k in complete else "converted") for k in keys}
-    assert set(summary_statuses(first_run.out).values()) == {"converted"}
+    assert summary_statuses(out) == {k: ("skipped" if k in complete else "done") for k in keys}
+    assert set(summary_statuses(first_run.out).values()) == {"done"}
 
     partial, temporary = leftovers(out)
     assert partial == [], f"partial outputs left after the rerun: {partial}"

@@ -33,12 +33,21 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from voxelpipe.dicom.seg import (FrameOfReferenceMismatchError, NotSegError, SegGridError, SegMissingTagError,
-                                 SegTagValueError, dicom_lab_to_rgb, load_slice_uids, read_seg_masks)
+                                 SegTagValueError, dicom_lab_to_rgb)
+from voxelpipe.dicom.seg import read_seg_masks as parse_seg_masks
+from voxelpipe.pipelines.masks import load_slice_uids, report_rows
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
 from voxelpipe.core.geometry import Geometry, geometry_from_slices
 from voxelpipe.testing.synthetic import object_dataset
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def read_seg_masks(*args, volume: str = "", **kwargs):
+    """The parser's masks, and the masks pipeline's report rows for its placed segments."""
+    masks, placed = parse_seg_masks(*args, **kwargs)
+    return masks, report_rows(placed, volume)
+
 REPORT_KEYS = {"volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
                "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"}
 
@@ -65,7 +74,7 @@ def converted(dcmqi, tmp_path_factory) -> dict[str, dict]:
                          ("24mf", "24x38x3/multiframe")]:
         out = out_root / name
         rows = convert([str(dcmqi / folder)], out=str(out), workers=1, progress=False)
-        assert [r["status"] for r in rows] == ["converted"], rows
+        assert [r["status"] for r in rows] == ["done"], rows
         volume = open_volume(rows[0]["path"])
         result[name] = {"path": rows[0]["path"], "volume": volume,
                         "sources": sorted(glob.glob(str(dcmqi / folder / "*.dcm")))}
@@ -163,7 +172,7 @@ def test_liver_matches_nrrd(converted, dcmqi):
     assert mask.attrs["volume_ml"] == pytest.approx(voxels * 0.810547 ** 2 * 1.0 / 1000, rel=1e-6)
     (row,) = report
     assert set(row) == REPORT_KEYS
-    assert row["status"] == "written" and row["contours"] == 3 and row["contours_unmatched"] == 0
+    assert row["status"] == "done" and row["contours"] == 3 and row["contours_unmatched"] == 0
     assert row["mask_name"] == "Liver" and row["voxels"] == voxels
 
 
@@ -182,7 +191,7 @@ def test_partial_overlaps_match_nrrds(converted, dcmqi):
     # overlapping segments kept as separate masks: 1, 2 and 3 overlap pairwise
     assert all(np.count_nonzero(by_number[a] & by_number[b]) > 0 for a, b in [(1, 2), (1, 3), (2, 3)])
     assert [r["contours"] for r in report] == [1, 1, 3, 1, 1]
-    assert all(r["status"] == "written" for r in report)
+    assert all(r["status"] == "done" for r in report)
 
 
 @pytest.mark.parametrize("case,volume", [("23x38x3", "23"), ("24x38x3", "24"), ("24x38x3", "24mf")])
@@ -192,7 +201,7 @@ def test_small_cases_match_nrrd(converted, dcmqi, case, volume):
     (mask,) = masks
     np.testing.assert_array_equal(mask.array, (truth == 1).astype(np.uint8))
     (row,) = report
-    assert row["contours"] == 3 and row["status"] == "written"
+    assert row["contours"] == 3 and row["status"] == "done"
     if case == "24x38x3":  # its first and last frames are empty
         assert "2 empty frame(s)" in row["note"]
 
@@ -206,7 +215,7 @@ def test_label_map_seg_matches_nrrd(converted, dcmqi, name):
     np.testing.assert_array_equal(mask.array, (truth == 1).astype(np.uint8))
     background, liver = report
     assert background["roi_number"] == 0 and background["status"] == "skipped" and "background" in background["note"]
-    assert liver["status"] == "written" and liver["contours"] == 2
+    assert liver["status"] == "done" and liver["contours"] == 2
     (mask,), _ = _place(converted, "24", dcmqi / f"sparse-labelmap-{name}.dcm", segments=["background"])
     expected = np.zeros_like(mask.array)
     expected[[0, 2]] = truth[[0, 2]] == 0  # asked for by name: pixel value 0 of the encoded frames
@@ -237,7 +246,7 @@ def test_real_fallback_to_referenced_instances(converted, dcmqi, tmp_path):
     assert report[0]["contours"] == 3
     # without the slice UIDs nothing can be placed
     masks, report = read_seg_masks(path, converted["ct"]["volume"].geometry)
-    assert report[0]["status"] == "empty" and report[0]["contours_unmatched"] == 3
+    assert report[0]["status"] == "done" and report[0]["contours_unmatched"] == 3
     assert "no slice UIDs" in report[0]["note"] and not masks[0].array.any()
 
 
@@ -405,7 +414,7 @@ def test_binary_bit_packed_with_overlap_and_empty_frame(tmp_path, binary_case):
         assert set(row) == REPORT_KEYS
         voxels = int(_expected(binary_case[n]).sum())
         assert row["voxels"] == voxels and row["volume_ml"] == pytest.approx(voxels * voxel_ml)
-        assert row["status"] == "written" and row["contours_unmatched"] == 0
+        assert row["status"] == "done" and row["contours_unmatched"] == 0
 
 
 def test_shuffled_frames_give_the_same_masks(tmp_path, binary_case):
@@ -513,11 +522,11 @@ def test_segment_without_frames_and_selection(tmp_path):
     path = _write_seg(tmp_path / "sel.dcm", [{"segment": 1, "pixels": _blob(51), "ipp": _ipp(0)}], segments)
     masks, report = read_seg_masks(path, _geometry(), taken=["Tumour_A"])
     assert [m.name for m in masks] == ["Tumour_A_2", "Tumour_B", "Tumour_A_3"]
-    assert [r["status"] for r in report] == ["written", "empty", "empty"]
+    assert [r["status"] for r in report] == ["done", "done", "done"]
     assert "segment has no frames" in report[2]["note"] and not masks[2].array.any()
     masks, report = read_seg_masks(path, _geometry(), segments=["tumour/b"], volume="v.zarr")
     assert [m.attrs["roi_number"] for m in masks] == [2]
-    assert [r["status"] for r in report] == ["skipped", "empty", "skipped"]
+    assert [r["status"] for r in report] == ["skipped", "done", "skipped"]
     assert report[0]["contours_skipped"] == 1 and report[0]["mask_name"] == ""
     assert all(r["volume"] == "v.zarr" for r in report)
     masks, _ = read_seg_masks(path, _geometry(), segments=["3"])

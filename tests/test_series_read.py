@@ -53,7 +53,7 @@ def test_matches_convert_and_pydicom(study, tmp_path, which):
                                                  for p in ordered_paths]
 
     rows = voxelpipe.convert([study[f"{which}_dir"]], out=str(tmp_path / "out"), workers=1, progress=False)
-    assert rows[0]["status"] == "converted", rows[0]["reason"]
+    assert rows[0]["status"] == "done", rows[0]["reason"]
     converted = voxelpipe.open_volume(rows[0]["path"])
     assert converted.dtype == volume.dtype
     np.testing.assert_array_equal(converted.numpy(), volume.numpy())

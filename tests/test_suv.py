@@ -343,11 +343,11 @@ def test_sts001_audit(sts_pet):
 def test_sts001_suv_range_and_gtv_suvmax(sts_pet, tmp_path):
     import voxelpipe
     from voxelpipe.dicom.rtstruct import read_rtstruct_masks
-    from voxelpipe.dicom.seg import load_slice_uids
+    from voxelpipe.pipelines.masks import load_slice_uids
 
     image = sts_pet / "image"
     (row,) = voxelpipe.convert([str(image)], out=str(tmp_path / "out"), workers=1, progress=False)
-    assert row["status"] == "converted", row.get("reason")
+    assert row["status"] == "done", row.get("reason")
     volume = voxelpipe.open_volume(row["path"])
     activity = volume.numpy().astype(np.float64)  # Bq/ml: per-slice rescale applied by convert
     paths = sorted(str(p) for p in image.iterdir())

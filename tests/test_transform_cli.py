@@ -19,9 +19,9 @@ def converted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dicom")
     spec = SeriesSpec(n_slices=16, rows=40, columns=48, spacing=(2.0, 0.8, 0.8), seed=5)
     write_series(folder, spec)
-    out = tmp_path_factory.mktemp("converted")
+    out = tmp_path_factory.mktemp("done")
     summary = voxelpipe.convert([str(folder)], out=str(out), workers=1, progress=False)
-    assert summary[0]["status"] == "converted"
+    assert summary[0]["status"] == "done"
     return out, spec, summary[0]["path"]
 
 

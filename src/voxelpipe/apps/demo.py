@@ -7,6 +7,7 @@ import os
 import pydicom
 
 from voxelpipe.core.errors import VoxelpipeError
+from voxelpipe.core.types import Status
 from voxelpipe.testing.synthetic import sphere_contours, write_demo_study, write_rtstruct
 from voxelpipe.pipelines.convert import convert
 from voxelpipe.pipelines.masks import add_masks_from_manifest
@@ -19,7 +20,8 @@ class DemoStepError(VoxelpipeError):
     """A stage of the demo did not do what it should on the demo study (so the installation is broken)."""
 
 
-def _require(step: str, rows: list[dict], ok: set[str], count: int | None = None) -> None:
+def _require(step: str, rows: list[dict], ok: frozenset[str] = frozenset({Status.DONE}),
+             count: int | None = None) -> None:
     """Raise DemoStepError unless every row of ``step`` has an ``ok`` status (and there are ``count`` rows)."""
     bad = [r for r in rows if r.get("status") not in ok]
     if bad or (count is not None and len(rows) != count):
@@ -49,24 +51,24 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
     volumes = os.path.join(out, "volumes")
     summary = convert(manifest=os.path.join(manifest, "series_all.csv"), out=volumes, workers=workers,
                       progress=progress, overwrite=True)
-    print(f"convert: {sum(r['status'] == 'converted' for r in summary)} volume(s) -> {volumes}")
+    print(f"convert: {sum(r['status'] == Status.DONE for r in summary)} volume(s) -> {volumes}")
     for row in summary:
         print(f"  {row['path']}: {row['shape']} {row['dtype']}, {row['status']} {row['reason']}"
               f"(ratio {row['ratio']}, verification {row['verification']})")
     print(f"  {os.path.join(volumes, 'summary_run.csv')}")
-    _require("convert", summary, {"converted"}, count=len(result.series))
+    _require("convert", summary, count=len(result.series))
     rows = add_masks_from_manifest(manifest, volumes, workers=workers, progress=progress)
-    written = [r for r in rows if r["status"] == "written"]
-    _require("masks", rows, {"written"}, count=2)
+    written = [r for r in rows if r["status"] == Status.DONE]
+    _require("masks", rows, count=2)
     print(f"masks: {len(written)} ROI mask(s) from the RT structure set onto their volume "
           f"({', '.join(r['roi_name'] for r in written)}) -> {os.path.join(volumes, 'masks_report.csv')}")
     resampled = os.path.join(out, "resampled_las_1mm")
     rows = resample_volumes(volumes, resampled, spacing=(1.0, 1.0, 1.0), orientation="LAS", progress=progress)
-    _require("resample", rows, {"resampled"}, count=len(summary))
+    _require("resample", rows, count=len(summary))
     print(f"resample: {len(rows)} volume(s) reoriented to LAS and resampled to 1 mm -> {resampled}")
     projections = os.path.join(out, "projections")
     rows = project_volumes(volumes, projections, angles=parse_angles("0:360:45"), progress=progress)
-    _require("project", rows, {"projected"}, count=len(summary))
+    _require("project", rows, count=len(summary))
     print(f"project: {len(rows)} volume(s), 8 maximum intensity projections each -> {projections}")
     data = build_report(volumes, samples=4, seed=0, progress=progress)
     report = write_html(data, os.path.join(volumes, "report.html"))

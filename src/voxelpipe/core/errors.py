@@ -1,10 +1,45 @@
 """Errors raised by voxelpipe: one base type, specific subclasses.
 
-Every message names the file, and where it applies the tag and the value at fault.
+Every error voxelpipe raises on purpose derives from :class:`VoxelpipeError`; every message names the file, and
+where it applies the tag and the value at fault. The tree (classes of other modules name theirs in brackets; those
+that are natural built-in errors too also inherit that built-in, so ``except ValueError`` keeps working)::
+
+    VoxelpipeError
+      InputError (ValueError)                      a bad request: option value, shape, dtype, missing input
+        PathNotFoundError (FileNotFoundError)      a named input file or folder does not exist
+        ValuesDoNotFitError                        rescaled values do not fit the requested integer dtype
+        RoiNotFoundError                           requested ROI / segment names absent from the object
+        NoPetError                    [apps.petct.suv]       no PET file among the inputs
+        PetctError                    [apps.petct.pipeline]  a subject cannot be prepared
+        ContourParseError             [apps.contours.pipeline]
+      DicomReadError (ValueError)                  a file cannot be used as DICOM (names the file)
+        NotDicomError                              no DICOM dataset in the file
+        MissingTagError                            a needed tag is absent or empty
+          NoGeometryError                          an image without position / orientation
+          SegMissingTagError          [dicom.seg]
+          SuvMissingTagError          [dicom.suv]  (also SuvError)
+        BadTagValueError                           a tag holds an unusable value
+          FrameOfReferenceMismatchError            an RTSTRUCT / SEG in another frame of reference than the volume
+          NotSegError, SegTagValueError, SegGridError  [dicom.seg]
+          NotRtstructError            [dicom.rtstruct]
+          SuvTagValueError            [dicom.suv]  (also SuvError)
+            UnsupportedUnitsError, NegativeUptakeError
+        RtstructError                 [dicom.rtstruct]  an RTSTRUCT that cannot be read
+        SuvError                      [dicom.suv]  SUV cannot be computed for a file
+      MergeError (RuntimeError)       [apps.petct.merge]    a merged subject file does not hold what was planned
+      ModelError (RuntimeError)       [apps.lung.nodules]   a user nodule model failed
+      DemoStepError                   [apps.demo]           a demo stage did not do its job
+
+Internal signals that never leave their package (the raw header walker meeting an encoding it does not handle,
+a fast pixel decoder declining a file) are plain exceptions caught by their caller; they are not errors of a run.
+
+A run that goes on after one item failed records :func:`failure_reason` (or :func:`lost_task_reason`) in that
+item's row (see :mod:`voxelpipe.core.rows`).
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 
 class VoxelpipeError(Exception):
@@ -15,8 +50,24 @@ class InputError(VoxelpipeError, ValueError):
     """Bad input to a library call (wrong shape, dtype, option value)."""
 
 
+class PathNotFoundError(InputError, FileNotFoundError):
+    """A file or folder named by the caller does not exist."""
+
+
 class ValuesDoNotFitError(InputError):
     """Rescaled values are not integral or do not fit the requested integer output dtype."""
+
+
+class RoiNotFoundError(InputError):
+    """Requested ROI (RTSTRUCT) or segment (SEG) names or numbers are not in the object."""
+
+    def __init__(self, path: str | os.PathLike, missing: Sequence[str], available: Sequence[str],
+                 where: str = "StructureSetROISequence (3006,0020) ROIName (3006,0026)"):
+        self.path = os.fspath(path)
+        self.missing = list(missing)
+        self.available = list(available)
+        super().__init__(f"{self.path}: ROI name(s) {', '.join(map(repr, self.missing))} not in {where}; "
+                         f"available: {', '.join(map(repr, self.available)) or 'none'}")
 
 
 class DicomReadError(VoxelpipeError, ValueError):
@@ -51,6 +102,24 @@ class BadTagValueError(DicomReadError):
         self.tag = tag
         self.value = value
         super().__init__(path, f"tag {tag} has unusable value {value!r}: {why}")
+
+
+class FrameOfReferenceMismatchError(BadTagValueError):
+    """A mask object (RTSTRUCT, SEG) is in another frame of reference than the volume it is placed on.
+
+    Args:
+        path: the object's file.
+        tag: the tag holding the object's frame(s) of reference, with its number.
+        found: the object's FrameOfReferenceUID(s).
+        expected: the volume's FrameOfReferenceUID.
+    """
+
+    def __init__(self, path: str | os.PathLike, tag: str, found: str | Sequence[str], expected: str):
+        self.found = [found] if isinstance(found, str) else list(found)
+        self.expected = expected
+        super().__init__(path, tag, ", ".join(self.found) or "(none)",
+                         f"the volume's frame of reference is {expected}: the object is in another patient "
+                         "coordinate system")
 
 
 def lost_task_reason(exc: BaseException) -> str:

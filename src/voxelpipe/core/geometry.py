@@ -1,6 +1,6 @@
 """Geometry in DICOM patient coordinates (LPS, millimetres).
 
-Arrays are indexed (slice, row, column) = axes 0, 1, 2. See DESIGN.md for the conventions.
+Arrays are indexed (slice, row, column) = axes 0, 1, 2; positions are DICOM patient LPS millimetres.
 """
 from __future__ import annotations
 

@@ -3,10 +3,15 @@ attributes and command-line values keep their words."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TypeVar
+
+from voxelpipe.core.errors import InputError
 
 
 class Status(StrEnum):
-    """Outcome of one item (series, volume, subject, patient) in a run's summary."""
+    """Outcome of one item (series, volume, subject, patient, ROI) in a run's summary: ``done`` (its output was
+    written), ``skipped`` (nothing to do: already complete, or not an input for this run; the reason says which)
+    or ``failed`` (the reason says why). Rows are built with :mod:`voxelpipe.core.rows`."""
 
     DONE = "done"
     SKIPPED = "skipped"
@@ -36,3 +41,18 @@ class Executor(StrEnum):
     POOL = "pool"
     DASK = "dask"
     DASK_LOCAL = "dask-local"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def member_of(kind: type[E], value: str, what: str) -> E:
+    """``value`` as a member of the vocabulary ``kind`` (``Format``, ``Executor``, ...).
+
+    Raises:
+        InputError: ``value`` is not one of the words, naming ``what`` (the option) and the words allowed.
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        raise InputError(f"{what} must be one of {', '.join(kind)}, got {value!r}") from None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.dataset import Dataset
 
-from voxelpipe.core.errors import DicomReadError, NotDicomError
+from voxelpipe.core.errors import DicomReadError, NotDicomError, PathNotFoundError
 from voxelpipe.dicom.flatten import flatten
 from voxelpipe.dicom.rawheader import DEFLATED, Truncated, Unsupported, read_raw_header
 
@@ -25,7 +25,7 @@ def iter_files(roots: Iterable[str | os.PathLike]) -> Iterator[str]:
             yield root
             continue
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"{root}: no such file or folder")
+            raise PathNotFoundError(f"{root}: no such file or folder")
         for folder, dirs, names in os.walk(root):
             dirs.sort()
             for name in sorted(names):

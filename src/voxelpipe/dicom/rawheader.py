@@ -27,11 +27,17 @@ FIRST_READ = 1 << 16
 
 
 class Unsupported(Exception):
-    """The file uses an encoding this walker does not handle; read it with pydicom instead."""
+    """The file uses an encoding this walker does not handle; read it with pydicom instead.
+
+    An internal signal, not an error of a run: :func:`voxelpipe.dicom.files.read_header` catches it and falls back
+    to pydicom."""
 
 
 class Truncated(Exception):
-    """The header ends before an element it declares."""
+    """The header ends before an element it declares.
+
+    An internal signal: :func:`voxelpipe.dicom.files.read_header` turns it into a
+    :class:`~voxelpipe.core.errors.DicomReadError` naming the file."""
 
 
 @dataclass

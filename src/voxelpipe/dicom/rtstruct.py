@@ -3,7 +3,8 @@
 ``parse_rtstruct(path, rois=None)`` reads the file with pydicom into a :class:`StructureSet` (every ROI's
 contours as one (N, 3) array of LPS mm points plus offsets). ``read_rtstruct_masks(path, geometry, rois=None)``
 turns it into :class:`~voxelpipe.core.masks.Mask` objects (uint8, the geometry's (slice, row, column) grid) and one
-report row per ROI; ``iter_rtstruct_masks`` does the same one ROI at a time (one mask in memory at a time).
+:class:`~voxelpipe.core.masks.PlacedRoi` per ROI (counts and notes as plain data); ``iter_rtstruct_masks`` does the
+same one ROI at a time (one mask in memory at a time).
 
 The slice-assignment rule (the contour's ContourImageSequence is never used; it often points at another series):
 
@@ -35,9 +36,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
-from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError
+from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, InputError,
+                                   MissingTagError, RoiNotFoundError)
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.masks import Mask, PlacedRoi, mask_array_name
+from voxelpipe.kernels.polygon import fill_polygons_3d, first_bad_vertex
 
 log = logging.getLogger("voxelpipe")
 
@@ -49,9 +56,7 @@ PLANE_TOLERANCE_MM = 0.1  # points of one planar contour may spread this much al
 MAX_LISTED = 8  # positions / indices listed in a note
 RULE = ("contours assigned to the slice whose window (half the local step either side) holds their position "
         "along the normal; even-odd per slice; pixel centres inside")
-
-REPORT_COLUMNS = ["volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
-                  "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"]
+MAX_COORDINATE = 1e12  # |row|, |column| limit in pixels of a contour point (keeps the fill's arithmetic finite)
 
 
 class RtstructError(DicomReadError):
@@ -60,30 +65,6 @@ class RtstructError(DicomReadError):
 
 class NotRtstructError(BadTagValueError):
     """The file is DICOM but not an RT Structure Set."""
-
-
-class RoiNotFoundError(InputError):
-    """Requested ROI names are not in the structure set."""
-
-    def __init__(self, path: str, missing: Sequence[str], available: Sequence[str]):
-        self.path = path
-        self.missing = list(missing)
-        self.available = list(available)
-        super().__init__(f"{path}: ROI name(s) {', '.join(map(repr, self.missing))} not in "
-                         f"StructureSetROISequence (3006,0020) ROIName (3006,0026); available: "
-                         f"{', '.join(map(repr, self.available)) or 'none'}")
-
-
-class FrameOfReferenceMismatchError(InputError):
-    """The structure set's contours are in another frame of reference than the volume."""
-
-    def __init__(self, path: str, found: Sequence[str], expected: str):
-        self.path = path
-        self.found = list(found)
-        self.expected = expected
-        super().__init__(f"{path}: ReferencedFrameOfReferenceSequence (3006,0010) FrameOfReferenceUID "
-                         f"{', '.join(self.found) or '(none)'} does not include the volume's frame of reference "
-                         f"{expected}: its contours are in another patient coordinate system")
 
 
 @dataclass
@@ -159,10 +140,6 @@ def _int(ds, keyword: str, path: str, default: int | None = None) -> int | None:
 def parse_rtstruct(path: str | os.PathLike, rois: Sequence[str] | None = None) -> StructureSet:
     """Read an RTSTRUCT file: the ROIs (all, or those named in ``rois``, in the file's order) with their
     contour points. Raises :class:`RoiNotFoundError` naming the missing and the available names."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.multival import MultiValue
-
     path = os.fspath(path)
     try:
         ds = pydicom.dcmread(path)
@@ -513,14 +490,25 @@ def _plane_detail(points: np.ndarray, normal: np.ndarray) -> str:
 
 def fill(polygons: list[np.ndarray], slice_index: np.ndarray, shape: tuple[int, int, int],
          out: np.ndarray | None = None) -> np.ndarray:
-    """Fill ``polygons`` ((K, 2) row, column vertices) into their slices of a uint8 volume: even–odd per slice,
-    pixel-centre rule (``voxelpipe.ops.polygon.fill_polygons_volume``)."""
-    from voxelpipe.ops.polygon import fill_polygons_volume
-
+    """Fill ``polygons`` ((K, 2) row, column vertices in pixels) into their slices ``slice_index`` (one per
+    polygon, each in ``0..shape[0] - 1``) of a uint8 (slice, row, column) volume: even–odd per slice,
+    pixel-centre rule (the kernel of :func:`voxelpipe.ops.polygon.fill_polygons_volume`). ``out``: a
+    C-contiguous uint8 array of ``shape`` to fill (zeros when not given)."""
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
-    if polygons:
-        fill_polygons_volume(polygons, np.asarray(slice_index, dtype=np.int64), shape, out=out)
+    if not polygons:
+        return out
+    vertices = np.ascontiguousarray(np.concatenate(polygons), dtype=np.float64)
+    offsets = np.concatenate(([0], np.cumsum([len(p) for p in polygons]))).astype(np.int64)
+    k = first_bad_vertex(vertices, MAX_COORDINATE)
+    if k >= 0:
+        raise InputError(f"contour point {vertices[k].tolist()} (row, column) is not finite or beyond "
+                         f"+-{MAX_COORDINATE:g} pixels of the grid")
+    index = np.asarray(slice_index, dtype=np.int64)
+    order = np.argsort(index, kind="stable").astype(np.int64)
+    slice_starts = np.zeros(shape[0] + 1, dtype=np.int64)
+    slice_starts[1:] = np.cumsum(np.bincount(index, minlength=shape[0]))
+    fill_polygons_3d(vertices, offsets, order, slice_starts, out)
     return out
 
 
@@ -533,19 +521,18 @@ def _frame_check(structure: StructureSet, frame_of_reference_uid: str | None) ->
     found = list(dict.fromkeys(structure.frame_of_reference_uids
                                + [r.frame_of_reference_uid for r in structure.rois if r.frame_of_reference_uid]))
     if found and frame_of_reference_uid not in found:
-        raise FrameOfReferenceMismatchError(structure.path, found, frame_of_reference_uid)
+        raise FrameOfReferenceMismatchError(structure.path, "ReferencedFrameOfReferenceSequence (3006,0010) "
+                                            "FrameOfReferenceUID", found, frame_of_reference_uid)
     if not found:
         return ["structure set names no frame of reference; not checked"]
     return []
 
 
 def iter_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Sequence[str] | None = None, *,
-                        frame_of_reference_uid: str | None = None, volume: str = "",
-                        taken: Iterable[str] = ()) -> Iterator[tuple[object, dict]]:
-    """Like :func:`read_rtstruct_masks`, one ROI at a time (one mask in memory at a time): yields
-    ``(mask or None, report row)`` in the file's ROI order."""
-    from voxelpipe.core.masks import Mask, mask_array_name
-
+                        frame_of_reference_uid: str | None = None,
+                        taken: Iterable[str] = ()) -> Iterator[PlacedRoi]:
+    """Like :func:`read_rtstruct_masks`, one ROI at a time (one mask in memory at a time): yields a
+    :class:`PlacedRoi` per ROI of the file (its ``mask`` None when no mask was made), in the file's ROI order."""
     path = os.fspath(path)
     structure = parse_rtstruct(path, rois)
     common = _frame_check(structure, frame_of_reference_uid)
@@ -556,28 +543,25 @@ def iter_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Seque
     source = os.path.abspath(path)
     unselected = {id(r) for r in structure.unselected}
     for roi in sorted(structure.rois + structure.unselected, key=lambda r: r.position):
-        row = {"volume": volume, "source": source, "source_kind": SOURCE_KIND, "roi_name": roi.name,
-               "mask_name": "", "roi_number": roi.number, "status": "skipped", "voxels": 0, "volume_ml": 0.0,
-               "contours": roi.n_contours, "contours_unmatched": 0, "contours_skipped": 0, "note": ""}
         if id(roi) in unselected:
-            row.update(contours="", contours_skipped="", note="not among the requested ROIs")
-            yield None, row
+            yield PlacedRoi(source, SOURCE_KIND, roi.name, roi.number, contours=None, contours_skipped=None,
+                            notes=["not among the requested ROIs"])
             continue
         notes = list(common)
         if (frame_of_reference_uid and roi.frame_of_reference_uid
                 and roi.frame_of_reference_uid != frame_of_reference_uid):
             notes.append(f"ROI's ReferencedFrameOfReferenceUID (3006,0024) {roi.frame_of_reference_uid} is not "
                          f"the volume's {frame_of_reference_uid}: not rasterised")
-            row.update(contours_skipped=roi.n_contours, note="; ".join(notes + roi.notes))
-            yield None, row
+            yield PlacedRoi(source, SOURCE_KIND, roi.name, roi.number, contours=roi.n_contours,
+                            contours_skipped=roi.n_contours, notes=notes + roi.notes)
             continue
         plan = _plan_roi(roi, geometry)
         notes += plan.notes
-        row.update(contours_unmatched=plan.unmatched, contours_skipped=plan.skipped)
         if roi.n_contours and "CLOSED_PLANAR" not in roi.types:
             # only points, open contours or unusable data: no area to fill, so no mask
-            row.update(note="; ".join(notes + ["no CLOSED_PLANAR contour: no mask"]))
-            yield None, row
+            yield PlacedRoi(source, SOURCE_KIND, roi.name, roi.number, contours=roi.n_contours,
+                            contours_unmatched=plan.unmatched, contours_skipped=plan.skipped,
+                            notes=notes + ["no CLOSED_PLANAR contour: no mask"])
             continue
         if roi.n_contours == 0:
             notes.append("ROI has no contours (ContourSequence absent or empty)")
@@ -590,8 +574,6 @@ def iter_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Seque
         volume_ml = round(float(per_slice @ thickness[plan.slices_used]) * voxel_area / 1000.0, 6)
         name = mask_array_name(roi.name, used)
         used.add(name)
-        row.update(mask_name=name, status="written" if voxels else "empty", voxels=voxels, volume_ml=volume_ml,
-                   note="; ".join(notes))
         attrs = {
             "roi_name": roi.name, "roi_number": roi.number, "color": roi.color, "source": source,
             "source_kind": SOURCE_KIND, "source_sop_instance_uid": structure.sop_instance_uid,
@@ -603,34 +585,47 @@ def iter_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Seque
             "contours_unmatched": plan.unmatched, "contours_skipped": plan.skipped,
             "slices_with_contours": int(len(plan.slices_used)),
             "slice_range": [int(plan.slices_used[0]), int(plan.slices_used[-1])] if plan.filled else [],
-            "rule": RULE, "note": row["note"],
+            "rule": RULE, "note": "; ".join(notes),
         }
-        yield Mask(name, array, attrs), row
+        yield PlacedRoi(source, SOURCE_KIND, roi.name, roi.number, Mask(name, array, attrs),
+                        contours=roi.n_contours, contours_unmatched=plan.unmatched, contours_skipped=plan.skipped,
+                        voxels=voxels, volume_ml=volume_ml, notes=notes)
 
 
 def read_rtstruct_masks(path: str | os.PathLike, geometry: Geometry, rois: Sequence[str] | None = None, *,
-                        frame_of_reference_uid: str | None = None, volume: str = "",
-                        taken: Iterable[str] = ()) -> tuple[list, list[dict]]:
+                        frame_of_reference_uid: str | None = None,
+                        taken: Iterable[str] = ()) -> tuple[list[Mask], list[PlacedRoi]]:
     """Rasterise the ROIs of an RTSTRUCT onto ``geometry``'s grid.
 
-    Returns ``(masks, rows)``: a :class:`~voxelpipe.core.masks.Mask` (uint8 (slice, row, column), attrs with
-    ``roi_name``, ``roi_number``, ``color``, ``source``, ``source_kind``, ``source_sop_instance_uid``,
-    ``voxels``, ``volume_ml``, ``contours``, ``contours_unmatched``, ...) for every ROI with an area to fill
-    (status ``written``, or ``empty`` when nothing landed on the grid), and one report row per ROI of the file
-    (keys ``REPORT_COLUMNS``; ``volume`` as given). ``rois``: only these (ROIName, case-insensitive, or
-    ROINumber; a name matching none raises :class:`RoiNotFoundError`; the others get ``skipped`` rows).
-    ``taken``: mask names already used (new names get ``_2``, ... suffixes). ``frame_of_reference_uid``: the
-    volume's; when given, a structure set in another frame raises :class:`FrameOfReferenceMismatchError` and
-    ROIs in another frame are skipped."""
-    masks, rows = [], []
-    for mask, row in iter_rtstruct_masks(path, geometry, rois, frame_of_reference_uid=frame_of_reference_uid,
-                                         volume=volume, taken=taken):
-        if mask is not None:
-            masks.append(mask)
-        rows.append(row)
-    return masks, rows
+    Args:
+        path: the RTSTRUCT file.
+        geometry: the volume's grid.
+        rois: only these (ROIName, case-insensitive, or ROINumber); the others get no mask.
+        frame_of_reference_uid: the volume's; when given, a structure set in another frame is an error and ROIs
+            in another frame get no mask.
+        taken: mask names already used (new names get ``_2``, ... suffixes).
+
+    Returns:
+        ``(masks, placed)``: a :class:`~voxelpipe.core.masks.Mask` (uint8 (slice, row, column), attrs with
+        ``roi_name``, ``roi_number``, ``color``, ``source``, ``source_kind``, ``source_sop_instance_uid``,
+        ``voxels``, ``volume_ml``, ``contours``, ``contours_unmatched``, ...) for every ROI with an area to fill
+        (possibly empty when nothing landed on the grid), and one :class:`~voxelpipe.core.masks.PlacedRoi` per
+        ROI of the file.
+
+    Raises:
+        RoiNotFoundError: a name in ``rois`` matches no ROI.
+        FrameOfReferenceMismatchError: the structure set is in another frame of reference.
+        DicomReadError: the file is not a usable RTSTRUCT (subclasses name the tag and value).
+    """
+    masks, placed = [], []
+    for roi in iter_rtstruct_masks(path, geometry, rois, frame_of_reference_uid=frame_of_reference_uid,
+                                   taken=taken):
+        if roi.mask is not None:
+            masks.append(roi.mask)
+        placed.append(roi)
+    return masks, placed
 
 
 __all__ = ["parse_rtstruct", "read_rtstruct_masks", "iter_rtstruct_masks", "assign_slices", "slice_windows",
            "slice_thickness", "to_row_col", "StructureSet", "Roi", "RoiNotFoundError",
-           "FrameOfReferenceMismatchError", "NotRtstructError", "RtstructError", "REPORT_COLUMNS", "SOURCE_KIND"]
+           "FrameOfReferenceMismatchError", "NotRtstructError", "RtstructError", "SOURCE_KIND", "RTSTRUCT_SOP_CLASS"]

@@ -20,32 +20,31 @@ row 0, column 0 of that slice, its ``PlaneOrientationSequence`` (shared or per f
 largest displacement it causes anywhere in the frame and must stay within ``IN_PLANE_TOLERANCE_PX`` pixels, else
 :class:`SegGridError` names the file, tag, value and the volume's value. A frame without a position is placed by
 the instance it was derived from (``DerivationImageSequence > SourceImageSequence > ReferencedSOPInstanceUID``)
-matched against the volume's per-slice SOPInstanceUIDs (:func:`load_slice_uids`). Frames placed on no slice are
-counted (``contours_unmatched``) and explained in the report's note. Frames of one segment landing on the same
+matched against the volume's per-slice SOPInstanceUIDs (``slice_uids``). Frames placed on no slice are
+counted (``contours_unmatched``) and explained in the segment's notes. Frames of one segment landing on the same
 slice are combined (OR; the maximum for scaled fractions) and counted in the note.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import iter_pixels
 
-from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
+from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, InputError,
+                                   MissingTagError, NotDicomError)
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.core.masks import Mask, mask_array_name
+from voxelpipe.core.masks import Mask, PlacedRoi, mask_array_name
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SEG_SOP_CLASSES = {SEG_STORAGE: "Segmentation Storage", LABEL_MAP_SEG_STORAGE: "Label Map Segmentation Storage"}
 IN_PLANE_TOLERANCE_PX = 0.1  # largest in-plane displacement (pixels) a grid difference may cause anywhere in a frame
 FRACTIONAL_MODES = ("threshold", "scaled")
-REPORT_COLUMNS = ["volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
-                  "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"]
-_STORE_SUFFIXES = (".zarr.sqlite", ".zarr.zip", ".zarr", ".npz")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -70,10 +69,6 @@ class SegTagValueError(BadTagValueError):
 
 class SegGridError(BadTagValueError):
     """The SEG is not on the volume's grid (orientation, pixel spacing, size or in-plane origin differ)."""
-
-
-class FrameOfReferenceMismatchError(BadTagValueError):
-    """The SEG's FrameOfReferenceUID is not the volume's."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,42 +98,6 @@ def dicom_lab_to_rgb(value: Iterable[int]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# slice UIDs of a converted volume
-# ----------------------------------------------------------------------------------------------------------
-def load_slice_uids(volume_path: str | os.PathLike) -> list[str] | None:
-    """SOPInstanceUID of every slice index of a converted volume (``OUT/data/<key>.zarr``, ``.zarr.zip``,
-    ``.zarr.sqlite`` or ``.npz``), from ``OUT/meta/<key>.slices.csv``; None when that file is absent.
-
-    For a 4-D volume (repeated positions) the UIDs of the first frame (phase) are returned. A multi-frame
-    source gives the same UID on several slices; such UIDs place nothing (ambiguous)."""
-    path = os.fspath(volume_path).rstrip("/\\")
-    folder, name = os.path.split(path)
-    key = next((name[: -len(s)] for s in _STORE_SUFFIXES if name.endswith(s)), None)
-    if not key:
-        return None
-    meta = os.path.join(os.path.dirname(folder), "meta")
-    slices_csv = os.path.join(meta, f"{key}.slices.csv")
-    if not os.path.isfile(slices_csv):
-        return None
-    with open(slices_csv, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    n_slices = len(rows)
-    series_json = os.path.join(meta, f"{key}.series.json")
-    if os.path.isfile(series_json):
-        try:
-            with open(series_json, encoding="utf-8") as fh:
-                n_slices = int(json.load(fh)["shape"][0])
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
-            pass
-    uids = [""] * min(n_slices, len(rows))
-    for position, row in enumerate(rows):
-        index = int(row.get("index") or position)
-        if index < len(uids):
-            uids[index] = row.get("sop_instance_uid", "")
-    return uids
-
-
-# ----------------------------------------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
@@ -165,23 +124,31 @@ class _Placement:
 
 def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: list[str] | None = None,
                    segments: list[str] | None = None, *, frame_of_reference_uid: str | None = None,
-                   fractional: str = "threshold", threshold: float = 0.5, volume: str = "",
-                   taken: Iterable[str] = ()) -> tuple[list[Mask], list[dict]]:
+                   fractional: str = "threshold", threshold: float = 0.5,
+                   taken: Iterable[str] = ()) -> tuple[list[Mask], list[PlacedRoi]]:
     """Masks of the segments of the SEG at ``seg_path`` on the grid of ``geometry`` (no resampling).
 
-    ``slice_uids``: SOPInstanceUID per slice index (:func:`load_slice_uids`), used for frames without a
-    position. ``segments``: only these (SegmentLabel or SegmentNumber, case-insensitive); the others are reported
-    ``skipped``. ``frame_of_reference_uid``: the volume's; a SEG of another frame of reference is an error.
-    ``fractional``: ``"threshold"`` (default: mask = 1 where value / MaximumFractionalValue >= ``threshold``) or
-    ``"scaled"`` (uint8 0..255 = fraction × 255, rounded). ``volume``: written into the report rows.
-    ``taken``: mask names already used (new names get ``_2``, ... suffixes).
+    Args:
+        seg_path: the SEG file.
+        geometry: the volume's grid.
+        slice_uids: SOPInstanceUID per slice index of the volume, used for frames without a position.
+        segments: only these (SegmentLabel or SegmentNumber, case-insensitive); the others get no mask.
+        frame_of_reference_uid: the volume's; a SEG of another frame of reference is an error.
+        fractional: ``"threshold"`` (default: mask = 1 where value / MaximumFractionalValue >= ``threshold``) or
+            ``"scaled"`` (uint8 0..255 = fraction × 255, rounded).
+        threshold: see ``fractional``.
+        taken: mask names already used (new names get ``_2``, ... suffixes).
 
-    Returns one :class:`Mask` per selected segment (empty ones included; overlapping segments stay separate
-    masks) and one report row per segment of the SEG (``REPORT_COLUMNS``; status ``written`` for a non-empty
-    mask, ``empty``, or ``skipped``)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    Returns:
+        One :class:`Mask` per selected segment (empty ones included; overlapping segments stay separate masks),
+        and one :class:`PlacedRoi` per segment of the SEG (``mask`` None for a segment left out; ``contours``
+        counts the segment's frames placed on a slice).
 
+    Raises:
+        FrameOfReferenceMismatchError: the SEG is in another frame of reference than ``frame_of_reference_uid``.
+        SegGridError: the SEG is not on the volume's grid.
+        DicomReadError: the file is not a usable SEG (subclasses name the tag and value).
+    """
     path = os.fspath(seg_path)
     if fractional not in FRACTIONAL_MODES:
         raise InputError(f"fractional must be one of {', '.join(FRACTIONAL_MODES)}, got {fractional!r}")
@@ -254,18 +221,15 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
     common = _common_attrs(path, ds, seg_type, fractional, threshold, max_fraction)
     used_names = set(taken)
     masks: list[Mask] = []
-    report: list[dict] = []
+    placed: list[PlacedRoi] = []
     for s in seg_list:
         frame_count = n_frames if label_map else len(s.frames)
-        row = {"volume": volume, "source": os.path.abspath(path), "source_kind": "SEG", "roi_name": s.label,
-               "mask_name": "", "roi_number": s.number, "status": "skipped", "voxels": 0, "volume_ml": 0.0, "contours": 0,
-               "contours_unmatched": 0, "contours_skipped": frame_count, "note": ""}
         seg_notes = list(notes)
         if not s.selected:
             seg_notes.append("background segment of a label map (pixel value 0)" if label_map and s.number == 0
                              else "not among the requested segments")
-            row["note"] = "; ".join(seg_notes)
-            report.append(row)
+            placed.append(PlacedRoi(os.path.abspath(path), "SEG", s.label, s.number, contours_skipped=frame_count,
+                                    notes=seg_notes))
             continue
         name = mask_array_name(s.label or f"segment_{s.number}", used_names)
         used_names.add(name)
@@ -286,14 +250,14 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
         if s.shared_slice:
             seg_notes.append(f"{s.shared_slice} frame(s) on a slice already holding a frame of this segment "
                              f"({'maximum' if scaled else 'OR'})")
-        row.update(mask_name=name, status="written" if voxels else "empty", voxels=voxels,
-                   volume_ml=attrs["volume_ml"], contours=s.placed, contours_unmatched=s.unmatched,
-                   contours_skipped=0, note="; ".join(seg_notes))
         attrs["frames"] = s.placed
         attrs["frames_unmatched"] = s.unmatched
-        masks.append(Mask(name, s.mask, attrs))
-        report.append(row)
-    return masks, report
+        mask = Mask(name, s.mask, attrs)
+        masks.append(mask)
+        placed.append(PlacedRoi(os.path.abspath(path), "SEG", s.label, s.number, mask, contours=s.placed,
+                                contours_unmatched=s.unmatched, contours_skipped=0, voxels=voxels,
+                                volume_ml=attrs["volume_ml"], notes=seg_notes))
+    return masks, placed
 
 
 def _check_frame_of_reference(path: str, ds, volume_for: str | None, notes: list[str]) -> None:
@@ -304,8 +268,7 @@ def _check_frame_of_reference(path: str, ds, volume_for: str | None, notes: list
         notes.append("SEG has no FrameOfReferenceUID: frame of reference not checked")
         return
     if seg_for != volume_for:
-        raise FrameOfReferenceMismatchError(path, "FrameOfReferenceUID (0020,0052)", seg_for,
-                                            f"the volume's frame of reference is {volume_for}")
+        raise FrameOfReferenceMismatchError(path, "FrameOfReferenceUID (0020,0052)", seg_for, volume_for)
 
 
 def _segments(path: str, ds, wanted: list[str] | None, label_map: bool) -> list[_Segment]:
@@ -527,8 +490,6 @@ def _fill(path: str, ds, seg_list: list[_Segment], placement: _Placement,
           label_map: bool, seg_type: str, scaled: bool, max_fraction: int | None, threshold: float,
           geometry: Geometry) -> None:
     """Decode the frames that land on a slice (one at a time) into the selected segments' masks."""
-    from pydicom.pixels import iter_pixels
-
     n_frames = len(placement.slice_index)
     frame_segment: dict[int, _Segment] = {}
     for s in seg_list:
@@ -659,6 +620,5 @@ def _common_attrs(path: str, ds, seg_type: str, fractional: str, threshold: floa
     return attrs
 
 
-__all__ = ["read_seg_masks", "load_slice_uids", "dicom_lab_to_rgb", "NotSegError", "SegMissingTagError",
-           "SegTagValueError", "SegGridError", "FrameOfReferenceMismatchError", "REPORT_COLUMNS",
-           "IN_PLANE_TOLERANCE_PX"]
+__all__ = ["read_seg_masks", "dicom_lab_to_rgb", "NotSegError", "SegMissingTagError", "SegTagValueError",
+           "SegGridError", "FrameOfReferenceMismatchError", "IN_PLANE_TOLERANCE_PX", "SEG_SOP_CLASSES"]

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from voxelpipe.core.errors import InputError
+from voxelpipe.core.types import Executor
 from voxelpipe.execution.workers import cpu_count, guarded, init_worker
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ _local: dict[int, object] = {}  # workers -> (LocalCluster, Client) kept alive i
 
 def _distributed():
     try:
-        import distributed
+        import distributed  # lazy: the optional dask extra
     except ImportError as exc:
         raise InputError("the dask executors need dask.distributed: pip install 'voxelpipe[dask]'") from exc
     return distributed
@@ -69,7 +70,7 @@ def shutdown() -> None:
 
 @contextmanager
 def _client(executor: str, scheduler: str | None, workers: int):
-    if executor == "dask-local":
+    if executor == Executor.DASK_LOCAL:
         yield _local_client(workers)
         return
     if not scheduler:
@@ -131,7 +132,7 @@ def dask_imap(func: Callable[[T], R], items: list[T], executor: str, scheduler: 
             # still run is closed, so no orphaned task goes on writing beside a rerun
             for _, future in pending:
                 future.cancel()
-            if executor == "dask-local":
+            if executor == Executor.DASK_LOCAL:
                 _discard_local(workers)
             raise
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.core.types import Executor
+from voxelpipe.core.types import Executor, member_of
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,7 +33,7 @@ def threads_per_worker(workers: int) -> int:
 
 def set_blosc_threads(threads: int) -> None:
     """Blosc threads for this process (``import zarr`` switches numcodecs' Blosc threading off)."""
-    import numcodecs.blosc
+    import numcodecs.blosc  # lazy: keeps voxelpipe.execution (the executor check) light to import
 
     numcodecs.blosc.set_nthreads(max(1, threads))
     numcodecs.blosc.use_threads = threads > 1
@@ -41,7 +41,7 @@ def set_blosc_threads(threads: int) -> None:
 
 def init_worker(threads: int) -> None:
     """Pool initialiser (also used for in-process runs): numba and Blosc threads of this process."""
-    import numba
+    import numba  # lazy: keeps voxelpipe.execution (the executor check) light to import
 
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     set_blosc_threads(threads)
@@ -51,10 +51,10 @@ def init_worker(threads: int) -> None:
 _SCHEDULER = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}$")
 
 
-def check_executor(executor: str, scheduler: str | None) -> None:
-    """Raise InputError for an unknown executor or a scheduler address without ``executor="dask"``."""
-    if executor not in set(Executor):
-        raise InputError(f"executor must be one of {', '.join(Executor)}, got {executor!r}")
+def check_executor(executor: str, scheduler: str | None) -> Executor:
+    """``executor`` as an :class:`~voxelpipe.core.types.Executor`; raises InputError for an unknown executor, a
+    scheduler address without ``executor="dask"`` or ``dask`` without a valid scheduler address."""
+    executor = member_of(Executor, executor, "executor")
     if scheduler and executor != Executor.DASK:
         raise InputError(f"--scheduler {scheduler} needs --executor dask (got {executor})")
     if executor == Executor.DASK and not scheduler:
@@ -63,6 +63,7 @@ def check_executor(executor: str, scheduler: str | None) -> None:
     if scheduler and not _SCHEDULER.match(scheduler):
         raise InputError(f"--scheduler {scheduler}: not a dask scheduler address; give tcp://HOST:PORT (or tls://, "
                          "ws://, ucx://), e.g. tcp://10.0.0.5:8786, not the dashboard's http:// address")
+    return executor
 
 
 def guarded(get: Callable[[], R], item: T, on_error: Callable[[T, Exception], R] | None) -> R:

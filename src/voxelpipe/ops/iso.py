@@ -6,6 +6,7 @@ of SUVmax; an absolute SUV threshold can be used instead.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from voxelpipe.core.errors import InputError
 
@@ -14,8 +15,6 @@ __all__ = ["mask_iso", "label_lesions"]
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components of ``mask != 0`` with full (26 in 3-D) connectivity: (labels int32, count)."""
-    from scipy import ndimage
-
     mask = np.asarray(mask) != 0
     structure = np.ones((3,) * mask.ndim, dtype=bool)
     labels, n = ndimage.label(mask, structure=structure)
@@ -33,8 +32,6 @@ def mask_iso(suv: np.ndarray, mask: np.ndarray, fraction: float | None = 0.41,
     mask is not labelled twice; it must be the labelling of this ``mask``.
 
     Work is done per lesion in its bounding box (``scipy.ndimage.find_objects``), not on whole volumes."""
-    from scipy import ndimage
-
     suv = np.asarray(suv)
     mask = np.asarray(mask)
     if suv.shape != mask.shape:

@@ -46,7 +46,9 @@ def axis_codes(geometry: Geometry) -> str:
     return "".join(_LETTERS[world][0 if sign > 0 else 1] for world, sign in orientation(geometry.affine))
 
 
-def _parse(code: str) -> list[tuple[int, int]]:
+def parse_orientation(code: str) -> list[tuple[int, int]]:
+    """``(world axis, sign)`` per array axis of a three-letter code (``LAS``: axis 0 grows toward Left, ...);
+    raises InputError for a code that is not three letters naming each patient axis once."""
     code = code.upper()
     if len(code) != 3 or any(c not in _WORLD_AXIS for c in code):
         raise InputError(f"axis code {code!r}: expected three letters from L/R, A/P, S/I (e.g. LAS, RAS, LPS)")
@@ -58,7 +60,7 @@ def _parse(code: str) -> list[tuple[int, int]]:
 
 def _plan(geometry: Geometry, code: str) -> tuple[list[int], list[bool]]:
     """For each output axis, the source axis (``perm``) and whether it is flipped, to follow ``code``."""
-    target = _parse(code)
+    target = parse_orientation(code)
     current = orientation(geometry.affine)
     source_of = {world: (axis, sign) for axis, (world, sign) in enumerate(current)}
     perm, flips = [], []

@@ -1,6 +1,6 @@
 """Resample a volume onto a new grid (``resample``) or onto another volume's grid (``resample_to``).
 
-Arrays are ``(slice, row, column)`` = axes 0, 1, 2; geometry is LPS millimetres (see DESIGN.md).
+Arrays are ``(slice, row, column)`` = axes 0, 1, 2; geometry is LPS millimetres.
 
 Grid convention of :func:`resample` -- the field of view, i.e. the outer voxel *edges*, is preserved:
 
@@ -53,7 +53,7 @@ from voxelpipe.kernels.resample import (
 )
 from voxelpipe.core.volume import Volume
 
-__all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "ORDERS"]
+__all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "is_separable", "ORDERS"]
 
 ORDERS = {"linear": ORDER_LINEAR, "nearest": ORDER_NEAREST, "label": ORDER_LABEL}
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.uint8))
@@ -176,7 +176,7 @@ def index_matrix(in_geometry: Geometry, out_geometry: Geometry) -> np.ndarray:
     return _snap(np.linalg.solve(a_in, a_out))
 
 
-def _separable(matrix: np.ndarray) -> bool:
+def is_separable(matrix: np.ndarray) -> bool:
     """Whether an index matrix has a diagonal 3×3 part (axis-aligned scale, flip and shift): the separable
     kernel's case (orders nearest and linear)."""
     part = np.asarray(matrix)[:3, :3]
@@ -188,7 +188,7 @@ def _run(array: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int, int],
     """Allocate the output and call the separable kernel (diagonal 3×3 part, nearest/linear) or the general one."""
     out_dtype = np.dtype(np.float32) if code == ORDER_LINEAR else array.dtype
     out = np.empty(out_shape, dtype=out_dtype)
-    if code != ORDER_LABEL and _separable(matrix):
+    if code != ORDER_LABEL and is_separable(matrix):
         resample_separable(array, np.ascontiguousarray(np.diag(matrix[:3, :3])), np.ascontiguousarray(matrix[:3, 3]),
                            out, code, fill, numba.get_num_threads())
     else:

@@ -1,7 +1,7 @@
 """Modality rescale (RescaleSlope / RescaleIntercept) of stored pixel values, validated.
 
 Arrays are ``(row, column)`` or ``(slice, row, column)``; slope and intercept are per slice. The output is
-int16 when every value is integral and fits, else float32 (see DESIGN.md, "Intensities").
+int16 when every value is integral and fits, else float32.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ summaries of shards.
 OUT/
   data/<series_key>.zarr (.zarr.zip, .zarr.sqlite, .npz)   one volume per series (HDF5: volumes_<suffix>.h5)
   meta/<series_key>.series.json, meta/<series_key>.slices.csv
-  summary_<suffix>.csv / .json                             one row per series: status, reason, sizes, timing
+  summary_<suffix>.csv / .json                             one row per series: status (done / skipped / failed),
+                                                           reason, sizes, timing
   summary_all.csv                                          after `aggregate`
 """
 from __future__ import annotations
@@ -18,17 +19,20 @@ import time
 from collections import defaultdict
 
 from voxelpipe.core.errors import InputError, VoxelpipeError
-from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
+from voxelpipe.core.rows import ALREADY_COMPLETE, count_statuses, format_counts, skipped_row, warn_if_failed
+from voxelpipe.core.types import Executor, Format, Status, StoreKind, member_of
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.records import COLUMN
+from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
 from voxelpipe.stores.hdf5_store import keys_in, merge_into
-from voxelpipe.stores.zarr_store import STORE_SUFFIXES
 from voxelpipe.stores.tables import read_csv, write_csv, write_json
 from voxelpipe.pipelines.scan import balance, scan
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
 
 log = logging.getLogger("voxelpipe")
 
-FORMATS = ("zarr", "hdf5", "npz")
 SUMMARY_COLUMNS = ["series_key", "status", "reason", "n_files", "bytes_in", "bytes_out", "ratio", "shape", "dtype",
                    "seconds", "verification", "path"]
 
@@ -54,11 +58,16 @@ def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:
 
 
 def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *, manifest: str | None = None,
-            fmt: str = "zarr", store: str = "dir", mode: str = "3d", workers: int | None = None,
+            fmt: str = Format.ZARR, store: str = StoreKind.DIR, mode: str = "3d", workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = 2, chunks: tuple[int, int, int] | None = None, clevel: int = 1,
-            summary_suffix: str | None = None, progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> list[dict]:
-    """Convert series to volumes; returns the summary rows (one per series).
+            summary_suffix: str | None = None, progress: bool = True, executor: str = Executor.POOL,
+            scheduler: str | None = None) -> list[dict]:
+    """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
+    series already in the output, ``failed`` with the reason).
+
+    ``fmt``: a :class:`~voxelpipe.core.types.Format` word (zarr, hdf5, npz); ``store``: a
+    :class:`~voxelpipe.core.types.StoreKind` word (Zarr only).
 
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
     ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). ``executor``: ``pool`` (processes of
@@ -66,7 +75,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     processes); the outputs are the same. Everything else as the CLI.
     """
     started = time.perf_counter()
-    _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    fmt, store = _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
     check_executor(executor, scheduler)
     records: dict = {}
     if manifest is None:
@@ -92,7 +101,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                         options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
              for r in rows]
     run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")
-    if fmt == "hdf5" and not overwrite:  # reruns append: skip series already in the run file
+    if fmt == Format.HDF5 and not overwrite:  # reruns append: skip series already in the run file
         for task in tasks:  # complete per-series files left by a run killed before it merged them
             if os.path.exists(volume_path(task)) and task.key not in keys_in(run_h5):
                 merge_into(run_h5, volume_path(task), task.key, whole_file=mode == "2d")
@@ -102,18 +111,18 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     else:
         summary = []
     workers = default_workers() if workers is None else max(1, workers)
-    if executor == "pool" and (workers == 1 or len(tasks) <= 1):  # in this process: give its kernels and Blosc every core
+    if executor == Executor.POOL and (workers == 1 or len(tasks) <= 1):
+        # in this process: give its kernels and Blosc every core
         init_worker(threads_per_worker(1))
     log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
-             f"/{store}" if fmt == "zarr" else "", workers, scheduler or executor)
+             f"/{store}" if fmt == Format.ZARR else "", workers, scheduler or executor)
     with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
         for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler,
                         on_error=lost_series):
-            if fmt == "hdf5" and row["status"] == "converted":
+            if fmt == Format.HDF5 and row["status"] == Status.DONE:
                 merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
                 row["path"] = run_h5
-            if row["status"] == "failed":
-                log.warning("convert: %s failed: %s", row["series_key"], row["reason"])
+            warn_if_failed(row, "convert", "series_key")
             summary.append(row)
             bar.update()
     unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
@@ -121,15 +130,12 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
                     "see %s", len(unreadable), unreadable_csv(manifest))
     write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
-    counts = defaultdict(int)
-    for row in summary:
-        counts[row["status"]] += 1
+    counts = count_statuses(summary)
     write_json(os.path.join(out, f"summary_{suffix}.json"),
-               {"series": summary, "counts": dict(counts), "options": options,
+               {"series": summary, "counts": {status: n for status, n in counts.items() if n}, "options": options,
                 "unreadable_files": len(unreadable), "unreadable_list": unreadable_csv(manifest),
                 "seconds": round(time.perf_counter() - started, 3)})
-    log.info("convert: %s in %.1f s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing",
-             time.perf_counter() - started)
+    log.info("convert: %s in %.1f s", format_counts(counts), time.perf_counter() - started)
     return summary
 
 
@@ -161,10 +167,6 @@ def _unreadable_files(manifest: str) -> list[dict]:
 def _add_images_without_geometry(manifest: str, rows: list[dict], files: dict[str, list[str]]) -> list[dict]:
     """2-D mode also converts the images `scan` left out of volumes for lack of geometry (kind no_geometry),
     grouped by their SeriesInstanceUID."""
-    from voxelpipe.dicom.files import read_header
-    from voxelpipe.dicom.records import COLUMN
-    from voxelpipe.core.keys import series_key
-
     by_key = {r["series_key"]: dict(r) for r in rows}
     for entry in _unreadable_files(manifest):
         if entry.get("kind") != "no_geometry":
@@ -181,15 +183,14 @@ def _add_images_without_geometry(manifest: str, rows: list[dict], files: dict[st
 
 
 def _skipped(task: SeriesTask, run_h5: str) -> dict:
-    return {"series_key": task.key, "status": "skipped", "reason": "already complete", "n_files": len(task.paths),
-            "path": run_h5}
+    return skipped_row({"series_key": task.key, "n_files": len(task.paths), "path": run_h5}, ALREADY_COMPLETE)
 
 
-def _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel) -> None:
-    if fmt not in FORMATS:
-        raise InputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if store not in STORE_SUFFIXES:
-        raise InputError(f"store must be one of {', '.join(STORE_SUFFIXES)}, got {store!r}")
+def _check_options(fmt: str, store: str, mode: str, shard_id: int | None, num_shards: int | None,
+                   chunks: tuple[int, int, int] | None, clevel: int) -> tuple[Format, StoreKind]:
+    """Raise InputError for a bad option; returns the format and store kind as vocabulary members."""
+    fmt = member_of(Format, fmt, "format")
+    store = member_of(StoreKind, store, "store")
     if mode not in ("3d", "2d"):
         raise InputError(f"mode must be 3d or 2d, got {mode!r}")
     if (shard_id is None) != (num_shards is None):
@@ -200,6 +201,7 @@ def _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel) -> No
         raise InputError(f"--chunks must be three positive integers Z,Y,X, got {chunks}")
     if not 0 <= clevel <= 9:
         raise InputError(f"--clevel must be 0..9, got {clevel}")
+    return fmt, store
 
 
 def merge_summaries(tables: list[tuple[str, list[dict]]]) -> list[dict]:
@@ -211,7 +213,7 @@ def merge_summaries(tables: list[tuple[str, list[dict]]]) -> list[dict]:
         for row in rows:
             row = dict(row, summary_file=os.path.basename(path))
             previous = merged.get(row["series_key"])
-            if previous is None or row["status"] != "skipped" or previous["status"] == "failed":
+            if previous is None or row["status"] != Status.SKIPPED or previous["status"] == Status.FAILED:
                 merged[row["series_key"]] = row
     return sorted(merged.values(), key=lambda r: r["series_key"])
 

@@ -10,8 +10,10 @@ series it references (``referenced_series_keys``) found as ``OUT/data/<key>.zarr
 ``.zarr.sqlite``). Objects are grouped by volume, one volume per task (so each volume has exactly one writer),
 tasks run in the process pool of :mod:`voxelpipe.execution.pool`; one bad object or volume never stops the batch.
 
-Every ROI / segment gets a report row (``REPORT_COLUMNS``; status written / empty / skipped / failed), written as
-CSV (``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
+Every ROI / segment gets a report row (``REPORT_COLUMNS``; status ``done`` for a mask written (``voxels`` 0 for
+an empty one), ``skipped`` for an ROI without a mask or an object without a volume, ``failed``; why in ``note``),
+built here from the parsers' plain :class:`~voxelpipe.core.masks.PlacedRoi` results, written as CSV
+(``--report``; default ``masks_report.csv`` in the convert output folder, i.e. beside the volume's ``data``
 folder). Rows of an earlier report for other volumes or objects are kept; rows for the same volume and object
 are replaced, like the masks themselves. Errors about the request itself (no such volume, a ``--roi`` name the
 file does not have, a file that is not an RTSTRUCT / SEG, another frame of reference) stop the single-volume
@@ -19,22 +21,31 @@ form with the message; in the manifest form they become ``failed`` rows.
 """
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from voxelpipe.dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
-from voxelpipe.core.errors import InputError, VoxelpipeError, lost_task_reason
-from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError, lost_task_reason
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.masks import Mask, PlacedRoi
 from voxelpipe.core.progress import Progress
-from voxelpipe.stores.zarr_store import STORE_SUFFIXES
+from voxelpipe.core.rows import count_statuses, failed_row, format_counts, skipped_row
+from voxelpipe.core.types import Executor, Status
+from voxelpipe.dicom.rtstruct import RTSTRUCT_SOP_CLASS, iter_rtstruct_masks
+from voxelpipe.dicom.seg import SEG_SOP_CLASSES, read_seg_masks
+from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.stores.masks import write_masks
 from voxelpipe.stores.tables import read_csv, write_csv
+from voxelpipe.stores.volumes import open_volume
+from voxelpipe.stores.zarr_store import STORE_SUFFIXES
 
 log = logging.getLogger("voxelpipe")
 
-SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+REPORT_COLUMNS = ["volume", "source", "source_kind", "roi_name", "mask_name", "roi_number", "status", "voxels",
+                  "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"]
 REPORT_NAME = "masks_report.csv"
 MAX_PENDING_BYTES = 512 << 20  # masks held before they are written (a structure set with 50 ROIs on a big CT)
 PRINT_ALL_ROWS = 40  # the summary lists every row up to this many, else only the failed ones
@@ -56,10 +67,64 @@ class VolumeTask:
     strict: bool = False  # single-volume form: errors reading an object propagate
 
 
-def _row(volume: str, source: str, kind: str, status: str, note: str) -> dict:
+def object_row(volume: str, source: str, kind: str) -> dict:
+    """The report row of a whole object (no ROI): the base of its skipped and failed rows."""
     return {"volume": volume, "source": source, "source_kind": kind, "roi_name": "", "mask_name": "",
-            "roi_number": "", "status": status, "voxels": "", "volume_ml": "", "contours": "",
-            "contours_unmatched": "", "contours_skipped": "", "note": note}
+            "roi_number": "", "voxels": "", "volume_ml": "", "contours": "", "contours_unmatched": "",
+            "contours_skipped": "", "note": ""}
+
+
+def report_row(placed: PlacedRoi, volume: str = "") -> dict:
+    """The report row (``REPORT_COLUMNS``) of one ROI / segment placed on ``volume``: status ``done`` when it got
+    a mask (``voxels`` 0 for an empty one), else ``skipped``; the notes joined in ``note``."""
+    def count(value: int | None) -> int | str:
+        return "" if value is None else value
+
+    return {"volume": volume, "source": placed.source, "source_kind": placed.source_kind,
+            "roi_name": placed.roi_name, "mask_name": placed.mask_name, "roi_number": placed.roi_number,
+            "status": Status.DONE if placed.mask is not None else Status.SKIPPED, "voxels": placed.voxels,
+            "volume_ml": placed.volume_ml, "contours": count(placed.contours),
+            "contours_unmatched": count(placed.contours_unmatched),
+            "contours_skipped": count(placed.contours_skipped), "note": "; ".join(placed.notes)}
+
+
+def report_rows(placed: Iterable[PlacedRoi], volume: str = "") -> list[dict]:
+    """:func:`report_row` of every ROI / segment."""
+    return [report_row(p, volume) for p in placed]
+
+
+def load_slice_uids(volume_path: str | os.PathLike) -> list[str] | None:
+    """SOPInstanceUID of every slice index of a converted volume (``OUT/data/<key>.zarr``, ``.zarr.zip``,
+    ``.zarr.sqlite`` or ``.npz``), from ``OUT/meta/<key>.slices.csv``; None when that file is absent.
+
+    For a 4-D volume (repeated positions) the UIDs of the first frame (phase) are returned. A multi-frame
+    source gives the same UID on several slices; such UIDs place nothing (ambiguous)."""
+    path = os.fspath(volume_path).rstrip("/\\")
+    folder, name = os.path.split(path)
+    suffixes = sorted((*STORE_SUFFIXES.values(), ".npz"), key=len, reverse=True)
+    key = next((name[: -len(s)] for s in suffixes if name.endswith(s)), None)
+    if not key:
+        return None
+    meta = os.path.join(os.path.dirname(folder), "meta")
+    slices_csv = os.path.join(meta, f"{key}.slices.csv")
+    if not os.path.isfile(slices_csv):
+        return None
+    with open(slices_csv, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    n_slices = len(rows)
+    series_json = os.path.join(meta, f"{key}.series.json")
+    if os.path.isfile(series_json):
+        try:
+            with open(series_json, encoding="utf-8") as fh:
+                n_slices = int(json.load(fh)["shape"][0])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            pass
+    uids = [""] * min(n_slices, len(rows))
+    for position, row in enumerate(rows):
+        index = int(row.get("index") or position)
+        if index < len(uids):
+            uids[index] = row.get("sop_instance_uid", "")
+    return uids
 
 
 def _check_zarr(path: str) -> None:
@@ -70,35 +135,32 @@ def _check_zarr(path: str) -> None:
         raise InputError(f"{path}: no such volume")
 
 
-def _missing_names(rows: list[dict], wanted: Sequence[str]) -> list[str]:
-    have = {str(r["roi_name"]).strip().casefold() for r in rows} | {str(r["roi_number"]) for r in rows}
+def _missing_names(placed: list[PlacedRoi], wanted: Sequence[str]) -> list[str]:
+    have = {str(p.roi_name).strip().casefold() for p in placed} | {str(p.roi_number) for p in placed}
     return [w for w in dict.fromkeys(wanted) if str(w).strip().casefold() not in have]
 
 
-def _read_source(task: VolumeTask, source: MaskSource, geometry, frame_uid: str | None,
-                 taken: set[str]) -> Iterator[tuple[object, dict]]:
-    """(mask or None, row) of every ROI / segment of one object on the task's volume."""
+def _read_source(task: VolumeTask, source: MaskSource, geometry: Geometry, frame_uid: str | None,
+                 taken: set[str]) -> Iterator[PlacedRoi]:
+    """Every ROI / segment of one object placed on the task's volume."""
     if source.kind == "RTSTRUCT":
         yield from iter_rtstruct_masks(source.path, geometry, task.rois, frame_of_reference_uid=frame_uid,
-                                       volume=task.volume, taken=taken)
+                                       taken=taken)
         return
-    from voxelpipe.dicom.seg import load_slice_uids, read_seg_masks
-
-    masks, rows = read_seg_masks(source.path, geometry, slice_uids=load_slice_uids(task.volume),
-                                 segments=task.rois, frame_of_reference_uid=frame_uid, volume=task.volume,
-                                 taken=taken)
+    _, placed = read_seg_masks(source.path, geometry, slice_uids=load_slice_uids(task.volume),
+                               segments=task.rois, frame_of_reference_uid=frame_uid, taken=taken)
     if task.rois:
-        missing = _missing_names(rows, task.rois)
+        missing = _missing_names(placed, task.rois)
         if missing:
-            raise RoiNotFoundError(source.path, missing, [r["roi_name"] for r in rows])
-    by_name = {m.name: m for m in masks}
-    for row in rows:
-        yield by_name.get(row["mask_name"]) if row["mask_name"] else None, row
+            raise RoiNotFoundError(source.path, missing, [p.roi_name for p in placed],
+                                   where="SegmentSequence (0062,0002) SegmentLabel (0062,0005)")
+    yield from placed
 
 
-def _failed_rows(task: VolumeTask, note: str) -> list[dict]:
+def _failed_rows(task: VolumeTask, problem: BaseException | str) -> list[dict]:
     """A failed report row for every source of ``task``."""
-    return [_row(task.volume, os.path.abspath(s.path), s.kind, "failed", note) for s in task.sources]
+    return [failed_row(object_row(task.volume, os.path.abspath(s.path), s.kind), problem, key="note")
+            for s in task.sources]
 
 
 def _lost(task: VolumeTask, exc: Exception) -> list[dict]:
@@ -111,9 +173,6 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
     """Rasterise every source of ``task`` onto its volume and write the masks; returns the report rows.
 
     Never raises for a bad object or volume unless ``task.strict`` (then errors reading an object propagate)."""
-    from voxelpipe.stores.masks import write_masks
-    from voxelpipe.stores.volumes import open_volume
-
     rows: list[dict] = []
     try:
         _check_zarr(task.volume)
@@ -126,7 +185,7 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
     frame_uid = str(volume.attrs.get("frame_of_reference_uid", "") or "")
     volume.array.store.close()  # only the geometry is needed; write_masks may replace the store file
     taken: set[str] = set()
-    pending: list[tuple[object, dict]] = []
+    pending: list[tuple[Mask, dict]] = []
 
     def flush() -> None:
         if not pending:
@@ -136,19 +195,20 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
         except (VoxelpipeError, OSError, ValueError) as exc:
             log.warning("masks: writing %d mask(s) into %s failed: %s", len(pending), task.volume, exc)
             for _, row in pending:
-                row.update(status="failed", note="; ".join(filter(None, [row["note"], f"not written: {exc}"])))
+                row.update(failed_row(row, "; ".join(filter(None, [row["note"], f"not written: {exc}"])),
+                                      key="note"))
         pending.clear()
 
     for source in task.sources:
         source_rows: list[dict] = []
         try:
-            for mask, row in _read_source(task, source, geometry, frame_uid, taken):
+            for placed in _read_source(task, source, geometry, frame_uid, taken):
+                row = report_row(placed, task.volume)
                 row["source"] = os.path.abspath(source.path)
-                row["volume"] = task.volume
                 source_rows.append(row)
-                if mask is not None:
-                    taken.add(mask.name)
-                    pending.append((mask, row))
+                if placed.mask is not None:
+                    taken.add(placed.mask.name)
+                    pending.append((placed.mask, row))
                     if sum(m.array.nbytes for m, _ in pending) >= MAX_PENDING_BYTES:
                         flush()
         except Exception as exc:  # one bad object never stops the others
@@ -161,7 +221,8 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
             lost = {id(r) for _, r in pending if id(r) in mine}  # read but not written: dropped
             pending[:] = [(m, r) for m, r in pending if id(r) not in mine]
             source_rows = [r for r in source_rows if id(r) not in lost]
-            source_rows.append(_row(task.volume, os.path.abspath(source.path), source.kind, "failed", reason))
+            source_rows.append(failed_row(object_row(task.volume, os.path.abspath(source.path), source.kind),
+                                          reason, key="note"))
         rows.extend(source_rows)
     flush()
     return rows
@@ -244,16 +305,18 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
         keys = [k for k in obj.get("referenced_series_keys", "").split(";") if k]
         if not keys:
             refs = obj.get("referenced_series_uids", "")
-            rows.append(_row("", source, kind, "skipped", "references no series found by the scan"
-                             + (f" (ReferencedSeriesInstanceUID {refs})" if refs else " (no series reference)")))
+            rows.append(skipped_row(object_row("", source, kind), "references no series found by the scan"
+                                    + (f" (ReferencedSeriesInstanceUID {refs})" if refs else " (no series reference)"),
+                                    key="note"))
             continue
         for key in keys:
             volume = find_volume(os.path.abspath(out), key)
             if volume is None:
                 other = [p for p in (os.path.join(out, "data", key + s) for s in (".npz", ".h5")) if os.path.exists(p)]
-                rows.append(_row("", source, kind, "skipped",
-                                 f"series {key} has no converted Zarr volume in {os.path.join(out, 'data')}"
-                                 + (f" (found {os.path.basename(other[0])}: masks need Zarr)" if other else "")))
+                rows.append(skipped_row(object_row("", source, kind),
+                                        f"series {key} has no converted Zarr volume in {os.path.join(out, 'data')}"
+                                        + (f" (found {os.path.basename(other[0])}: masks need Zarr)" if other else ""),
+                                        key="note"))
                 continue
             task = tasks.setdefault(volume, VolumeTask(volume, [], list(rois) if rois else None))
             if all(s.path != source for s in task.sources):
@@ -264,7 +327,7 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
 def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
                             rois: Sequence[str] | None = None, workers: int | None = None,
                             report: str | os.PathLike | None = None, progress: bool = True,
-                            executor: str = "pool", scheduler: str | None = None) -> list[dict]:
+                            executor: str = Executor.POOL, scheduler: str | None = None) -> list[dict]:
     """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
     ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``).
     ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.execution.imap`)."""
@@ -274,7 +337,7 @@ def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
         raise InputError(f"{out}: no such convert output folder")
     tasks, rows = plan_manifest(manifest, out, rois)
     workers = min(default_workers() if workers is None else max(1, workers), max(1, len(tasks)))
-    if workers == 1 and executor == "pool":
+    if workers == 1 and executor == Executor.POOL:
         init_worker(threads_per_worker(1))
     log.info("masks: %d object(s) onto %d volume(s), %d worker(s)", sum(len(t.sources) for t in tasks),
              len(tasks), workers)
@@ -293,7 +356,7 @@ def write_report(path: str, rows: list[dict]) -> None:
     kept: list[dict] = []
     if os.path.isfile(path):
         pairs = {(r["volume"], r["source"]) for r in rows}
-        names = {(r["volume"], r["mask_name"]) for r in rows if r["mask_name"] and r["status"] != "failed"}
+        names = {(r["volume"], r["mask_name"]) for r in rows if r["mask_name"] and r["status"] != Status.FAILED}
         sources = {r["source"] for r in rows}
         try:
             old = read_csv(path)
@@ -306,14 +369,14 @@ def write_report(path: str, rows: list[dict]) -> None:
 
 
 def summarise(rows: Iterable[dict], report: str) -> list[str]:
+    """The lines printed after a run: the counts per status (and of empty masks among the done), then every row
+    (only the failed ones past ``PRINT_ALL_ROWS``)."""
     rows = list(rows)
-    counts = defaultdict(int)
-    for row in rows:
-        counts[row["status"]] += 1
+    counts = count_statuses(rows)
+    empty = sum(1 for r in rows if r["status"] == Status.DONE and not int(r["voxels"] or 0))
     volumes = len({r["volume"] for r in rows if r["volume"]})
-    lines = [f"masks: {counts['written']} written, {counts['empty']} empty, {counts['skipped']} skipped, "
-             f"{counts['failed']} failed on {volumes} volume(s) -> report {report}"]
-    shown = rows if len(rows) <= PRINT_ALL_ROWS else [r for r in rows if r["status"] == "failed"]
+    lines = [f"masks: {format_counts(counts)} on {volumes} volume(s) ({empty} empty mask(s)) -> report {report}"]
+    shown = rows if len(rows) <= PRINT_ALL_ROWS else [r for r in rows if r["status"] == Status.FAILED]
     for row in shown:
         what = row["roi_name"] or os.path.basename(row["source"])
         line = f"  {row['status']:<7} {row['source_kind']:<8} {what}"

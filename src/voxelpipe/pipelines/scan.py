@@ -16,11 +16,14 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from pydicom.uid import UID
+
 from voxelpipe._version import __version__
 from voxelpipe.dicom.files import iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
+from voxelpipe.core.types import Executor
 from voxelpipe.execution import check_executor, default_workers, imap
 from voxelpipe.core.progress import Progress
 from voxelpipe.stores.tables import RowSpool, write_csv, write_json
@@ -56,7 +59,8 @@ class ScanResult:
 
 
 def _scan_one(path: str) -> tuple[str, dict | None, FileRecord | None, str]:
-    """Read one file: ``(status, row, record, reason)`` with status ok / unreadable / not_dicom."""
+    """Read one file: ``(kind, row, record, reason)`` with kind ok / not_dicom / unreadable / no_geometry /
+    unusable (the ``kind`` column of unreadable_files.csv)."""
     try:
         header = read_header(path)
     except NotDicomError as exc:
@@ -76,16 +80,16 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
     results = []
     for path in paths:
         try:
-            status, row, record, reason = _scan_one(path)
+            kind, row, record, reason = _scan_one(path)
         except Exception as exc:  # a bug or an unforeseen corrupt header must not stop the batch
-            status, row, record, reason = "unreadable", None, None, f"{type(exc).__name__}: {exc}"
-        results.append((path, status, row, record, reason))
+            kind, row, record, reason = "unreadable", None, None, f"{type(exc).__name__}: {exc}"
+        results.append((path, kind, row, record, reason))
     return results
 
 
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = 16, workers: int | None = None, table_format: str = "csv", secret: str | None = None,
-         progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> ScanResult:
+         progress: bool = True, executor: str = Executor.POOL, scheduler: str | None = None) -> ScanResult:
     """Scan folders (any depth) for DICOM files and build the manifest tables.
 
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).
@@ -117,7 +121,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     try:
         with Progress(len(files), "scan", enabled=progress) as bar:
             for results in imap(scan_files, batches, workers, executor=executor, scheduler=scheduler):
-                for path, status, row, record, reason in results:
+                for path, kind, row, record, reason in results:
                     if row is not None:
                         row = {"path": path, **row}
                         if spool:
@@ -128,7 +132,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                     if record is not None:
                         records.append(record)
                     else:
-                        unreadable.append({"path": path, "kind": status, "reason": reason})
+                        unreadable.append({"path": path, "kind": kind, "reason": reason})
                 bar.update(len(results))
 
         images = [r for r in records if r.kind == "image"]
@@ -165,8 +169,6 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
 
 def _object_rows(objects: list[FileRecord], series: list[Series], secret: str | None) -> list[dict]:
     """objects.csv rows; references resolved to the series keys of this scan (all parts of a split series)."""
-    from pydicom.uid import UID
-
     keys_of_uid: dict[str, list[str]] = {}
     key_of_instance: dict[str, str] = {}
     for s in series:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import h5py
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
@@ -20,23 +21,26 @@ from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import make_record
 from voxelpipe.core.errors import DicomReadError
 from voxelpipe.core.keys import series_key as hash_key
+from voxelpipe.core.types import Format
 from voxelpipe.ops.rescale import rescale
 from voxelpipe.stores.hdf5_store import write_attrs
-from voxelpipe.stores.registry import volume_path
+from voxelpipe.stores.registry import volume_path as registry_volume_path
 from voxelpipe.stores.zarr_store import PARTIAL, disk_size, open_store, remove
 from voxelpipe.stores.tables import write_csv
 
 INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_number", "shape", "dtype", "path"]
 
 
-def instances_path(task) -> str:
-    return volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
+def volume_path(task) -> str:
+    """Final output path of a series task (``SeriesTask``: 3-D volume or 2-D instances; the HDF5 per-series
+    file is merged into the run file afterwards)."""
+    return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
 
 
 def convert_instances(task) -> dict:
     """Write every file of ``task`` as its own array; returns the summary fields (shape = instance count)."""
-    path = instances_path(task)
-    partial = path + PARTIAL + (".npz" if task.fmt == "npz" else "")
+    path = volume_path(task)
+    partial = path + PARTIAL + (".npz" if task.fmt == Format.NPZ else "")
     remove(partial)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rows = []
@@ -95,22 +99,20 @@ class _Sink:
         self.arrays: dict[str, np.ndarray] = {}
         self.attrs: dict[str, dict] = {}
         self.store = None
-        if task.fmt == "zarr":
+        if task.fmt == Format.ZARR:
             self.store = open_store(partial, task.store, "w")
             self.group = zarr.create_group(store=self.store, zarr_format=3,
                                            attributes={"series_key": task.key, "mode": "2d"})
-        elif task.fmt == "hdf5":
-            import h5py
-
+        elif task.fmt == Format.HDF5:
             self.file = h5py.File(partial, "w")
 
     def add(self, name: str, array: np.ndarray, attrs: dict) -> None:
-        if self.task.fmt == "zarr":
+        if self.task.fmt == Format.ZARR:
             codec = BloscCodec(cname="zstd", clevel=self.task.clevel, shuffle="bitshuffle",
                                typesize=array.dtype.itemsize)
             self.group.create_array(name, data=array, chunks=(1, *array.shape[1:]), compressors=[codec],
                                     attributes=attrs)
-        elif self.task.fmt == "hdf5":
+        elif self.task.fmt == Format.HDF5:
             dataset = self.file.create_dataset(name, data=array, chunks=(1, *array.shape[1:]), compression="gzip",
                                                compression_opts=1, shuffle=True)
             write_attrs(dataset, attrs)
@@ -119,18 +121,18 @@ class _Sink:
             self.attrs[name] = attrs
 
     def close(self) -> None:
-        if self.task.fmt == "zarr":
+        if self.task.fmt == Format.ZARR:
             self.store.close()
-        elif self.task.fmt == "hdf5":
+        elif self.task.fmt == Format.HDF5:
             self.file.close()
         else:
             np.savez(self.partial, attrs_json=np.array(json.dumps(self.attrs, default=str)), **self.arrays)
 
     def abort(self) -> None:
         try:
-            if self.task.fmt == "zarr":
+            if self.task.fmt == Format.ZARR:
                 self.store.close()
-            elif self.task.fmt == "hdf5":
+            elif self.task.fmt == Format.HDF5:
                 self.file.close()
         except Exception:
             pass

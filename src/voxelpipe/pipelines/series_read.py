@@ -15,6 +15,7 @@ from voxelpipe.core.errors import InputError, ValuesDoNotFitError
 from voxelpipe.core.keys import series_key
 from voxelpipe.ops.rescale import rescale
 from voxelpipe.core.volume import Volume
+from voxelpipe.pipelines.series_volume import SeriesTask, decode_batch, plan_series, series_attrs
 
 __all__ = ["read_series"]
 
@@ -39,8 +40,6 @@ def read_series(paths: Sequence[str] | str | os.PathLike, records=None) -> Volum
     ``slice_frames`` (the file, SOPInstanceUID and frame index inside the file of each slice, in slice order;
     frame-major for 4-D), ``rescale_slopes`` / ``rescale_intercepts`` per slice and ``dtype``.
     Raises the errors convert reports for a failed series (DicomReadError, InputError, ...)."""
-    from voxelpipe.pipelines.series_volume import SeriesTask, decode_batch, plan_series, series_attrs
-
     files = _expand(paths)
     if not files:
         raise InputError("read_series: no files given")
@@ -55,15 +54,14 @@ def read_series(paths: Sequence[str] | str | os.PathLike, records=None) -> Volum
     slopes = np.array([f.slope for f in ordered], dtype=np.float64)
     intercepts = np.array([f.intercept for f in ordered], dtype=np.float64)
     array = None
-    for dtype in plan.dtypes:
-        out = np.empty(raw.shape, dtype=dtype)
+    for dtype in plan.dtypes[:-1]:  # optimistic int16 output: float32 when a value does not fit
         try:
-            array = rescale(raw, slopes, intercepts, out=out)
+            array = rescale(raw, slopes, intercepts, out=np.empty(raw.shape, dtype=dtype))
             break
         except ValuesDoNotFitError:
             continue
-    if array is None:  # pragma: no cover - float32 cannot overflow
-        raise AssertionError("float32 output cannot overflow")
+    if array is None:
+        array = rescale(raw, slopes, intercepts, out=np.empty(raw.shape, dtype=plan.dtypes[-1]))
     array = array.reshape(plan.shape)
     attrs.update({
         "dtype": str(array.dtype),

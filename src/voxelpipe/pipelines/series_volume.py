@@ -16,15 +16,19 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
-from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError, failure_reason, lost_task_reason
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
+from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
+from voxelpipe.core.types import Format, StoreKind
 from voxelpipe.ops.rescale import output_dtype, rescale
-from voxelpipe.stores.registry import volume_path as registry_volume_path
+from voxelpipe.pipelines.series_instances import convert_instances, volume_path
 from voxelpipe.stores.writer import VolumeWriter, writer_for
 from voxelpipe.stores.tables import atomic_path, write_json
 
@@ -40,9 +44,9 @@ class SeriesTask:
     key: str
     paths: list[str]
     out: str
-    fmt: str = "zarr"  # zarr | hdf5 | npz
+    fmt: Format = Format.ZARR
     mode: str = "3d"  # 3d: one volume per series; 2d: one array per file
-    store: str = "dir"  # dir | zip | sqlite (zarr only)
+    store: StoreKind = StoreKind.DIR  # zarr only
     chunks: tuple[int, int, int] | None = None
     clevel: int = 1
     verify_slices: int = 2
@@ -63,44 +67,34 @@ class Frame:
     phase: tuple = ()
 
 
-def volume_path(task: SeriesTask) -> str:
-    """Final output path of a series (the HDF5 per-series file is merged into the run file afterwards)."""
-    return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
-
-
 def convert_series(task: SeriesTask) -> dict:
-    """Convert one series; never raises for bad input: the summary row says what happened."""
+    """Convert one series; never raises for bad input: the summary row says what happened (status ``done``,
+    ``skipped`` when its volume exists and ``overwrite`` is off, else ``failed`` with the reason)."""
     started = time.perf_counter()
-    row = _failed_row(task)
+    base = series_row(task)
     try:
-        if os.path.exists(row["path"]) and not task.overwrite:
-            row.update(status="skipped", reason="already complete")
-            return row
-        if task.mode == "2d":
-            from voxelpipe.pipelines.series_instances import convert_instances
-
-            result = convert_instances(task)
+        if os.path.exists(base["path"]) and not task.overwrite:
+            row = skipped_row(base, ALREADY_COMPLETE)
         else:
-            result = _convert(task)
-        row.update(result, status="converted")
-        row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
+            result = convert_instances(task) if task.mode == "2d" else _convert(task)
+            row = done_row(base, **result)
+            row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
     except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
-        row["reason"] = failure_reason(exc)
-    finally:
-        row["seconds"] = round(time.perf_counter() - started, 3)
+        row = failed_row(base, exc)
+    row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
 
-def _failed_row(task: SeriesTask, reason: str = "") -> dict:
-    """The summary row of ``task`` before (or without) its conversion."""
-    return {"series_key": task.key, "status": "failed", "reason": reason, "n_files": len(task.paths),
+def series_row(task: SeriesTask) -> dict:
+    """The summary row of ``task`` before its conversion (no status yet)."""
+    return {"series_key": task.key, "reason": "", "n_files": len(task.paths),
             "bytes_in": sum(_size(p) for p in task.paths), "bytes_out": 0, "shape": "", "dtype": "",
             "ratio": "", "seconds": 0.0, "verification": "", "path": volume_path(task)}
 
 
 def lost_series(task: SeriesTask, exc: Exception) -> dict:
     """The failed row of a task that never returned its own (its worker died, the cluster lost it)."""
-    return _failed_row(task, lost_task_reason(exc))
+    return lost_row(series_row(task), exc)
 
 
 def _size(path: str) -> int:
@@ -154,16 +148,12 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
 def _convert(task: SeriesTask) -> dict:
     plan = plan_series(task.paths, task.records)
     attrs = series_attrs(task, plan)
-    for dtype in plan.dtypes:
+    for dtype in plan.dtypes[:-1]:  # optimistic int16 output: redone as float32 when a value does not fit
         try:
             return _write(task, plan.ordered, plan.shape, plan.n_frames, dtype, attrs, plan.geometry)
-        except _DoesNotFit:
+        except ValuesDoNotFitError:
             continue
-    raise AssertionError("float32 output cannot overflow")
-
-
-class _DoesNotFit(Exception):
-    """Optimistic int16 output met a value that does not fit; redo as float32."""
+    return _write(task, plan.ordered, plan.shape, plan.n_frames, plan.dtypes[-1], attrs, plan.geometry)
 
 
 def _stored_range(fmt: PixelFormat) -> tuple[int, int]:
@@ -340,10 +330,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
                 decode_batch(batch, raw)
                 slopes = np.array([f.slope for f in batch])
                 intercepts = np.array([f.intercept for f in batch])
-                try:
-                    rescale(raw[:n], slopes, intercepts, out=out[:n])
-                except ValuesDoNotFitError:
-                    raise _DoesNotFit() from None
+                rescale(raw[:n], slopes, intercepts, out=out[:n])  # ValuesDoNotFitError: _convert tries float32
                 if n_frames == 1:
                     writer.write(z0, out[:n])
                 else:
@@ -379,9 +366,6 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
     k = min(task.verify_slices, len(ordered))
     if k <= 0:
         return "not verified"
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
     rng = np.random.default_rng(int(hashlib.sha256(task.key.encode()).hexdigest()[:8], 16))
     picks = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
     for index in picks:
@@ -394,7 +378,8 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
         reference = apply_modality_lut(pixels, ds).astype(dtype)
         t, z = divmod(index, n_slices)
         stored = writer.read((z,) if n_frames == 1 else (t, z))
-        if hashlib.md5(reference.tobytes()).hexdigest() != hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest():
+        digest = hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest()
+        if hashlib.md5(reference.tobytes()).hexdigest() != digest:
             return f"mismatch at slice {z} (frame {t}) from {f.record.path}"
     return f"ok {k}/{k}"
 

@@ -2,7 +2,8 @@
 
 Inputs are what `convert` wrote: an output folder (every volume under ``data/``, or one with ``key``) or a single
 volume path. Results are volumes again, written under ``OUT/data/<series_key>.zarr`` with their geometry, so
-every stage reads and writes the same kind of store.
+every stage reads and writes the same kind of store. Each run writes ``OUT/<resample|project>_summary.csv``: one
+row per volume, status ``done`` or ``failed`` with the reason.
 """
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ import logging
 import os
 import time
 
+from collections.abc import Callable
+
 import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
-from voxelpipe.stores.zarr_store import STORE_SUFFIXES
-from voxelpipe.stores.tables import write_csv
+from voxelpipe.core.rows import done_row, failed_row
 from voxelpipe.core.volume import Volume
+from voxelpipe.ops.projection import project
+from voxelpipe.ops.reorient import reorient
+from voxelpipe.ops.resample import resample, resample_to
+from voxelpipe.stores.masks import open_masks
+from voxelpipe.stores.tables import write_csv
 from voxelpipe.stores.volumes import open_volume, save_volume
+from voxelpipe.stores.zarr_store import PARTIAL, STORE_SUFFIXES, open_store, remove
 
 log = logging.getLogger("voxelpipe")
 SUMMARY_COLUMNS = ["series_key", "status", "reason", "source", "path", "shape", "spacing", "seconds"]
@@ -51,7 +61,8 @@ def _apply_per_frame(volume: Volume, operation) -> Volume:
     return Volume(np.stack([r.array for r in results]), results[0].geometry, results[0].attrs, volume.path)
 
 
-def _for_each_volume(paths: list[str], out: str, label: str, status: str, operation,
+def _for_each_volume(paths: list[str], out: str, label: str,
+                     operation: Callable[[str, str], tuple[tuple[int, ...], tuple[float, ...]]],
                      progress: bool = True) -> list[dict]:
     """Run ``operation(path, target) -> (shape, spacing)`` on every volume; a failure fails that volume only.
     Writes ``OUT/<label>_summary.csv``."""
@@ -59,14 +70,14 @@ def _for_each_volume(paths: list[str], out: str, label: str, status: str, operat
     with Progress(len(paths), label, unit="volumes", enabled=progress) as bar:
         for path in paths:
             started = time.perf_counter()
-            row = {"series_key": _key(path), "source": path, "status": "failed"}
-            target = os.path.join(out, "data", row["series_key"] + ".zarr")
+            base = {"series_key": _key(path), "source": path}
+            target = os.path.join(out, "data", base["series_key"] + ".zarr")
             try:
                 shape, spacing = operation(path, target)
-                row.update(status=status, path=target, shape="x".join(map(str, shape)),
-                           spacing="x".join(f"{s:g}" for s in spacing))
+                row = done_row(base, path=target, shape="x".join(map(str, shape)),
+                               spacing="x".join(f"{s:g}" for s in spacing))
             except (InputError, OSError, ValueError) as exc:
-                row["reason"] = str(exc)
+                row = failed_row(base, str(exc))
                 log.warning("%s: %s failed: %s", label, path, exc)
             row["seconds"] = round(time.perf_counter() - started, 3)
             rows.append(row)
@@ -79,9 +90,6 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
                      order: str = "linear", orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
     """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
-    from voxelpipe.ops.reorient import reorient
-    from voxelpipe.ops.resample import resample, resample_to
-
     if sum(v is not None for v in (spacing, shape, like)) != 1:
         raise InputError("give exactly one of --spacing, --shape or --like")
     reference = open_volume(like) if like else None
@@ -98,15 +106,13 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
                                            "orientation": orientation or ""})
         return result.array.shape, result.geometry.spacing
 
-    return _for_each_volume(find_volumes(source, key), out, "resample", "resampled", one, progress)
+    return _for_each_volume(find_volumes(source, key), out, "resample", one, progress)
 
 
 def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "S", kind: str = "max",
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
-    from voxelpipe.ops.projection import project
-
     def one(path: str, target: str):
         volume = open_volume(path)
         if np.asarray(volume.array).ndim != 3:
@@ -116,25 +122,18 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "
         _write_projections(target, result, masks, volume, angles, axis, kind)
         return result.images.shape, result.pixel_spacing
 
-    return _for_each_volume(find_volumes(source, key), out, "project", "projected", one, progress)
+    return _for_each_volume(find_volumes(source, key), out, "project", one, progress)
 
 
 def _masks(path: str) -> dict[str, np.ndarray]:
     """``masks/<name>`` arrays stored beside ``image`` in a Zarr volume, in memory (none for other formats)."""
     if path.endswith((".npz", ".h5", ".hdf5")):
         return {}
-    from voxelpipe.stores.masks import open_masks
-
     return {name: np.asarray(array[...]) for name, array in open_masks(path).items()}
 
 
 def _write_projections(target: str, result, masks: dict, volume: Volume, angles, axis: str, kind: str) -> None:
     """The projections as a Zarr group, published by rename; masks after the first are projected here."""
-    import zarr
-    from zarr.codecs import BloscCodec
-
-    from voxelpipe.stores.zarr_store import PARTIAL, open_store, remove
-
     partial = target + PARTIAL
     remove(partial)
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -145,8 +144,6 @@ def _write_projections(target: str, result, masks: dict, volume: Volume, angles,
     group = zarr.create_group(store=store, zarr_format=3, attributes=attrs)
     codec = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=4)
     group.create_array("image", data=np.ascontiguousarray(result.images), compressors=[codec])
-    from voxelpipe.ops.projection import project
-
     for index, (name, mask) in enumerate(masks.items()):
         images = result.mask_images if index == 0 else project(volume, angles, axis=axis, mask=mask).mask_images
         group.create_array(f"masks/{name}", data=np.ascontiguousarray(images),
@@ -158,15 +155,16 @@ def _write_projections(target: str, result, masks: dict, volume: Volume, angles,
 
 def parse_angles(text: str) -> list[float]:
     """``start:stop:step`` (stop excluded, like range) or a comma list, in degrees."""
+    problem = InputError(f"--angles {text!r}: expected start:stop:step (e.g. 0:360:45) or a comma list")
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
             if step <= 0:
-                raise ValueError
+                raise problem
             return [float(a) for a in np.arange(start, stop, step)]
         return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"--angles {text!r}: expected start:stop:step (e.g. 0:360:45) or a comma list") from None
+    except ValueError:  # not numbers, or not three of them
+        raise problem from None
 
 
 __all__ = ["resample_volumes", "project_volumes", "parse_angles", "find_volumes"]

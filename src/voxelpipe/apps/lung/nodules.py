@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from voxelpipe.apps.lung.segment import segment_lungs
 from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
 
@@ -286,8 +287,6 @@ def blob_model(hu: np.ndarray, geometry: Geometry, *, lung_mask: np.ndarray | No
         raise InputError(f"blob_model: HU shape {hu.shape} differs from the geometry's {tuple(geometry.shape)}")
     spacing = np.asarray(geometry.spacing, dtype=np.float64)
     if lung_mask is None:
-        from voxelpipe.apps.lung.segment import segment_lungs  # lazy: lung imports nothing from here, but keep the import graph flat
-
         lung_mask = segment_lungs(hu, spacing)
     lung = np.asarray(lung_mask).astype(bool, copy=False)
     if lung.shape != hu.shape:

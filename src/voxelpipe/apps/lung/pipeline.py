@@ -10,7 +10,7 @@ Per CT series (one worker task each; ``<tag>`` = the spacing, e.g. ``2x2x2``)::
     ROOT/nodules/<id>.json, <id>.csv           per-series cache: figures + features (json), nodule rows (csv, last)
     ROOT/nodules.csv                           every nodule of every complete series in ROOT (patient column first)
     ROOT/patient_features.csv                  one row per complete series: count, largest diameter, volumes, ...
-    ROOT/summary.csv                           this run: one row per series (done / kept / skipped / failed, reason)
+    ROOT/summary.csv                           this run: one row per series (done / skipped / failed, reason)
 
 Every npz holds ``array``, ``spacing``, ``origin``, ``direction``, ``affine``, ``slice_positions`` and
 ``geometry_json`` (``Geometry.to_attrs()`` as JSON): index (i, j, k) of ``array`` lies at LPS
@@ -31,10 +31,11 @@ several CT series gets one output per series: id = patient + ``_`` + the first 8
 (plus the part number of a series the scan split).
 
 Resume: a series is complete when its three npz files, ``nodules/<id>.json`` written with the same spacing,
-model and threshold, and ``nodules/<id>.csv`` (written last) exist; a rerun keeps it (status ``kept``) unless
-``overwrite``. Every file is written under a temporary name and renamed. ``nodules.csv`` and
-``patient_features.csv`` are rebuilt on every run from the per-series caches of every complete series in ROOT, so
-runs over different inputs (or shards) into one ROOT add up; use one ROOT per spacing/model/threshold.
+model and threshold, and ``nodules/<id>.csv`` (written last) exist; a rerun keeps it (status ``skipped``, reason
+``already complete``) unless ``overwrite``. Every file is written under a temporary name and renamed.
+``nodules.csv`` and ``patient_features.csv`` are rebuilt on every run from the per-series caches of every complete
+series in ROOT, so runs over different inputs (or shards) into one ROOT add up; use one ROOT per
+spacing/model/threshold.
 
 Output voxels of the resampled grid whose centre lies outside the input's voxel centres (the outer half input voxel
 of a refined axis) take the value of the nearest inside voxel along that axis (edge extension, as SimpleITK does):
@@ -58,10 +59,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydicom
 
-from voxelpipe.core.errors import InputError, VoxelpipeError, failure_reason, lost_task_reason
+from voxelpipe.apps.lung.nodules import (NODULE_COLUMNS, PATIENT_FEATURE_COLUMNS, Model, blob_model, find_nodules,
+                                         load_model, patient_features)
+from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
+from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.keys import series_key
+from voxelpipe.core.progress import Progress
+from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
+from voxelpipe.core.types import Executor, Status
 from voxelpipe.core.volume import Volume
+from voxelpipe.dicom.files import iter_files
+from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.ops.resample import resample
+from voxelpipe.pipelines.convert import load_manifest
+from voxelpipe.pipelines.scan import scan
+from voxelpipe.pipelines.series_read import read_series
+from voxelpipe.stores.tables import atomic_path, read_csv, write_csv
 
 log = logging.getLogger("voxelpipe")
 
@@ -141,14 +157,10 @@ def _dir_patient(path: str, dirs: list[str]) -> tuple[str, str]:
 
 
 def _from_dirs(dirs: Sequence[str], workers: int, progress: bool) -> tuple[list[_Candidate], list[dict]]:
-    from voxelpipe.pipelines.scan import scan
-
     dirs = [os.path.abspath(os.fspath(d)) for d in dirs]
     for d in dirs:
         if not os.path.exists(d):
             raise InputError(f"{d}: no such folder")
-    from voxelpipe.dicom.files import iter_files
-
     # a pool costs seconds to start; headers of a few hundred files take a fraction of that in this process
     n_files = sum(1 for _ in iter_files(dirs))
     result = scan(dirs, out=None, workers=workers if n_files >= SCAN_POOL_FILES else 1, progress=progress)
@@ -172,17 +184,13 @@ def _from_dirs(dirs: Sequence[str], workers: int, progress: bool) -> tuple[list[
     problems = []
     for (patient, kind), entries in sorted(unusable.items()):
         first = entries[0]
-        problems.append({"patient": patient, "series_key": "",
-                         "status": "skipped" if patient in with_series else "failed",
-                         "source": os.path.dirname(os.path.abspath(first["path"])),
-                         "reason": f"{len(entries)} DICOM file(s) not usable ({kind}), e.g. {first['path']}: "
-                                   f"{first.get('reason', '')}"})
+        base = {"patient": patient, "series_key": "", "source": os.path.dirname(os.path.abspath(first["path"]))}
+        reason = f"{len(entries)} DICOM file(s) not usable ({kind}), e.g. {first['path']}: {first.get('reason', '')}"
+        problems.append(skipped_row(base, reason) if patient in with_series else failed_row(base, reason))
     return candidates, problems
 
 
 def _patient_id_of(path: str) -> str:
-    import pydicom
-
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
         return str(ds.get("PatientID", "") or "").strip()
@@ -191,8 +199,6 @@ def _patient_id_of(path: str) -> str:
 
 
 def _from_manifest(manifest: str) -> list[_Candidate]:
-    from voxelpipe.pipelines.convert import load_manifest
-
     rows, files = load_manifest(os.fspath(manifest))
     candidates = []
     for row in rows:
@@ -208,8 +214,6 @@ def _from_manifest(manifest: str) -> list[_Candidate]:
 
 def _assign_ids(candidates: list[_Candidate], pseudonymise: bool) -> dict[str, str]:
     """series key -> output id (see the module docstring)."""
-    from voxelpipe.core.keys import series_key
-
     base = {c.series_key: (series_key(c.patient) if pseudonymise else _safe(c.patient)) for c in candidates}
     count = defaultdict(int)
     for c in candidates:
@@ -274,22 +278,16 @@ def _geometry_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
 
 
 def _save_npz(path: str, **arrays) -> None:
-    from voxelpipe.stores.tables import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
 
 def _write_text(path: str, text: str) -> None:
-    from voxelpipe.stores.tables import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
 
 
 def _nodule_columns(rows: list[dict]) -> list[str]:
-    from voxelpipe.apps.lung.nodules import NODULE_COLUMNS
-
     columns = CACHE_COLUMNS + list(NODULE_COLUMNS)
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -297,9 +295,7 @@ def _nodule_columns(rows: list[dict]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _user_model(spec: str):
-    from voxelpipe.apps.lung.nodules import load_model
-
+def _user_model(spec: str) -> Model:
     return load_model(spec)
 
 
@@ -332,26 +328,20 @@ def _to_hu16(array: np.ndarray) -> np.ndarray:
     return out.astype(np.int16)
 
 
-def _failed(task: _Task, reason: str = "") -> dict:
-    """The status row of ``task`` before (or without) its work."""
-    return {"id": task.id, "series_key": task.series_key, "status": "failed", "reason": reason, "source": task.source}
+def _base(task: _Task) -> dict:
+    """The summary row of ``task`` before its work (no status yet)."""
+    return {"id": task.id, "series_key": task.series_key, "reason": "", "source": task.source}
 
 
 def _lost(task: _Task, exc: Exception) -> dict:
     """The row of a task that never returned its own (its worker died, the cluster lost it)."""
-    return _failed(task, lost_task_reason(exc))
+    return lost_row(_base(task), exc)
 
 
 def _work(task: _Task) -> dict:
     """Worker: one series from DICOM files to the three npz files and the nodule cache; never raises."""
-    from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
-    from voxelpipe.apps.lung.nodules import Model, blob_model, find_nodules, patient_features
-    from voxelpipe.ops.resample import resample
-    from voxelpipe.pipelines.series_read import read_series
-    from voxelpipe.stores.tables import write_csv
-
     started = time.perf_counter()
-    status = _failed(task)
+    status = _base(task)
     clock = started
 
     def lap(name: str) -> None:
@@ -412,11 +402,11 @@ def _work(task: _Task) -> dict:
         _write_text(meta_path, json.dumps(meta, indent=1, default=float) + "\n")
         write_csv(rows_path, rows, _nodule_columns(rows))  # last: marks the series complete
         lap("t_write")
-        status.update(status="done", shape=figures["shape"], lung_volume_ml=figures["lung_volume_ml"],
-                      crop_shape=figures["crop_shape"], n_nodules=features.get("n_nodules", len(nodules)),
-                      largest_diameter_mm=_round(features.get("largest_diameter_mm")))
+        status = done_row(status, shape=figures["shape"], lung_volume_ml=figures["lung_volume_ml"],
+                          crop_shape=figures["crop_shape"], n_nodules=features.get("n_nodules", len(nodules)),
+                          largest_diameter_mm=_round(features.get("largest_diameter_mm")))
     except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
-        status["reason"] = failure_reason(exc)
+        status = failed_row(status, exc)
     status["seconds"] = round(time.perf_counter() - started, 3)
     return status
 
@@ -436,18 +426,14 @@ def _kept_row(task: _Task) -> dict:
     with open(meta_path, encoding="utf-8") as fh:
         meta = json.load(fh)
     figures, features = meta.get("figures", {}), meta.get("features", {})
-    return {"id": task.id, "series_key": task.series_key, "status": "kept", "reason": "already complete",
-            "source": task.source, "shape": figures.get("shape", ""),
-            "lung_volume_ml": figures.get("lung_volume_ml", ""), "crop_shape": figures.get("crop_shape", ""),
-            "n_nodules": features.get("n_nodules", ""),
-            "largest_diameter_mm": _round(features.get("largest_diameter_mm"))}
+    return skipped_row(_base(task), ALREADY_COMPLETE, shape=figures.get("shape", ""),
+                       lung_volume_ml=figures.get("lung_volume_ml", ""), crop_shape=figures.get("crop_shape", ""),
+                       n_nodules=features.get("n_nodules", ""),
+                       largest_diameter_mm=_round(features.get("largest_diameter_mm")))
 
 
 def _rebuild_tables(root: str) -> tuple[int, int]:
     """nodules.csv and patient_features.csv from the caches of every complete series in ROOT."""
-    from voxelpipe.apps.lung.nodules import PATIENT_FEATURE_COLUMNS
-    from voxelpipe.stores.tables import read_csv, write_csv
-
     folder = os.path.join(root, "nodules")
     names = sorted(n[:-4] for n in os.listdir(folder) if n.endswith(".csv")) if os.path.isdir(folder) else []
     nodules, patients, columns = [], [], _nodule_columns([])
@@ -486,15 +472,12 @@ def _scrub(rows: list[dict], secrets: list[str]) -> None:
 def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.PathLike = "voxelpipe-lung",
              manifest: str | os.PathLike | None = None, spacing: Sequence[float] = (2.0, 2.0, 2.0),
              model: str | None = None, threshold: float = 0.5, pseudonymise: bool = False, overwrite: bool = False,
-             workers: int | None = None, progress: bool = True, executor: str = "pool", scheduler: str | None = None) -> list[dict]:
+             workers: int | None = None, progress: bool = True, executor: str = Executor.POOL,
+             scheduler: str | None = None) -> list[dict]:
     """Run the lung pipeline over DICOM folders ``dirs`` or a scan ``manifest`` into ``out`` (see the module
-    docstring). Returns this run's summary rows (``SUMMARY_COLUMNS``; status done / kept / skipped / failed), also
-    written to ``out/summary.csv``. A failing series never stops the others. ``executor``/``scheduler``: where
-    the per-series tasks run (:func:`voxelpipe.execution.imap`)."""
-    from voxelpipe.execution import check_executor, default_workers, imap
-    from voxelpipe.core.progress import Progress
-    from voxelpipe.stores.tables import write_csv
-
+    docstring). Returns this run's summary rows (``SUMMARY_COLUMNS``; status done / skipped (not a CT volume, or
+    already complete) / failed), also written to ``out/summary.csv``. A failing series never stops the others.
+    ``executor``/``scheduler``: where the per-series tasks run (:func:`voxelpipe.execution.imap`)."""
     check_executor(executor, scheduler)
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
@@ -527,16 +510,13 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
         if not why and not c.paths:
             why = "no files listed for the series"
         if why:
-            rows.append({"id": "", "series_key": c.series_key, "status": "skipped", "reason": why,
-                         "source": c.source, "modality": c.row.get("modality", ""),
-                         "n_slices": c.row.get("n_slices", "")})
+            rows.append(skipped_row({"id": "", "series_key": c.series_key, "source": c.source}, why,
+                                    modality=c.row.get("modality", ""), n_slices=c.row.get("n_slices", "")))
         else:
             usable.append(c)
     ids = _assign_ids(usable, pseudonymise)
     names = [c.patient for c in candidates] + [p["patient"] for p in problems]
     if pseudonymise:
-        from voxelpipe.core.keys import series_key
-
         for p in problems:
             p["id"] = series_key(p.pop("patient"))
     else:
@@ -560,13 +540,13 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
                 pass
         todo.append(task)
     workers = min(workers, max(1, len(todo)))
-    log.info("lung: %d series to do, %d kept, %d skipped/unusable, %d worker(s) -> %s", len(todo),
-             sum(r["status"] == "kept" for r in rows), sum(r["status"] != "kept" for r in rows), workers, root)
+    kept = sum(r["status"] == Status.SKIPPED and r["reason"] == ALREADY_COMPLETE for r in rows)
+    log.info("lung: %d series to do, %d already complete, %d skipped/unusable, %d worker(s) -> %s", len(todo),
+             kept, len(rows) - kept, workers, root)
     bar = Progress(len(todo), "lung", unit="series", enabled=progress)
     try:
         for status in imap(_work, todo, workers, executor=executor, scheduler=scheduler, on_error=_lost):
-            if status["status"] == "failed":
-                log.warning("lung: %s failed: %s", status["id"], status["reason"])
+            warn_if_failed(status, "lung", "id")
             rows.append(status)
             bar.update()
     finally:

@@ -1,4 +1,4 @@
-"""Lung segmentation of a CT volume in HU, its bounding box and crop (issue 7).
+"""Lung segmentation of a CT volume in HU, its bounding box and crop.
 
 Arrays are ``(slice, row, column)`` = axes 0, 1, 2 with ``spacing`` in mm along those axes; the slices are
 assumed axial (axis 0 cranio-caudal, columns running across the patient), as CT series are.

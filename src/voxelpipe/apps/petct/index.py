@@ -30,10 +30,14 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 
-from voxelpipe.dicom.flatten import column_name
+from voxelpipe.apps.petct.pipeline import load_subject
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.keys import subject_id as make_subject_id
 from voxelpipe.core.progress import Progress
+from voxelpipe.dicom.flatten import column_name
+from voxelpipe.execution import default_workers, imap
+from voxelpipe.pipelines.scan import scan
+from voxelpipe.stores.nifti import nifti_bytes, require_nibabel
 from voxelpipe.stores.tables import atomic_path, write_csv
 
 log = logging.getLogger("voxelpipe")
@@ -104,8 +108,6 @@ def scan_study(study: StudyFolder, workers: int | None = None) -> StudyFolder:
     """Fill ``series`` and ``objects`` of one study folder. Each folder is scanned on its own (the process pool
     is reused between calls) so a series is grouped within its study folder only: a copy of a study in another
     folder stays a separate study, and memory holds one study's headers at a time."""
-    from voxelpipe.pipelines.scan import scan
-
     result = scan([study.study_dir], out=None, workers=workers, progress=False)
     meta = {row["path"]: row for row in result.metadata}
     study.n_files = len(result.metadata)
@@ -293,9 +295,6 @@ def index_project(project: str | os.PathLike, out_csv: str | os.PathLike, export
 
 def _export_one(row: dict) -> tuple[str, dict[str, bytes]]:
     """Worker task: load one subject from DICOM and encode its three NIfTI members."""
-    from voxelpipe.stores.nifti import nifti_bytes
-    from voxelpipe.apps.petct.pipeline import load_subject
-
     subject = load_subject(row)
     sid = row["subject_id"]
     return sid, {f"{sid}/{sid}_ct.nii.gz": nifti_bytes(subject.ct),
@@ -306,9 +305,6 @@ def _export_one(row: dict) -> tuple[str, dict[str, bytes]]:
 def export_nifti_zip(rows: list[dict], path: str | os.PathLike, workers: int | None = None) -> str:
     """Write the zipped NIfTI form of the indexed studies (one subject loaded per task; only this process writes
     the zip, under a temporary name renamed at the end). Members are stored, not deflated: they are gzipped."""
-    from voxelpipe.stores.nifti import require_nibabel
-    from voxelpipe.execution import default_workers, imap
-
     require_nibabel("--export-zip")  # fail before any work when nibabel is missing
     path = os.fspath(path)
     workers = default_workers() if workers is None else max(1, workers)

@@ -16,7 +16,8 @@ columns), source, the projection geometry (centre, axis_direction, ray_direction
 row_positions in LPS mm) and the fill value of each channel (pixels whose ray misses the volume).
 
 Workers (``voxelpipe.execution.imap``, one subject per task) read the source and project; the main process
-alone writes the 2-D file. A rerun skips subjects whose projections are all complete and redoes the others.
+alone writes the 2-D file. A rerun skips subjects whose projections are all complete (status ``skipped``) and
+redoes the others (``done``, or ``failed`` with the reason).
 """
 from __future__ import annotations
 
@@ -28,7 +29,14 @@ import time
 import numpy as np
 
 from voxelpipe.core.errors import InputError, VoxelpipeError
+from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.progress import Progress
+from voxelpipe.core.rows import done_row, failed_row, skipped_row
+from voxelpipe.core.types import Status
+from voxelpipe.core.volume import Volume
+from voxelpipe.execution import default_workers, imap
+from voxelpipe.ops.projection import project
+from voxelpipe.pipelines.transform import parse_angles
 from voxelpipe.stores.subject_store import LAYOUT_2D, open_subject_store
 
 log = logging.getLogger("voxelpipe")
@@ -56,10 +64,6 @@ def projection_key(subject: str, angle: float) -> str:
 
 def _project_subject(task: tuple) -> dict:
     """Worker: read one subject, project both channels and both masks at every angle."""
-    from voxelpipe.core.geometry import Geometry
-    from voxelpipe.ops.projection import project
-    from voxelpipe.core.volume import Volume
-
     source, subject, angles, axis = task
     started = time.perf_counter()
     try:
@@ -74,10 +78,10 @@ def _project_subject(task: tuple) -> dict:
         pet = project(Volume(image[0], geometry), angles, axis=axis, kind="max", mask=data["mask"][0])
         ct = project(Volume(image[1], geometry), angles, axis=axis, kind="max", mask=data["mask_iso"][0])
     except (VoxelpipeError, KeyError, OSError, ValueError) as exc:
-        return {"subject": subject, "status": "failed", "reason": f"{source}: subject {subject}: {exc}",
-                "seconds": round(time.perf_counter() - started, 3)}
+        return failed_row({"subject": subject}, f"{source}: subject {subject}: {exc}",
+                          seconds=round(time.perf_counter() - started, 3))
     return {
-        "subject": subject, "status": "projected",
+        "subject": subject, "status": Status.DONE,
         "images": np.stack([pet.images, ct.images], axis=1),  # (angle, channel, H, W)
         "mask": pet.mask_images[:, None], "mask_iso": ct.mask_images[:, None],
         "geometry": {
@@ -93,8 +97,6 @@ def _project_subject(task: tuple) -> dict:
 
 def _angle_list(angles) -> list[float]:
     if isinstance(angles, str):
-        from voxelpipe.pipelines.transform import parse_angles
-
         angles = parse_angles(angles)
     try:
         values = [float(a) for a in np.atleast_1d(np.asarray(angles, dtype=np.float64))]
@@ -112,9 +114,7 @@ def project_2d(source, out, angles, axis: str = "S", workers: int | None = None,
                progress: bool = True) -> list[dict]:
     """MIPs of every complete subject of ``source`` at ``angles`` (degrees; a list or ``"0:360:45"``) about
     ``axis`` into the 2-D file ``out`` (``.h5`` / ``.zarr``). Returns one row per subject: subject, status
-    (projected | skipped | failed), reason, projections, seconds."""
-    from voxelpipe.execution import default_workers, imap
-
+    (done | skipped | failed), reason, projections, seconds."""
     source = os.fspath(source).rstrip("/")
     out = os.fspath(out).rstrip("/")
     if os.path.realpath(source) == os.path.realpath(out):
@@ -130,15 +130,14 @@ def project_2d(source, out, angles, axis: str = "S", workers: int | None = None,
         todo = []
         for subject in subjects:
             if all(target.has(projection_key(subject, a)) for a in angles):
-                rows.append({"subject": subject, "status": "skipped", "reason": "projections complete",
-                             "projections": len(angles)})
+                rows.append(skipped_row({"subject": subject}, "projections complete", projections=len(angles)))
             else:
                 todo.append((source, subject, angles, axis))
         n_workers = max(1, min(workers or default_workers(), len(todo) or 1))
         with Progress(len(todo), "project-2d", unit="subjects", enabled=progress) as bar:
             for result in imap(_project_subject, todo, n_workers):
                 subject = result["subject"]
-                if result["status"] != "projected":
+                if result["status"] != Status.DONE:
                     log.warning("project-2d: %s", result["reason"])
                     rows.append({k: result[k] for k in ("subject", "status", "reason", "seconds")})
                     bar.update()
@@ -159,8 +158,7 @@ def project_2d(source, out, angles, axis: str = "S", workers: int | None = None,
                     }
                     target.write(projection_key(subject, angle), result["images"][n], result["mask"][n],
                                  result["mask_iso"][n], attrs)
-                rows.append({"subject": subject, "status": "projected", "projections": len(angles),
-                             "seconds": result["seconds"]})
+                rows.append(done_row({"subject": subject}, projections=len(angles), seconds=result["seconds"]))
                 bar.update()
     return rows
 
