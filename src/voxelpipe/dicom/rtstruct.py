@@ -40,11 +40,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, InputError,
-                                   MissingTagError, RoiNotFoundError)
+from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, MissingTagError, RoiNotFoundError)
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, PlacedRoi, mask_array_name
-from voxelpipe.kernels.polygon import fill_polygons_3d, first_bad_vertex
+from voxelpipe.ops.polygon import fill_polygons_volume
 
 log = logging.getLogger("voxelpipe")
 
@@ -56,7 +55,6 @@ PLANE_TOLERANCE_MM = 0.1  # points of one planar contour may spread this much al
 MAX_LISTED = 8  # positions / indices listed in a note
 RULE = ("contours assigned to the slice whose window (half the local step either side) holds their position "
         "along the normal; even-odd per slice; pixel centres inside")
-MAX_COORDINATE = 1e12  # |row|, |column| limit in pixels of a contour point (keeps the fill's arithmetic finite)
 
 
 class RtstructError(DicomReadError):
@@ -492,23 +490,12 @@ def fill(polygons: list[np.ndarray], slice_index: np.ndarray, shape: tuple[int, 
          out: np.ndarray | None = None) -> np.ndarray:
     """Fill ``polygons`` ((K, 2) row, column vertices in pixels) into their slices ``slice_index`` (one per
     polygon, each in ``0..shape[0] - 1``) of a uint8 (slice, row, column) volume: even–odd per slice,
-    pixel-centre rule (the kernel of :func:`voxelpipe.ops.polygon.fill_polygons_volume`). ``out``: a
+    pixel-centre rule (:func:`voxelpipe.ops.polygon.fill_polygons_volume`). ``out``: a
     C-contiguous uint8 array of ``shape`` to fill (zeros when not given)."""
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
-    if not polygons:
-        return out
-    vertices = np.ascontiguousarray(np.concatenate(polygons), dtype=np.float64)
-    offsets = np.concatenate(([0], np.cumsum([len(p) for p in polygons]))).astype(np.int64)
-    k = first_bad_vertex(vertices, MAX_COORDINATE)
-    if k >= 0:
-        raise InputError(f"contour point {vertices[k].tolist()} (row, column) is not finite or beyond "
-                         f"+-{MAX_COORDINATE:g} pixels of the grid")
-    index = np.asarray(slice_index, dtype=np.int64)
-    order = np.argsort(index, kind="stable").astype(np.int64)
-    slice_starts = np.zeros(shape[0] + 1, dtype=np.int64)
-    slice_starts[1:] = np.cumsum(np.bincount(index, minlength=shape[0]))
-    fill_polygons_3d(vertices, offsets, order, slice_starts, out)
+    if polygons:
+        fill_polygons_volume(polygons, np.asarray(slice_index, dtype=np.int64), shape, out=out)
     return out
 
 
