@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from voxelpipe.core import defaults
 from voxelpipe.dicom.rtstruct import REPORT_COLUMNS, RTSTRUCT_SOP_CLASS, RoiNotFoundError, iter_rtstruct_masks
 from voxelpipe.core.errors import InputError, VoxelpipeError, lost_task_reason
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
@@ -37,7 +37,6 @@ log = logging.getLogger("voxelpipe")
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 REPORT_NAME = "masks_report.csv"
 MAX_PENDING_BYTES = 512 << 20  # masks held before they are written (a structure set with 50 ROIs on a big CT)
-PRINT_ALL_ROWS = 40  # the summary lists every row up to this many, else only the failed ones
 
 
 @dataclass
@@ -264,7 +263,7 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
 def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
                             rois: Sequence[str] | None = None, workers: int | None = None,
                             report: str | os.PathLike | None = None, progress: bool = True,
-                            executor: str = "pool", scheduler: str | None = None) -> list[dict]:
+                            executor: str = defaults.EXECUTOR, scheduler: str | None = None) -> list[dict]:
     """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
     ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``).
     ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.execution.imap`)."""
@@ -305,49 +304,5 @@ def write_report(path: str, rows: list[dict]) -> None:
     write_csv(path, kept + rows, REPORT_COLUMNS)
 
 
-def summarise(rows: Iterable[dict], report: str) -> list[str]:
-    rows = list(rows)
-    counts = defaultdict(int)
-    for row in rows:
-        counts[row["status"]] += 1
-    volumes = len({r["volume"] for r in rows if r["volume"]})
-    lines = [f"masks: {counts['written']} written, {counts['empty']} empty, {counts['skipped']} skipped, "
-             f"{counts['failed']} failed on {volumes} volume(s) -> report {report}"]
-    shown = rows if len(rows) <= PRINT_ALL_ROWS else [r for r in rows if r["status"] == "failed"]
-    for row in shown:
-        what = row["roi_name"] or os.path.basename(row["source"])
-        line = f"  {row['status']:<7} {row['source_kind']:<8} {what}"
-        if row["mask_name"]:
-            line += f" -> masks/{row['mask_name']}: {row['voxels']} voxels, {float(row['volume_ml']):.2f} mL"
-        if row["note"]:
-            line += f" ({row['note']})"
-        lines.append(line)
-    return lines
-
-
-def masks_command(args) -> int:
-    """The ``masks`` subcommand: 0 when nothing failed, 1 when some ROI / object / volume failed."""
-    if args.manifest:
-        if args.volume or args.rtstruct or args.seg:
-            raise InputError("--manifest takes the objects from scan's objects.csv: leave out --volume, "
-                             "--rtstruct and --seg")
-        if not args.out:
-            raise InputError("--manifest needs --out, the convert output folder holding data/<key>.zarr")
-        rows = add_masks_from_manifest(args.manifest, args.out, rois=args.roi, workers=args.workers,
-                                       report=args.report, progress=not args.no_progress,
-                                       executor=args.executor, scheduler=args.scheduler)
-        report = args.report or os.path.join(args.out, REPORT_NAME)
-    else:
-        if args.executor != "pool" or args.scheduler:
-            raise InputError("--executor and --scheduler go with --manifest (one volume runs in this process)")
-        if not args.volume or not (args.rtstruct or args.seg):
-            raise InputError("give --volume with --rtstruct or --seg, or --manifest with --out")
-        rows = add_masks(args.volume, rtstruct=args.rtstruct, seg=args.seg, rois=args.roi, report=args.report)
-        report = args.report or default_report(args.volume)
-    for line in summarise(rows, report):
-        print(line)
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
-
-
-__all__ = ["add_masks", "add_masks_from_manifest", "masks_command", "masks_for_volume", "plan_manifest",
+__all__ = ["add_masks", "add_masks_from_manifest", "masks_for_volume", "plan_manifest",
            "load_objects", "default_report", "write_report", "VolumeTask", "MaskSource", "REPORT_COLUMNS"]

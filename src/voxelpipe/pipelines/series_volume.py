@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxelpipe._version import __version__
+from voxelpipe.core import defaults
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
@@ -31,7 +32,7 @@ from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
-DEFAULT_CHUNKS = (8, 256, 256)  # README "Zarr chunks" (benches/bench_chunks.py); slab depth 8 slices
+DEFAULT_CHUNKS = defaults.CONVERT_CHUNKS
 
 
 @dataclass
@@ -41,12 +42,12 @@ class SeriesTask:
     key: str
     paths: list[str]
     out: str
-    fmt: str = "zarr"  # zarr | hdf5 | npz
-    mode: str = "3d"  # 3d: one volume per series; 2d: one array per file
-    store: str = "dir"  # dir | zip | sqlite (zarr only)
+    fmt: str = defaults.CONVERT_FORMAT  # zarr | hdf5 | npz
+    mode: str = defaults.CONVERT_MODE  # 3d: one volume per series; 2d: one array per file
+    store: str = defaults.CONVERT_STORE  # dir | zip | sqlite (zarr only)
     chunks: tuple[int, int, int] | None = None
-    clevel: int = 1
-    verify_slices: int = 2
+    clevel: int = defaults.CONVERT_CLEVEL
+    verify_slices: int = defaults.CONVERT_VERIFY_SLICES
     overwrite: bool = False
     options: dict | None = None  # recorded in provenance
     records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)

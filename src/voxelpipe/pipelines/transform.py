@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.stores.zarr_store import STORE_SUFFIXES
@@ -76,7 +77,7 @@ def _for_each_volume(paths: list[str], out: str, label: str, status: str, operat
 
 
 def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
-                     order: str = "linear", orientation: str | None = None, key: str | None = None,
+                     order: str = defaults.RESAMPLE_ORDER, orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
     """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
     from voxelpipe.ops.reorient import reorient
@@ -101,7 +102,8 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
     return _for_each_volume(find_volumes(source, key), out, "resample", "resampled", one, progress)
 
 
-def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "S", kind: str = "max",
+def project_volumes(source: str, out: str, *, angles: list[float], axis: str = defaults.PROJECTION_AXIS,
+                    kind: str = defaults.PROJECTION_KIND,
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
