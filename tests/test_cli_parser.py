@@ -165,8 +165,10 @@ LIBRARY_DEFAULTS = [
     ("voxelpipe.pipelines.convert:convert", "store", defaults.CONVERT_STORE),
     ("voxelpipe.pipelines.convert:convert", "mode", defaults.CONVERT_MODE),
     ("voxelpipe.pipelines.convert:convert", "verify_slices", defaults.CONVERT_VERIFY_SLICES),
-    ("voxelpipe.pipelines.convert:convert", "clevel", defaults.CONVERT_CLEVEL),
+    ("voxelpipe.pipelines.convert:convert", "clevel", defaults.VOLUME_CLEVEL),
     ("voxelpipe.pipelines.convert:convert", "executor", defaults.EXECUTOR),
+    ("voxelpipe.stores.volumes:save_volume", "chunks", defaults.VOLUME_CHUNKS),
+    ("voxelpipe.stores.volumes:save_volume", "clevel", defaults.VOLUME_CLEVEL),
     ("voxelpipe.pipelines.masks:add_masks_from_manifest", "executor", defaults.EXECUTOR),
     ("voxelpipe.pipelines.transform:resample_volumes", "order", defaults.RESAMPLE_ORDER),
     ("voxelpipe.pipelines.transform:project_volumes", "axis", defaults.PROJECTION_AXIS),
@@ -198,7 +200,7 @@ def test_defaults_shown_are_the_library_defaults(target, parameter, shown):
 def test_convert_chunks_default_is_the_writer_default():
     from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS
 
-    assert DEFAULT_CHUNKS == defaults.CONVERT_CHUNKS
+    assert DEFAULT_CHUNKS == defaults.VOLUME_CHUNKS
     assert "(default 8,256,256)" in " ".join(COMMAND_PARSERS["convert"].format_help().split())
 
 

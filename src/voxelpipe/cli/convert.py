@@ -39,9 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=with_default("slices per series checked by MD5 against pydicom's decode; 0 = off",
                                           defaults.CONVERT_VERIFY_SLICES))
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
-                        help=with_default("chunk shape; slab depth = Z", defaults.CONVERT_CHUNKS))
+                        help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
     parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
-                        help=with_default("Blosc zstd level 0-9", defaults.CONVERT_CLEVEL))
+                        help=with_default("Blosc zstd level 0-9", defaults.VOLUME_CLEVEL))
     parser.add_argument("--summary-suffix", default=argparse.SUPPRESS, metavar="S",
                         help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, "
                              "shardIIofNN for --shard-id)")

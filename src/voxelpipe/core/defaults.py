@@ -17,8 +17,8 @@ SCAN_TABLE_FORMAT = "csv"  # csv, or parquet (metadata also as Parquet)
 CONVERT_FORMAT = "zarr"  # voxelpipe.core.types.Format
 CONVERT_STORE = "dir"  # voxelpipe.core.types.StoreKind
 CONVERT_MODE = "3d"  # one volume per series; 2d: one array per file
-CONVERT_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
-CONVERT_CLEVEL = 1  # Blosc zstd level 0-9
+VOLUME_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
+VOLUME_CLEVEL = 1  # Blosc zstd level 0-9
 CONVERT_VERIFY_SLICES = 2  # slices per series checked by MD5 against pydicom's decode; 0 = off
 
 # resample / project (converted volumes) and project-2d (petct subject files)

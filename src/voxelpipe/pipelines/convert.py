@@ -59,7 +59,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             mode: str = defaults.CONVERT_MODE, workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
-            clevel: int = defaults.CONVERT_CLEVEL,
+            clevel: int = defaults.VOLUME_CLEVEL,
             summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
             scheduler: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series).

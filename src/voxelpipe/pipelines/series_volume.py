@@ -32,7 +32,7 @@ from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
-DEFAULT_CHUNKS = defaults.CONVERT_CHUNKS
+DEFAULT_CHUNKS = defaults.VOLUME_CHUNKS
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SeriesTask:
     mode: str = defaults.CONVERT_MODE  # 3d: one volume per series; 2d: one array per file
     store: str = defaults.CONVERT_STORE  # dir | zip | sqlite (zarr only)
     chunks: tuple[int, int, int] | None = None
-    clevel: int = defaults.CONVERT_CLEVEL
+    clevel: int = defaults.VOLUME_CLEVEL
     verify_slices: int = defaults.CONVERT_VERIFY_SLICES
     overwrite: bool = False
     options: dict | None = None  # recorded in provenance

@@ -17,9 +17,11 @@ from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from voxelpipe.core import defaults
+
 STORE_SUFFIXES = {"dir": ".zarr", "zip": ".zarr.zip", "sqlite": ".zarr.sqlite"}
 PARTIAL = ".partial"
-DEFAULT_CLEVEL = 1
+DEFAULT_CLEVEL = defaults.VOLUME_CLEVEL
 MAX_BLOCKSIZE = 1 << 20
 
 
