@@ -4,7 +4,11 @@ request (usage error, invalid option, missing or unusable input).
 Per command here: exit 2 on a bad request and, for commands with items, exit 1 when an item fails, with small
 synthetic data. The ok cases (exit 0) are in each command's own tests (test_cli.py, test_convert.py,
 test_transform_cli.py, test_masks_cli.py, test_suv.py, test_petct_index.py, test_petct.py, test_merge.py,
-test_project2d.py, test_lung_pipeline.py, test_report.py, test_contours.py), as are some exit 1 cases named below.
+test_project2d.py, test_lung_pipeline.py, test_report.py, test_contours.py), and so are the exit 1 cases that need
+bigger data: masks (test_masks_cli: manifest form, a structure set in another frame of reference), contours
+(test_contours: unpaired contour files), suv (test_suv: a series without PatientWeight), petct (test_petct: a
+subject without PatientWeight), lung (test_lung_pipeline: a broken series), report (test_report: unreadable and
+missing volumes). scan, aggregate and merge have no items that can fail on their own: 0 or 2.
 """
 from __future__ import annotations
 

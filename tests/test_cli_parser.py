@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from voxelpipe.cli import options
-from voxelpipe.cli.app import apply_env_defaults, build_parser, main
+from voxelpipe.cli.app import apply_env_defaults, build_parser, flags_win_in_groups, main
 from voxelpipe.core import defaults
 
 PARSER = build_parser()
@@ -252,3 +252,17 @@ def test_summarise_counts_by_status():
     assert summary.exit_code == 1
     assert summarise([{"status": "done"}]).counts() == "1 done, 0 skipped, 0 failed"
     assert summarise([]).exit_code == 0
+
+
+def test_flag_wins_over_the_environment_inside_an_exclusive_group():
+    parser = build_parser()
+    apply_env_defaults(parser, {"VOXELPIPE_SPACING": "2,2,2", "VOXELPIPE_RTSTRUCT": "rs.dcm"})
+    args = parser.parse_args(["resample", "in", "--out", "o", "--shape", "4,5,6"])
+    flags_win_in_groups(parser, args)
+    assert args.shape == (4, 5, 6) and not hasattr(args, "spacing")
+    args = parser.parse_args(["resample", "in", "--out", "o"])
+    flags_win_in_groups(parser, args)
+    assert args.spacing == (2.0, 2.0, 2.0)
+    args = parser.parse_args(["masks", "--volume", "v.zarr", "--seg", "seg.dcm"])
+    flags_win_in_groups(parser, args)
+    assert args.seg == "seg.dcm" and not hasattr(args, "rtstruct")

@@ -22,7 +22,8 @@ Exit status, the same for every command (decided in ``main`` for errors):
 Environment: every option can also be set through ``VOXELPIPE_<LONG OPTION>`` (upper case, dashes as
 underscores: ``--format`` -> ``VOXELPIPE_FORMAT``, ``--no-progress`` -> ``VOXELPIPE_NO_PROGRESS``); booleans take
 1/0, true/false, yes/no, on/off; options taking several values split the variable on ``os.pathsep``. A flag on
-the command line wins.
+the command line wins, also over another member of its mutually exclusive group (``--spacing | --shape | --like``)
+set in the environment.
 """
 from voxelpipe.cli.app import main
 

@@ -91,6 +91,20 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, st
         action.default = value
         action.required = False
         action.help = (action.help or "") + f" [set from {name}]"
+        action.env_name = name  # read by flags_win_in_groups
+
+
+def flags_win_in_groups(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """In a group of mutually exclusive options (``--spacing | --shape | --like``), an option given on the command
+    line wins over another member set only through its environment variable: that one is dropped from ``args``.
+    (Members have no default, so a member present in ``args`` without a variable came from the command line.)"""
+    command = subcommands(parser).get(getattr(args, "command", None))
+    for group in command._mutually_exclusive_groups if command else []:
+        present = [a for a in group._group_actions if hasattr(args, a.dest)]
+        from_env = [a for a in present if getattr(a, "env_name", None)]
+        if len(from_env) < len(present):
+            for action in from_env:
+                delattr(args, action.dest)
 
 
 def _convert(parser: argparse.ArgumentParser, action: argparse.Action, name: str, text: str):
@@ -109,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)
+    flags_win_in_groups(parser, args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     try:
@@ -118,5 +133,5 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_REQUEST
 
 
-__all__ = ["build_parser", "apply_env_defaults", "env_name", "long_option", "settable_actions", "subcommands",
+__all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions", "subcommands",
            "main", "COMMANDS", "ENV_PREFIX"]
