@@ -125,6 +125,24 @@ def test_parquet_metadata_matches_csv(study, tmp_path):
     assert rows_parquet == rows_csv
 
 
+def test_env_variable_named_from_the_long_option(study, tmp_path):
+    """--format sets dest fmt; its variable is VOXELPIPE_FORMAT all the same."""
+    out = tmp_path / "out"
+    done = run(["convert", str(study["root"]), "--out", str(out), "--workers", "1"], tmp_path,
+               env={"VOXELPIPE_FORMAT": "npz", "VOXELPIPE_NO_PROGRESS": "yes"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("convert: ") and ", 0 failed -> " in done.stdout
+    assert len(list((out / "data").glob("*.npz"))) == len(study["specs"])
+    assert not list((out / "data").glob("*.zarr"))
+
+
+def test_bad_request_exits_2_through_the_interpreter(tmp_path):
+    done = run(["--no-progress", "lung", "--out", str(tmp_path / "out")], tmp_path)  # neither DIR nor --manifest
+    assert done.returncode == 2 and "lung: give DICOM folders or --manifest" in done.stderr
+    done = run(["scan"], tmp_path)
+    assert done.returncode == 2 and "error:" in done.stderr
+
+
 def test_bad_env_value_is_reported(study, tmp_path):
     done = run(["scan", str(study["root"]), "--out", str(tmp_path / "manifest")], tmp_path,
                env={"VOXELPIPE_WORKERS": "x"})

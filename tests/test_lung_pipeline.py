@@ -321,5 +321,5 @@ def test_cli(data, tmp_path, capsys):
     assert (out / "summary.csv").is_file() and (out / "nodules.csv").is_file()
     code = main(["--no-progress", "lung", str(data["root"] / "patient_beta"), "--out", str(out), "--workers", "1"])
     text = capsys.readouterr().out
-    assert code == 0 and "1 skipped" in text
-    assert main(["--no-progress", "lung", "--out", str(out)]) == 1  # neither DIR nor --manifest
+    assert code == 0 and "lung: 0 done, 1 skipped, 0 failed" in text
+    assert main(["--no-progress", "lung", "--out", str(out)]) == 2  # neither DIR nor --manifest: a bad request

@@ -7,6 +7,7 @@ import csv
 import logging
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,18 @@ def read_report(path) -> list[dict]:
         rows = list(csv.DictReader(fh))
     assert rows == [] or list(rows[0]) == REPORT_KEYS
     return rows
+
+
+def status_counts(rows) -> dict[str, int]:
+    """How many report rows have each status word."""
+    return dict(Counter(r["status"] for r in rows))
+
+
+def printed_counts(printed: str) -> dict[str, int]:
+    """The ``N word`` counts of the printed ``masks: ...`` summary line, zeros left out."""
+    line = next(line for line in printed.splitlines() if line.startswith("masks: "))
+    counts = line.split(": ", 1)[1].split(" on ")[0]
+    return {word: int(n) for n, word in (part.split(" ", 1) for part in counts.split(", ")) if int(n)}
 
 
 def masks_of(volume: str) -> dict[str, tuple[np.ndarray, dict]]:
@@ -72,6 +85,7 @@ def test_single_volume_form_writes_and_reruns_replace(cases, tmp_path, store, ca
     report = out / "masks_report.csv"  # default: beside the volume's data folder
     rows = read_report(report)
     assert [(r["roi_name"], r["status"], r["mask_name"]) for r in rows] == [("Ring", "done", "Ring")]
+    assert printed_counts(printed) == status_counts(rows)  # one mask written
     assert rows[0]["volume"] == os.path.abspath(volume) and float(rows[0]["volume_ml"]) > 0
 
     # rerun with another structure set holding a ROI of the same name: the mask is replaced

@@ -181,7 +181,7 @@ def test_cli_and_roi_selection(project, tmp_path, capsys):
     code = main(["petct", project["index"], "--out", str(out), "--shape", "16,16,10", "--workers", "1",
                  "--roi", "GTV", "--suv-window", "0,10"])
     printed = capsys.readouterr().out
-    assert code == 1 and "2 done" in printed and "1 failed" in printed and "c000000003" in printed
+    assert code == 1 and "petct: 2 done, 0 skipped, 1 failed" in printed and "c000000003" in printed
     rows = run_petct(project["index"], tmp_path / "roi.h5", rois=["NOPE"], workers=1, progress=False)
     assert {r["subject_id"]: r["status"] for r in rows}["a000000001"] == "failed"
     with pytest.raises(InputError):

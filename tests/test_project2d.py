@@ -177,7 +177,7 @@ def test_cli_with_workers(tmp_path, source, capsys):
     assert main(["--no-progress", "project-2d", str(source), "--out", str(two), "--angles", "0,120,240",
                  "--axis", "S", "--workers", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "2 subjects done, 0 skipped (complete), 0 failed; 3 angles each" in printed
+    assert "project-2d: 2 done, 0 skipped, 0 failed; 3 angles each" in printed
     with open_subject_store(one) as a, open_subject_store(two) as b:
         assert a.subjects() == b.subjects() == sorted(
             f"{s}_a{k}" for s in ("abc1234def", "fff0000aaa") for k in ("000", "120", "240"))
@@ -186,7 +186,7 @@ def test_cli_with_workers(tmp_path, source, capsys):
             for name in ("image", "mask", "mask_iso"):
                 np.testing.assert_array_equal(x[name], y[name])
     assert main(["--no-progress", "project-2d", str(source), "--out", str(one), "--angles", "0:360:120"]) == 0
-    assert "0 subjects done, 2 skipped" in capsys.readouterr().out
+    assert "project-2d: 0 done, 2 skipped, 0 failed" in capsys.readouterr().out
     # 2-D files merge like subject files and keep their self-description
     project_2d(source, tmp_path / "p45.h5", [45], workers=1, progress=False)
     merged = tmp_path / "merged.zarr"

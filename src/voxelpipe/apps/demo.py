@@ -6,6 +6,7 @@ import os
 
 import pydicom
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import VoxelpipeError
 from voxelpipe.core.types import Status
 from voxelpipe.testing.synthetic import sphere_contours, write_demo_study, write_rtstruct
@@ -67,7 +68,7 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
     _require("resample", rows, count=len(summary))
     print(f"resample: {len(rows)} volume(s) reoriented to LAS and resampled to 1 mm -> {resampled}")
     projections = os.path.join(out, "projections")
-    rows = project_volumes(volumes, projections, angles=parse_angles("0:360:45"), progress=progress)
+    rows = project_volumes(volumes, projections, angles=parse_angles(defaults.PROJECTION_ANGLES), progress=progress)
     _require("project", rows, count=len(summary))
     print(f"project: {len(rows)} volume(s), 8 maximum intensity projections each -> {projections}")
     data = build_report(volumes, samples=4, seed=0, progress=progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 
 __all__ = ["mask_iso", "label_lesions"]
@@ -21,7 +22,7 @@ def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(n)
 
 
-def mask_iso(suv: np.ndarray, mask: np.ndarray, fraction: float | None = 0.41,
+def mask_iso(suv: np.ndarray, mask: np.ndarray, fraction: float | None = defaults.PETCT_ISO,
              absolute: float | None = None, labels: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """uint8 mask (same shape): 1 where ``mask`` is non-zero and ``suv`` ≥ ``fraction`` × SUVmax of the voxel's
     lesion (connected component of the mask, 26-connectivity) — or, when ``absolute`` is given, ≥ ``absolute``

@@ -18,6 +18,7 @@ import re
 import time
 from collections import defaultdict
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
@@ -58,10 +59,12 @@ def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:
 
 
 def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *, manifest: str | None = None,
-            fmt: str = Format.ZARR, store: str = StoreKind.DIR, mode: str = "3d", workers: int | None = None,
+            fmt: str = defaults.CONVERT_FORMAT, store: str = defaults.CONVERT_STORE,
+            mode: str = defaults.CONVERT_MODE, workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
-            verify_slices: int = 2, chunks: tuple[int, int, int] | None = None, clevel: int = 1,
-            summary_suffix: str | None = None, progress: bool = True, executor: str = Executor.POOL,
+            verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
+            clevel: int = defaults.VOLUME_CLEVEL,
+            summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
             scheduler: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
     series already in the output, ``failed`` with the reason).

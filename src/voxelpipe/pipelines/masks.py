@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError, lost_task_reason
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, PlacedRoi
+from voxelpipe.core import defaults
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.rows import count_statuses, failed_row, format_counts, skipped_row
+from voxelpipe.core.rows import failed_row, skipped_row
 from voxelpipe.core.types import Executor, Status
 from voxelpipe.dicom.rtstruct import RTSTRUCT_SOP_CLASS, iter_rtstruct_masks
 from voxelpipe.dicom.seg import SEG_SOP_CLASSES, read_seg_masks
@@ -48,7 +49,6 @@ REPORT_COLUMNS = ["volume", "source", "source_kind", "roi_name", "mask_name", "r
                   "volume_ml", "contours", "contours_unmatched", "contours_skipped", "note"]
 REPORT_NAME = "masks_report.csv"
 MAX_PENDING_BYTES = 512 << 20  # masks held before they are written (a structure set with 50 ROIs on a big CT)
-PRINT_ALL_ROWS = 40  # the summary lists every row up to this many, else only the failed ones
 
 
 @dataclass
@@ -327,7 +327,7 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
 def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
                             rois: Sequence[str] | None = None, workers: int | None = None,
                             report: str | os.PathLike | None = None, progress: bool = True,
-                            executor: str = Executor.POOL, scheduler: str | None = None) -> list[dict]:
+                            executor: str = defaults.EXECUTOR, scheduler: str | None = None) -> list[dict]:
     """Every RTSTRUCT / SEG of scan's objects.csv onto the converted volumes of the series it references (under
     ``out``); returns the report rows (also written to ``report``, default ``out/masks_report.csv``).
     ``executor``/``scheduler``: where the per-volume tasks run (:func:`voxelpipe.execution.imap`)."""
@@ -368,49 +368,5 @@ def write_report(path: str, rows: list[dict]) -> None:
     write_csv(path, kept + rows, REPORT_COLUMNS)
 
 
-def summarise(rows: Iterable[dict], report: str) -> list[str]:
-    """The lines printed after a run: the counts per status (and of empty masks among the done), then every row
-    (only the failed ones past ``PRINT_ALL_ROWS``)."""
-    rows = list(rows)
-    counts = count_statuses(rows)
-    empty = sum(1 for r in rows if r["status"] == Status.DONE and not int(r["voxels"] or 0))
-    volumes = len({r["volume"] for r in rows if r["volume"]})
-    lines = [f"masks: {format_counts(counts)} on {volumes} volume(s) ({empty} empty mask(s)) -> report {report}"]
-    shown = rows if len(rows) <= PRINT_ALL_ROWS else [r for r in rows if r["status"] == Status.FAILED]
-    for row in shown:
-        what = row["roi_name"] or os.path.basename(row["source"])
-        line = f"  {row['status']:<7} {row['source_kind']:<8} {what}"
-        if row["mask_name"]:
-            line += f" -> masks/{row['mask_name']}: {row['voxels']} voxels, {float(row['volume_ml']):.2f} mL"
-        if row["note"]:
-            line += f" ({row['note']})"
-        lines.append(line)
-    return lines
-
-
-def masks_command(args) -> int:
-    """The ``masks`` subcommand: 0 when nothing failed, 1 when some ROI / object / volume failed."""
-    if args.manifest:
-        if args.volume or args.rtstruct or args.seg:
-            raise InputError("--manifest takes the objects from scan's objects.csv: leave out --volume, "
-                             "--rtstruct and --seg")
-        if not args.out:
-            raise InputError("--manifest needs --out, the convert output folder holding data/<key>.zarr")
-        rows = add_masks_from_manifest(args.manifest, args.out, rois=args.roi, workers=args.workers,
-                                       report=args.report, progress=not args.no_progress,
-                                       executor=args.executor, scheduler=args.scheduler)
-        report = args.report or os.path.join(args.out, REPORT_NAME)
-    else:
-        if args.executor != "pool" or args.scheduler:
-            raise InputError("--executor and --scheduler go with --manifest (one volume runs in this process)")
-        if not args.volume or not (args.rtstruct or args.seg):
-            raise InputError("give --volume with --rtstruct or --seg, or --manifest with --out")
-        rows = add_masks(args.volume, rtstruct=args.rtstruct, seg=args.seg, rois=args.roi, report=args.report)
-        report = args.report or default_report(args.volume)
-    for line in summarise(rows, report):
-        print(line)
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
-
-
-__all__ = ["add_masks", "add_masks_from_manifest", "masks_command", "masks_for_volume", "plan_manifest",
+__all__ = ["add_masks", "add_masks_from_manifest", "masks_for_volume", "plan_manifest",
            "load_objects", "default_report", "write_report", "VolumeTask", "MaskSource", "REPORT_COLUMNS"]

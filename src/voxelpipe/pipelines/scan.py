@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pydicom.uid import UID
 
 from voxelpipe._version import __version__
+from voxelpipe.core import defaults
 from voxelpipe.dicom.files import iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
-from voxelpipe.core.types import Executor
 from voxelpipe.execution import check_executor, default_workers, imap
 from voxelpipe.core.progress import Progress
 from voxelpipe.stores.tables import RowSpool, write_csv, write_json
@@ -88,8 +88,9 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
 
 
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
-         shards: int = 16, workers: int | None = None, table_format: str = "csv", secret: str | None = None,
-         progress: bool = True, executor: str = Executor.POOL, scheduler: str | None = None) -> ScanResult:
+         shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
+         table_format: str = defaults.SCAN_TABLE_FORMAT, secret: str | None = None,
+         progress: bool = True, executor: str = defaults.EXECUTOR, scheduler: str | None = None) -> ScanResult:
     """Scan folders (any depth) for DICOM files and build the manifest tables.
 
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).

@@ -20,6 +20,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
+from voxelpipe.core import defaults
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
@@ -34,7 +35,7 @@ from voxelpipe.stores.tables import atomic_path, write_json
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
-DEFAULT_CHUNKS = (8, 256, 256)  # README "Zarr chunks" (benches/bench_chunks.py); slab depth 8 slices
+DEFAULT_CHUNKS = defaults.VOLUME_CHUNKS
 
 
 @dataclass
@@ -44,12 +45,12 @@ class SeriesTask:
     key: str
     paths: list[str]
     out: str
-    fmt: Format = Format.ZARR
-    mode: str = "3d"  # 3d: one volume per series; 2d: one array per file
-    store: StoreKind = StoreKind.DIR  # zarr only
+    fmt: Format = defaults.CONVERT_FORMAT
+    mode: str = defaults.CONVERT_MODE  # 3d: one volume per series; 2d: one array per file
+    store: StoreKind = defaults.CONVERT_STORE  # zarr only
     chunks: tuple[int, int, int] | None = None
-    clevel: int = 1
-    verify_slices: int = 2
+    clevel: int = defaults.VOLUME_CLEVEL
+    verify_slices: int = defaults.CONVERT_VERIFY_SLICES
     overwrite: bool = False
     options: dict | None = None  # recorded in provenance
     records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)

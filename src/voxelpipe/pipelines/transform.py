@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import done_row, failed_row
@@ -87,7 +88,7 @@ def _for_each_volume(paths: list[str], out: str, label: str,
 
 
 def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
-                     order: str = "linear", orientation: str | None = None, key: str | None = None,
+                     order: str = defaults.RESAMPLE_ORDER, orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
     """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
     if sum(v is not None for v in (spacing, shape, like)) != 1:
@@ -109,7 +110,8 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
     return _for_each_volume(find_volumes(source, key), out, "resample", one, progress)
 
 
-def project_volumes(source: str, out: str, *, angles: list[float], axis: str = "S", kind: str = "max",
+def project_volumes(source: str, out: str, *, angles: list[float], axis: str = defaults.PROJECTION_AXIS,
+                    kind: str = defaults.PROJECTION_KIND,
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""

@@ -7,6 +7,7 @@ import os
 import h5py
 import numpy as np
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.volume import Volume, json_default
@@ -52,8 +53,8 @@ def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
     return Volume(group["image"], Geometry.from_attrs(attrs), attrs, path)
 
 
-def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = (8, 256, 256),
-                clevel: int = 1, attrs: dict | None = None) -> int:
+def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = defaults.VOLUME_CHUNKS,
+                clevel: int = defaults.VOLUME_CLEVEL, attrs: dict | None = None) -> int:
     """Write a volume as a Zarr store (kind from the suffix: ``.zarr``, ``.zarr.zip``, ``.zarr.sqlite``) with its
     geometry in the attributes, atomically; returns the bytes written. 4-D arrays keep their frame axis.
 

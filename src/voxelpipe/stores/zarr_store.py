@@ -26,8 +26,10 @@ from voxelpipe.core.volume import json_default
 from voxelpipe.stores.registry import STORE_SUFFIXES, store_kind  # noqa: F401  (both also importable from here)
 from voxelpipe.stores.sqlite_store import SqliteStore
 
+from voxelpipe.core import defaults
+
 PARTIAL = ".partial"
-DEFAULT_CLEVEL = 1
+DEFAULT_CLEVEL = defaults.VOLUME_CLEVEL
 MAX_BLOCKSIZE = 1 << 20
 
 

@@ -1,6 +1,6 @@
 """`lung`: lung CT preprocessing (Kaggle Data Science Bowl 2017 style) as one command.
 
-``python -m voxelpipe lung (DIR ... | --manifest CSV) --out ROOT [--spacing 2,2,2] [--model module:function]``
+``python -m voxelpipe lung (DIR ... | --manifest CSV) --out ROOT [--spacing S0,S1,S2] [--model module:function]``
 
 Per CT series (one worker task each; ``<tag>`` = the spacing, e.g. ``2x2x2``)::
 
@@ -64,12 +64,13 @@ import pydicom
 from voxelpipe.apps.lung.nodules import (NODULE_COLUMNS, PATIENT_FEATURE_COLUMNS, Model, blob_model, find_nodules,
                                          load_model, patient_features)
 from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
-from voxelpipe.core.errors import InputError, VoxelpipeError
+from voxelpipe.core.errors import InputError
+from voxelpipe.core import defaults
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
-from voxelpipe.core.types import Executor, Status
+from voxelpipe.core.types import Status
 from voxelpipe.core.volume import Volume
 from voxelpipe.dicom.files import iter_files
 from voxelpipe.execution import check_executor, default_workers, imap
@@ -81,7 +82,7 @@ from voxelpipe.stores.tables import atomic_path, read_csv, write_csv
 
 log = logging.getLogger("voxelpipe")
 
-__all__ = ["run_lung", "lung_command", "stage_dirs", "SUMMARY_COLUMNS", "MIN_SLICES"]
+__all__ = ["run_lung", "stage_dirs", "SUMMARY_COLUMNS", "MIN_SLICES"]
 
 MIN_SLICES = 10  # fewer slices than this is not a chest CT volume
 SCAN_POOL_FILES = 1000  # fewer files than this are scanned in this process
@@ -96,7 +97,7 @@ def _tag(spacing: Sequence[float]) -> str:
     return "x".join(f"{float(v):g}" for v in spacing)
 
 
-def stage_dirs(root: str | os.PathLike, spacing: Sequence[float] = (2.0, 2.0, 2.0)) -> dict[str, str]:
+def stage_dirs(root: str | os.PathLike, spacing: Sequence[float] = defaults.LUNG_SPACING) -> dict[str, str]:
     """The three stage folders of ``root`` for ``spacing``: keys ``resampled``, ``segmented``, ``crop``."""
     root, tag = os.fspath(root), _tag(spacing)
     return {"resampled": os.path.join(root, f"stage1_{tag}"),
@@ -470,9 +471,10 @@ def _scrub(rows: list[dict], secrets: list[str]) -> None:
 
 
 def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.PathLike = "voxelpipe-lung",
-             manifest: str | os.PathLike | None = None, spacing: Sequence[float] = (2.0, 2.0, 2.0),
-             model: str | None = None, threshold: float = 0.5, pseudonymise: bool = False, overwrite: bool = False,
-             workers: int | None = None, progress: bool = True, executor: str = Executor.POOL,
+             manifest: str | os.PathLike | None = None, spacing: Sequence[float] = defaults.LUNG_SPACING,
+             model: str | None = None, threshold: float = defaults.LUNG_THRESHOLD, pseudonymise: bool = False,
+             overwrite: bool = False,
+             workers: int | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
              scheduler: str | None = None) -> list[dict]:
     """Run the lung pipeline over DICOM folders ``dirs`` or a scan ``manifest`` into ``out`` (see the module
     docstring). Returns this run's summary rows (``SUMMARY_COLUMNS``; status done / skipped (not a CT volume, or
@@ -558,33 +560,3 @@ def run_lung(dirs: Sequence[str | os.PathLike] | None = None, out: str | os.Path
     write_csv(os.path.join(root, "summary.csv"), rows, SUMMARY_COLUMNS)
     _rebuild_tables(root)
     return rows
-
-
-def lung_command(args) -> int:
-    """CLI entry (``python -m voxelpipe lung``): run, print a summary; 0 when no series failed, else 1."""
-    started = time.perf_counter()
-    try:
-        rows = run_lung(getattr(args, "dirs", None) or None, args.out, manifest=getattr(args, "manifest", None),
-                        spacing=getattr(args, "spacing", (2.0, 2.0, 2.0)), model=getattr(args, "model", None),
-                        threshold=getattr(args, "threshold", 0.5), pseudonymise=getattr(args, "pseudonymise", False),
-                        overwrite=getattr(args, "overwrite", False), workers=getattr(args, "workers", None),
-                        executor=getattr(args, "executor", "pool"), scheduler=getattr(args, "scheduler", None),
-                        progress=not getattr(args, "no_progress", False))
-    except VoxelpipeError as exc:
-        print(f"lung: {exc}")
-        return 1
-    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "kept", "skipped", "failed")}
-    finished = [r for r in rows if r["status"] in ("done", "kept")]
-    n_nodules = sum(int(r.get("n_nodules") or 0) for r in finished)
-    print(f"lung: {counts['done']} done, {counts['kept']} kept, {counts['skipped']} skipped, {counts['failed']} "
-          f"failed in {time.perf_counter() - started:.1f} s; {n_nodules} nodule(s) in {len(finished)} series "
-          f"-> {args.out} (summary.csv, nodules.csv, patient_features.csv)")
-    if len(finished) <= 20:
-        for r in finished:
-            print(f"  {r['status']} {r['id']}: lung volume {r.get('lung_volume_ml', '')} ml, "
-                  f"{r.get('n_nodules', '')} nodule(s), largest {r.get('largest_diameter_mm', '') or 0} mm, "
-                  f"grid {r.get('shape', '')}, crop {r.get('crop_shape', '')}")
-    for r in rows:
-        if r["status"] in ("failed", "skipped"):
-            print(f"  {r['status']} {r.get('id') or r.get('series_key') or '?'}: {r['reason']}")
-    return 1 if counts["failed"] else 0

@@ -316,22 +316,3 @@ def export_nifti_zip(rows: list[dict], path: str | os.PathLike, workers: int | N
                     archive.writestr(name, data)
                 log.info("petct-index: exported %s", sid)
     return path
-
-
-def petct_index_command(args) -> int:
-    """``python -m voxelpipe petct-index PROJECT --out INDEX.csv [--export-zip ZIP] [--mapping MAP.csv]``."""
-    rows, incomplete = index_project(args.project, args.out, export_zip=getattr(args, "export_zip", None),
-                                     mapping=getattr(args, "mapping", None), workers=getattr(args, "workers", None),
-                                     progress=not getattr(args, "no_progress", False))
-    missing: dict[str, int] = {}
-    for row in incomplete:
-        for part in filter(None, row["missing"].split(";")):
-            missing[part] = missing.get(part, 0) + 1
-    text = ", ".join(f"{name} {count}" for name, count in sorted(missing.items()))
-    print(f"petct-index: {len(rows) + len(incomplete)} study folder(s): {len(rows)} complete -> {args.out}; "
-          f"{len(incomplete)} incomplete -> {incomplete_path(args.out)}" + (f" (missing: {text})" if text else ""))
-    if getattr(args, "mapping", None):
-        print(f"petct-index: private subject mapping -> {args.mapping}")
-    if getattr(args, "export_zip", None):
-        print(f"petct-index: zipped NIfTI of {len(rows)} subject(s) -> {args.export_zip}")
-    return 0 if rows else 1

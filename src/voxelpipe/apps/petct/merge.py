@@ -13,13 +13,14 @@ import logging
 import os
 import uuid
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.stores.subject_store import open_subject_store, subject_file_format
 from voxelpipe.stores.zarr_store import remove
 
 log = logging.getLogger("voxelpipe")
 
-__all__ = ["merge", "merge_command", "MergeError"]
+__all__ = ["merge", "MergeError"]
 
 
 class MergeError(VoxelpipeError, RuntimeError):
@@ -43,7 +44,7 @@ def _publish(tmp: str, out: str) -> None:
         os.replace(tmp, out)
 
 
-def merge(inputs, out, on_duplicate: str = "error") -> dict:
+def merge(inputs, out, on_duplicate: str = defaults.MERGE_ON_DUPLICATE) -> dict:
     """Merge the subject files ``inputs`` into ``out`` (kinds from the suffixes; they may differ).
 
     Returns ``dict(out, inputs=[{path, subjects, incomplete, copied, skipped}], expected, written,
@@ -129,15 +130,3 @@ def merge(inputs, out, on_duplicate: str = "error") -> dict:
         log.warning("merge: incomplete subject %s of %s left out", item["subject"], item["path"])
     return {"out": out, "inputs": per_input, "expected": len(expected), "written": len(written),
             "skipped": skipped, "incomplete": incomplete}
-
-
-def merge_command(args) -> int:
-    """``python -m voxelpipe merge A.h5 B.zarr ... --out ALL.h5 [--on-duplicate skip]``."""
-    result = merge(args.inputs, args.out, on_duplicate=getattr(args, "on_duplicate", "error"))
-    for row in result["inputs"]:
-        print(f"{row['path']}: {row['subjects']} subjects, {row['copied']} copied, {row['skipped']} skipped "
-              f"(duplicates), {row['incomplete']} incomplete left out")
-    print(f"{result['out']}: {result['written']} subjects written (expected {result['expected']}, verified)")
-    for item in result["skipped"]:
-        print(f"skipped duplicate {item['subject']} from {item['path']} (kept {item['kept_from']})")
-    return 0

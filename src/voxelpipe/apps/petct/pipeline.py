@@ -27,10 +27,10 @@ import pydicom
 
 from voxelpipe._version import __version__
 from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError
+from voxelpipe.core import defaults
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
-from voxelpipe.core.types import Executor
 from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.dicom.rtstruct import read_rtstruct_masks
 from voxelpipe.dicom.seg import read_seg_masks
@@ -49,7 +49,7 @@ from voxelpipe.stores.tables import read_csv, write_csv
 log = logging.getLogger("voxelpipe")
 
 __all__ = ["Subject", "load_subject", "load_zip_subjects", "prepare_subject", "output_grid", "run_petct",
-           "petct_command", "STATUS_COLUMNS"]
+           "status_path", "STATUS_COLUMNS"]
 
 STATUS_COLUMNS = ["subject_id", "status", "reason", "seconds", "shape", "spacing", "suv_max", "mask_voxels",
                   "mask_iso_voxels", "lesions", "mask_kind"]
@@ -310,9 +310,9 @@ def _window(values: np.ndarray, window: Sequence[float], what: str) -> np.ndarra
 
 
 def prepare_subject(subject: Subject, shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
-                    orientation: str = "LAS", iso: float | None = 0.41, iso_suv: float | None = None,
-                    ct_window: Sequence[float] = (-1000.0, 1000.0),
-                    suv_window: Sequence[float] = (0.0, 20.0)) -> dict:
+                    orientation: str = defaults.PETCT_ORIENTATION, iso: float | None = defaults.PETCT_ISO,
+                    iso_suv: float | None = None, ct_window: Sequence[float] = defaults.PETCT_CT_WINDOW,
+                    suv_window: Sequence[float] = defaults.PETCT_SUV_WINDOW) -> dict:
     """One subject ready for learning: ``dict(image=float32 [2, X, Y, Z] (0 = PET SUV, 1 = CT, both scaled to
     [0, 1] from their windows), mask=uint8 [1, X, Y, Z], mask_iso=uint8 [1, X, Y, Z], attrs=dict)`` on the
     CT's grid reoriented to ``orientation`` and resampled to ``shape`` and/or ``spacing`` (array axes 0, 1, 2)."""
@@ -400,9 +400,8 @@ def _work(task: _Task) -> tuple[dict, dict | None]:
             subject = load_zip_subject(task.zip_path, task.subject_id)
         else:
             subject = load_subject(task.row, rois=opts.get("rois"))
-        result = prepare_subject(subject, opts.get("shape"), opts.get("spacing"), opts.get("orientation", "LAS"),
-                                 opts.get("iso", 0.41), opts.get("iso_suv"), opts.get("ct_window", (-1000, 1000)),
-                                 opts.get("suv_window", (0, 20)))
+        result = prepare_subject(subject, opts.get("shape"), opts.get("spacing"), opts["orientation"],
+                                 opts["iso"], opts.get("iso_suv"), opts["ct_window"], opts["suv_window"])
         stats = result["attrs"]["stats"]
         status = done_row(base, shape="x".join(map(str, result["image"].shape[1:])),
                           spacing="x".join(f"{v:.4g}" for v in result["attrs"]["geometry"]["spacing"]),
@@ -454,10 +453,11 @@ def status_path(out: str | os.PathLike) -> str:
 
 
 def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence[int] | None = None,
-              spacing: Sequence[float] | None = None, orientation: str = "LAS", iso: float | None = 0.41,
-              iso_suv: float | None = None, ct_window: Sequence[float] = (-1000.0, 1000.0),
-              suv_window: Sequence[float] = (0.0, 20.0), rois: Sequence[str] | None = None,
-              workers: int | None = None, progress: bool = True, executor: str = Executor.POOL,
+              spacing: Sequence[float] | None = None, orientation: str = defaults.PETCT_ORIENTATION,
+              iso: float | None = defaults.PETCT_ISO, iso_suv: float | None = None,
+              ct_window: Sequence[float] = defaults.PETCT_CT_WINDOW,
+              suv_window: Sequence[float] = defaults.PETCT_SUV_WINDOW, rois: Sequence[str] | None = None,
+              workers: int | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
               scheduler: str | None = None) -> list[dict]:
     """Prepare every subject of ``source`` (petct-index CSV, or project.zip) into ``out`` (``.h5`` / ``.zarr``).
 
@@ -503,29 +503,3 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
             bar.close()
     write_csv(status_path(out), rows, STATUS_COLUMNS)
     return rows
-
-
-def _none_if_empty(value):
-    return value if value else None
-
-
-def petct_command(args) -> int:
-    """CLI entry (``python -m voxelpipe petct``): run, print a summary; 0 when no subject failed."""
-    try:
-        rows = run_petct(args.source, args.out, shape=getattr(args, "shape", None),
-                         spacing=getattr(args, "spacing", None), orientation=getattr(args, "orientation", "LAS"),
-                         iso=getattr(args, "iso", 0.41), iso_suv=getattr(args, "iso_suv", None),
-                         ct_window=getattr(args, "ct_window", (-1000.0, 1000.0)),
-                         suv_window=getattr(args, "suv_window", (0.0, 20.0)),
-                         rois=_none_if_empty(getattr(args, "roi", None)), workers=getattr(args, "workers", None),
-                         executor=getattr(args, "executor", "pool"), scheduler=getattr(args, "scheduler", None))
-    except VoxelpipeError as exc:
-        print(f"petct: {exc}")
-        return 1
-    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("written", "skipped", "failed")}
-    print(f"petct: {counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
-          f"-> {args.out} (status: {status_path(args.out)})")
-    for r in rows:
-        if r["status"] == "failed":
-            print(f"  failed {r['subject_id'] or '?'}: {r['reason']}")
-    return 1 if counts["failed"] else 0

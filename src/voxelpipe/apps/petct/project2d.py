@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.progress import Progress
@@ -41,7 +42,7 @@ from voxelpipe.stores.subject_store import LAYOUT_2D, open_subject_store
 
 log = logging.getLogger("voxelpipe")
 
-__all__ = ["project_2d", "project_2d_command", "angle_key", "projection_key"]
+__all__ = ["project_2d", "angle_key", "projection_key"]
 
 
 def angle_key(angle: float) -> str:
@@ -110,7 +111,7 @@ def _angle_list(angles) -> list[float]:
     return values
 
 
-def project_2d(source, out, angles, axis: str = "S", workers: int | None = None,
+def project_2d(source, out, angles, axis: str = defaults.PROJECTION_AXIS, workers: int | None = None,
                progress: bool = True) -> list[dict]:
     """MIPs of every complete subject of ``source`` at ``angles`` (degrees; a list or ``"0:360:45"``) about
     ``axis`` into the 2-D file ``out`` (``.h5`` / ``.zarr``). Returns one row per subject: subject, status
@@ -161,19 +162,3 @@ def project_2d(source, out, angles, axis: str = "S", workers: int | None = None,
                 rows.append(done_row({"subject": subject}, projections=len(angles), seconds=result["seconds"]))
                 bar.update()
     return rows
-
-
-def project_2d_command(args) -> int:
-    """``python -m voxelpipe project-2d IN.h5 --out OUT_2D.h5 --angles 0:360:45 [--axis S] [--workers N]``."""
-    from voxelpipe.pipelines.transform import parse_angles
-
-    angles = parse_angles(args.angles) if isinstance(args.angles, str) else args.angles
-    rows = project_2d(args.source, args.out, angles, axis=getattr(args, "axis", "S"),
-                      workers=getattr(args, "workers", None), progress=not getattr(args, "no_progress", False))
-    counts = {status: sum(r["status"] == status for r in rows) for status in ("projected", "skipped", "failed")}
-    print(f"{args.out}: {counts['projected']} subjects projected, {counts['skipped']} skipped (complete), "
-          f"{counts['failed']} failed; {len(angles)} angles each")
-    for row in rows:
-        if row["status"] == "failed":
-            print(f"failed: {row['reason']}")
-    return 1 if counts["failed"] else 0

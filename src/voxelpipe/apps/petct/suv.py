@@ -1,22 +1,16 @@
-"""``python -m voxelpipe suv PET_FILE_OR_DIR ...``: the body-weight SUV factor and its audit record per PET series.
-
-Prints one JSON object per series (one line each) on stdout. Exit status 0 when every series got a factor, 1 when
-some did not (each named on stderr, the others still printed), 2 when no PET file was found at all.
-"""
+"""The PET series below some paths and the JSON record of each one's body-weight SUV factor and its audit (the
+``suv`` command, :mod:`voxelpipe.cli.suv`, prints one record per series)."""
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 import pydicom
 
 from voxelpipe.dicom.files import iter_files, sniff
-from voxelpipe.dicom.suv import SuvResult, suv_factors
-from voxelpipe.core.errors import InputError, VoxelpipeError
+from voxelpipe.dicom.suv import SuvResult
+from voxelpipe.core.errors import InputError
 
 log = logging.getLogger("voxelpipe.suv")
 
@@ -71,22 +65,5 @@ def series_record(uid: str, datasets: list[pydicom.Dataset], result: SuvResult) 
     return record
 
 
-def suv_command(args: argparse.Namespace) -> int:
-    series = find_pet_series(args.paths)
-    if not series:
-        raise NoPetError(f"{', '.join(args.paths)}: no PET (Modality PT) DICOM file found")
-    failed = 0
-    for uid, datasets in series.items():
-        try:
-            result = suv_factors(datasets)
-        except VoxelpipeError as exc:
-            failed += 1
-            first = str(datasets[0].filename)
-            print(f"voxelpipe suv: no SUV factor for series {uid or '(no SeriesInstanceUID)'} "
-                  f"({len(datasets)} file(s), first {first}): {exc}", file=sys.stderr)
-            continue
-        print(json.dumps(series_record(uid, datasets, result)), flush=True)
-    return 1 if failed else 0
+__all__ = ["find_pet_series", "series_record", "NoPetError"]
 
-
-__all__ = ["suv_command", "find_pet_series", "series_record", "NoPetError"]

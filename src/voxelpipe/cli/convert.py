@@ -1,0 +1,56 @@
+"""``convert``: DICOM series to volumes (Zarr, HDF5, NPZ) with their geometry."""
+from __future__ import annotations
+
+import argparse
+
+from voxelpipe.cli.options import (add_command, add_executor, add_workers, given, int_triple, non_negative_int,
+                                   positive_int, progress, with_default)
+from voxelpipe.cli.summary import print_summary
+from voxelpipe.core import defaults
+from voxelpipe.core.types import Format, StoreKind
+
+NAME = "convert"
+OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
+           "chunks", "clevel", "summary_suffix", "executor", "scheduler")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = add_command(subparsers, NAME, "convert DICOM series to volumes (Zarr, HDF5, NPZ) with geometry",
+                         failed="some series failed (listed with the reason)")
+    parser.add_argument("dirs", nargs="*", metavar="DIR", help="DICOM folders (scanned first); or use --manifest")
+    parser.add_argument("--manifest", default=argparse.SUPPRESS, metavar="CSV",
+                        help="series CSV from scan (series_all.csv or a shard) (default: scan the DIRs)")
+    parser.add_argument("--out", required=True, metavar="OUT", help="output folder (required)")
+    parser.add_argument("--format", dest="fmt", choices=[f.value for f in Format], default=argparse.SUPPRESS,
+                        help=with_default("output format", defaults.CONVERT_FORMAT))
+    parser.add_argument("--store", choices=[s.value for s in StoreKind], default=argparse.SUPPRESS,
+                        help=with_default("Zarr store kind", defaults.CONVERT_STORE))
+    parser.add_argument("--mode", choices=["3d", "2d"], default=argparse.SUPPRESS,
+                        help=with_default("3d: one volume per series; 2d: one array per file",
+                                          defaults.CONVERT_MODE))
+    add_workers(parser)
+    parser.add_argument("--shard-id", type=non_negative_int, default=argparse.SUPPRESS, metavar="I",
+                        help="convert only shard I of --num-shards (default: every series)")
+    parser.add_argument("--num-shards", type=positive_int, default=argparse.SUPPRESS, metavar="N",
+                        help="number of shards for --shard-id (default none)")
+    parser.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                        help="redo series whose output is complete (default: keep them)")
+    parser.add_argument("--verify-slices", type=non_negative_int, default=argparse.SUPPRESS, metavar="N",
+                        help=with_default("slices per series checked by MD5 against pydicom's decode; 0 = off",
+                                          defaults.CONVERT_VERIFY_SLICES))
+    parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
+                        help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
+    parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
+                        help=with_default("Blosc zstd level 0-9", defaults.VOLUME_CLEVEL))
+    parser.add_argument("--summary-suffix", default=argparse.SUPPRESS, metavar="S",
+                        help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, "
+                             "shardIIofNN for --shard-id)")
+    add_executor(parser, "per-series")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from voxelpipe.pipelines.convert import convert  # lazy: see the cli package docstring
+
+    rows = convert(args.dirs or None, out=args.out, progress=progress(args), **given(args, OPTIONS))
+    return print_summary(NAME, rows, args.out, label="series_key")

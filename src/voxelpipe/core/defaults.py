@@ -1,0 +1,56 @@
+"""Default values shared by the library signatures and the command line.
+
+Each default is written here once: the library function names it in its signature and the command line reads it
+(to show it in ``--help``) without importing the heavy module that does the work. Units: mm for spacings, degrees
+for angles; shapes and chunks in array axis order (slice, row, column) unless the name says otherwise.
+"""
+from __future__ import annotations
+
+from voxelpipe.core.types import Executor, Format, StoreKind
+
+# where per-item tasks run (voxelpipe.core.types.Executor)
+EXECUTOR = Executor.POOL
+
+# scan
+SCAN_SHARDS = 16  # byte-balanced shard files of the series manifest
+SCAN_TABLE_FORMAT = "csv"  # csv, or parquet (metadata also as Parquet)
+
+# convert
+CONVERT_FORMAT = Format.ZARR
+CONVERT_STORE = StoreKind.DIR
+CONVERT_MODE = "3d"  # one volume per series; 2d: one array per file
+VOLUME_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
+VOLUME_CLEVEL = 1  # Blosc zstd level 0-9
+CONVERT_VERIFY_SLICES = 2  # slices per series checked by MD5 against pydicom's decode; 0 = off
+
+# resample / project (converted volumes) and project-2d (petct subject files)
+RESAMPLE_ORDER = "linear"  # linear, nearest, label
+PROJECTION_ANGLES = "0:360:45"  # start:stop:step (stop excluded) or a comma list, degrees
+PROJECTION_AXIS = "S"  # rotation axis code
+PROJECTION_KIND = "max"  # max or mean intensity projection
+
+# petct
+PETCT_ORIENTATION = "LAS"  # axis codes of the output arrays
+PETCT_ISO = 0.41  # mask_iso: fraction of each lesion's SUVmax (EANM)
+PETCT_CT_WINDOW = (-1000.0, 1000.0)  # CT clip range, HU, scaled to [0, 1]
+PETCT_SUV_WINDOW = (0.0, 20.0)  # SUV clip range, scaled to [0, 1]
+
+# merge
+MERGE_ON_DUPLICATE = "error"  # a subject key in several inputs: error, or skip (keep the first)
+
+# lung
+LUNG_SPACING = (2.0, 2.0, 2.0)  # output spacing mm along (slice, row, column)
+LUNG_THRESHOLD = 0.5  # nodule probability threshold
+
+# report
+REPORT_SAMPLES = 8  # series sampled for pictures, besides every failed or flagged one
+REPORT_SEED = 0  # seed of the sample
+
+# contours
+CONTOUR_KINDS = ("i", "o")  # i = inner (endocardium), o = outer (epicardium)
+CONTOUR_FORMAT = "npz"  # npz (one file per pair) or zarr (one group per patient)
+
+# demo
+DEMO_OUT = "voxelpipe-demo"  # folder the demo writes to
+
+__all__ = [name for name in dir() if name.isupper()]
