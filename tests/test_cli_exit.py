@@ -16,8 +16,8 @@ import csv
 import logging
 
 import pytest
-from test_project2d import make_subject
 
+from test_project2d import make_subject
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.stores.subject_store import open_subject_store

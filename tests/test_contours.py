@@ -18,7 +18,6 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
-from helpers import sha_key
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
@@ -28,6 +27,8 @@ from voxelpipe.apps.contours import ContourParseError, convert_contours, read_co
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.types import Status
+
+from helpers import sha_key
 
 NAME = re.compile(r"IM-\d+-(\d+)-([a-z])contour-manual\.txt$")
 

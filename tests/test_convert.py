@@ -25,6 +25,7 @@ from pydicom.pixels import apply_modality_lut
 import voxelpipe
 import voxelpipe.cli
 from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, phantom_hu, write_series
+
 from helpers import resave, sha_key
 
 TIMEOUT = 240

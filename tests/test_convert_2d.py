@@ -98,7 +98,8 @@ def test_every_file_converts_to_pydicoms_pixels(converted):
         uid = ds.SOPInstanceUID
         candidates = [stored.get(series_key(uid)), stored.get(series_key(f"{uid}|{path}"))]
         matches = [a for a in candidates if a is not None and a.shape == expected.shape
-                   and np.array_equal(a, expected.astype(a.dtype)) and np.array_equal(expected.astype(a.dtype), expected)]
+                   and np.array_equal(a, expected.astype(a.dtype))
+                   and np.array_equal(expected.astype(a.dtype), expected)]
         if not matches:
             problems.append(os.path.basename(path))
         checked += 1

@@ -16,6 +16,7 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
+
 from helpers import sha_key
 
 ATOL_MM = 1e-4

@@ -17,6 +17,7 @@ import pytest
 
 import voxelpipe
 from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
+
 from helpers import sha_key
 
 TIMEOUT = 240

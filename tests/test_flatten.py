@@ -306,7 +306,7 @@ def _norm(text: str) -> str:
     return "\\".join(part.strip(" \x00") for part in text.split("\\")).strip()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _truncated_copy_of(path: Path) -> Path | None:
     """The bundled file this one is a strict prefix of (an independently known truncated file), if any."""
     data = path.read_bytes()

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
-from voxelpipe.testing.synthetic import chest_phantom
 from voxelpipe.core.volume import Volume
+from voxelpipe.testing.synthetic import chest_phantom
 
 NSCLC = "nsclc-lung1-001"
 

@@ -1,7 +1,7 @@
 """The lung pipeline (voxelpipe.apps.lung.pipeline) on synthetic chest phantoms written as CT DICOM.
 
-Facts come from what was written (voxelpipe.testing.synthetic.chest_phantom: volume, geometry, nodule centres), never from
-the pipeline's own outputs. Three folders: ``patient_alpha`` (phantom with the two default nodules: a 10 mm one
+Facts come from what was written (voxelpipe.testing.synthetic.chest_phantom: volume, geometry, nodule centres), never
+from the pipeline's own outputs. Three folders: ``patient_alpha`` (phantom with the two default nodules: a 10 mm one
 inside the right lung, a 12 mm juxtapleural one), ``patient_beta`` (no nodule), ``broken_gamma`` (CT files
 without ImagePositionPatient: no geometry, so no volume).
 """
@@ -17,9 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from voxelpipe.apps.lung.pipeline import SUMMARY_COLUMNS, run_lung, stage_dirs
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.keys import series_key
-from voxelpipe.apps.lung.pipeline import SUMMARY_COLUMNS, run_lung, stage_dirs
 from voxelpipe.ops.resample import resample
 from voxelpipe.testing.synthetic import SeriesSpec, chest_phantom, write_series
 

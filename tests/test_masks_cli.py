@@ -175,7 +175,8 @@ def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys, 
     assert [r["status"] for r in summary] == ["done", "done"]
     # two volumes: two tasks in the process pool
     assert main(["--no-progress", "masks", "--manifest", str(tmp_path / "scan"), "--out", str(tmp_path / "out"),
-                 "--workers", "2", "--executor", executor]) == 1  # the structure set in another frame of reference failed
+                 "--workers", "2", "--executor", executor]) == 1
+    # the structure set in another frame of reference failed
     report = read_report(tmp_path / "out" / "masks_report.csv")
     by_source = {}
     for row in report:

@@ -11,8 +11,8 @@ import pytest
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, mask_array_name
-from voxelpipe.stores.masks import open_masks, write_masks
 from voxelpipe.core.volume import Volume
+from voxelpipe.stores.masks import open_masks, write_masks
 from voxelpipe.stores.volumes import open_volume, save_volume
 
 SHAPE = (12, 20, 30)

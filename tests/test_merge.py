@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from voxelpipe.apps.petct.merge import MergeError, merge
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
-from voxelpipe.apps.petct.merge import MergeError, merge
 from voxelpipe.stores.subject_store import SubjectStore, open_subject_store
 
 

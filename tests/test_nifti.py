@@ -1,5 +1,5 @@
-"""voxelpipe.stores.nifti: NIfTI ↔ Volume with LPS geometry; SimpleITK reading the same file is the independent reference
-(it reports LPS origin/spacing/direction per NIfTI axis i, j, k and a (k, j, i) numpy view)."""
+"""voxelpipe.stores.nifti: NIfTI ↔ Volume with LPS geometry; SimpleITK reading the same file is the independent
+reference (it reports LPS origin/spacing/direction per NIfTI axis i, j, k and a (k, j, i) numpy view)."""
 from __future__ import annotations
 
 import gzip

@@ -5,8 +5,9 @@
   from Geometry.affine; statistics are numpy on the component's voxels (np.argwhere / boolean masks);
   volume = voxels × product of the spacings; diameter = (6V/π)^(1/3).
 * ``load_model``: a model module written to tmp_path and imported by "module:function"; every bad spec.
-* ``blob_model``: ``voxelpipe.testing.synthetic.chest_phantom`` with known nodules (skipped until voxelpipe.apps.lung.segment and
-  chest_phantom exist): found at the truth's LPS position within one voxel diagonal, diameter within one voxel.
+* ``blob_model``: ``voxelpipe.testing.synthetic.chest_phantom`` with known nodules (skipped until
+  voxelpipe.apps.lung.segment and chest_phantom exist): found at the truth's LPS position within one voxel diagonal,
+  diameter within one voxel.
 * ``patient_features`` of known rows.
 """
 from __future__ import annotations
@@ -18,8 +19,6 @@ import uuid
 import numpy as np
 import pytest
 
-from voxelpipe.core.errors import InputError
-from voxelpipe.core.geometry import Geometry, geometry_from_slices
 from voxelpipe.apps.lung.nodules import (
     NODULE_COLUMNS,
     PATIENT_FEATURE_COLUMNS,
@@ -30,6 +29,8 @@ from voxelpipe.apps.lung.nodules import (
     load_model,
     patient_features,
 )
+from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry, geometry_from_slices
 
 SHAPE = (24, 40, 36)
 SPACING = np.array([2.5, 0.7, 1.1])
@@ -413,7 +414,7 @@ def test_blob_model_nothing_to_find():
         blob_model(hu[:-1], g)
 
 
-# --- on synthetic.chest_phantom with voxelpipe.apps.lung.segment.segment_lungs ---------------------------------------------
+# --- on synthetic.chest_phantom with voxelpipe.apps.lung.segment.segment_lungs ----------------------------------------
 def _phantom_and_lungs():
     synthetic = pytest.importorskip("voxelpipe.testing.synthetic")
     if not hasattr(synthetic, "chest_phantom"):

@@ -62,7 +62,7 @@ def test_outline_matches_pixel_loop_reference():
 def test_window_follows_dicom_linear_formula(image):
     for centre, width in ((500, 1000), (40.5, 2), (300, 1), (-100, 37)):
         got = window_to_uint8(image, (centre, width))
-        want = np.vectorize(lambda v: ref_window(float(v), centre, width))(image)
+        want = np.vectorize(lambda v, centre=centre, width=width: ref_window(float(v), centre, width))(image)
         if width == 1:
             want = np.where(image > centre - 0.5, 255, 0)
         np.testing.assert_array_equal(got, want)

@@ -12,11 +12,17 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from voxelpipe.apps.petct.pipeline import (
+    STATUS_COLUMNS,
+    load_subject,
+    load_zip_subjects,
+    prepare_subject,
+    run_petct,
+    status_path,
+)
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.apps.petct.pipeline import (STATUS_COLUMNS, load_subject, load_zip_subjects, prepare_subject,
-                                       run_petct, status_path)
 from voxelpipe.stores.subject_store import open_subject_store
 from voxelpipe.testing.synthetic import write_petct_study
 
@@ -255,8 +261,8 @@ def _same_geometry(a: Geometry, b: Geometry) -> None:
 
 @pytest.mark.parametrize("code", ["LAS", "RAS", "LPS", "SPL", "ASR", "IPL"])
 def test_reoriented_geometry_equals_reorient(code):
-    from voxelpipe.ops.reorient import reorient, reoriented_geometry
     from voxelpipe.core.volume import Volume
+    from voxelpipe.ops.reorient import reorient, reoriented_geometry
 
     for g in _geometry_cases():
         volume = Volume(np.zeros(g.shape, np.int16), g)
@@ -268,8 +274,8 @@ def test_reoriented_geometry_equals_reorient(code):
 @pytest.mark.parametrize("kw", [{"spacing": 1.7}, {"spacing": (3.0, 0.5, 1.1)}, {"shape": (4, 13, 5)}])
 def test_resampled_geometry_and_output_grid_equal_resample(kw):
     from voxelpipe.apps.petct.pipeline import output_grid
-    from voxelpipe.ops.resample import resample, resampled_geometry
     from voxelpipe.core.volume import Volume
+    from voxelpipe.ops.resample import resample, resampled_geometry
 
     for g in _geometry_cases():
         volume = Volume(np.zeros(g.shape, np.uint8), g)

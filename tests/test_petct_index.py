@@ -16,8 +16,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from voxelpipe.core.keys import subject_id
-from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, write_petct_study, write_series
 from voxelpipe.stores.tables import read_csv
+from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, write_petct_study, write_series
 
 SMALL = dict(ct_shape=(8, 16, 16), ct_spacing=(3.0, 2.0, 2.0), pet_shape=(6, 8, 8), pet_spacing=(4.0, 4.0, 4.0),
              sphere_lps=(2.0, -1.0, 0.0), sphere_radius_mm=6.0)
@@ -275,8 +275,8 @@ def _load_subject():
 def test_export_zip_round_trip(project, tmp_path):
     pytest.importorskip("nibabel")
     load_subject = _load_subject()
-    from voxelpipe.stores.nifti import read_nifti
     from voxelpipe.apps.petct.index import index_project
+    from voxelpipe.stores.nifti import read_nifti
 
     source = tmp_path / "project"
     for name in ("P001", "P003", "P004"):  # RTSTRUCT, nested SEG, label volume
@@ -305,8 +305,8 @@ def test_export_zip_round_trip(project, tmp_path):
 def test_export_zip_affines_match_the_dicom_geometry(project, tmp_path):
     nib = pytest.importorskip("nibabel")
     _load_subject()
-    from voxelpipe.core.geometry import geometry_from_slices
     from voxelpipe.apps.petct.index import index_project
+    from voxelpipe.core.geometry import geometry_from_slices
 
     source = tmp_path / "project"
     shutil.copytree(project["root"] / "P001", source / "P001")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,23 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, generate_uid
 
-from voxelpipe.dicom.files import read_header
-from voxelpipe.dicom.pixels import (DECODERS, EXPLICIT_BE, EXPLICIT_LE, IMAGECODECS_FUNCTIONS, IMPLICIT_LE,
-                                    JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEGLS_LOSSLESS, RLE_LOSSLESS, PixelFormat,
-                                    available_decoders, decode_into, decoder_for)
 from voxelpipe.core.errors import DicomReadError, InputError
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels import (
+    DECODERS,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMAGECODECS_FUNCTIONS,
+    IMPLICIT_LE,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEGLS_LOSSLESS,
+    RLE_LOSSLESS,
+    PixelFormat,
+    available_decoders,
+    decode_into,
+    decoder_for,
+)
 
 try:
     import imagecodecs
@@ -63,7 +75,7 @@ def _pixel_files() -> dict[str, str]:
 FILES = _pixel_files()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _header(path: str):
     return read_header(path)
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from voxelpipe.apps.petct.project2d import angle_key, project_2d, projection_key
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.apps.petct.project2d import angle_key, project_2d, projection_key
 from voxelpipe.stores.subject_store import open_subject_store
 
 LAS = np.diag([1.0, -1.0, 1.0])

@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.ops.projection import AXES, Projections, project
 from voxelpipe.core.volume import Volume
+from voxelpipe.ops.projection import AXES, Projections, project
 
 L, P, S = np.eye(3)  # LPS unit vectors
 AXIAL = np.column_stack([S, P, L])  # direction columns of a standard axial stack: slices -> S, rows -> P, cols -> L
@@ -293,7 +293,7 @@ def test_mean_is_chord_length_weighted():
     offsets_mm = p.column_offsets()
     for n, theta in enumerate(angles):
         u, d = expected_u(theta), expected_d(theta)
-        def length(t):
+        def length(t, d=d, u=u):
             return ray_length_in_rectangle(t, d, u, half_x, half_y)
 
         lengths = np.array([length(t) for t in offsets_mm])

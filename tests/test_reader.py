@@ -19,9 +19,9 @@ import pytest
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask
-from voxelpipe.stores.masks import write_masks
-from voxelpipe.reader import PREFETCH_THREAD_NAME, PairReader, PatchReader, SliceReader
 from voxelpipe.core.volume import Volume
+from voxelpipe.reader import PREFETCH_THREAD_NAME, PairReader, PatchReader, SliceReader
+from voxelpipe.stores.masks import write_masks
 from voxelpipe.stores.volumes import save_volume
 
 ROWS, COLS = 6, 7

@@ -9,8 +9,8 @@ nib_orientations = pytest.importorskip("nibabel.orientations", reason="nibabel i
 
 from voxelpipe.core.errors import InputError  # noqa: E402
 from voxelpipe.core.geometry import Geometry  # noqa: E402
-from voxelpipe.ops.reorient import ALL_CODES, axis_codes, reorient  # noqa: E402
 from voxelpipe.core.volume import Volume  # noqa: E402
+from voxelpipe.ops.reorient import ALL_CODES, axis_codes, reorient  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -29,11 +29,12 @@ import pytest
 from PIL import Image
 
 import voxelpipe
+from voxelpipe.apps.report import build_report, choose_series, read_plane, view_plan, write_report
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
-from voxelpipe.apps.report import build_report, choose_series, read_plane, view_plan, write_report
 from voxelpipe.testing.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
+
 from helpers import resave, sha_key
 
 MAX_SIDE = 256  # the README's picture size rule

@@ -18,6 +18,7 @@ from scipy import ndimage
 import voxelpipe.ops.resample as resample_module
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.volume import Volume
 from voxelpipe.kernels.resample import (
     ORDER_LINEAR,
     ORDER_NEAREST,
@@ -25,7 +26,6 @@ from voxelpipe.kernels.resample import (
     resample_separable,
 )
 from voxelpipe.ops.resample import index_matrix, resample, resample_to
-from voxelpipe.core.volume import Volume
 
 SHAPE = (20, 24, 28)
 DTYPES = ["float32", "int16", "uint8"]

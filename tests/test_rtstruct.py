@@ -24,13 +24,20 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 import voxelpipe
-from helpers import resave
-from voxelpipe.dicom.rtstruct import (FrameOfReferenceMismatchError, NotRtstructError, RoiNotFoundError,
-                                      assign_slices, parse_rtstruct, slice_windows)
-from voxelpipe.dicom.rtstruct import read_rtstruct_masks as parse_rtstruct_masks
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.dicom.rtstruct import (
+    FrameOfReferenceMismatchError,
+    NotRtstructError,
+    RoiNotFoundError,
+    assign_slices,
+    parse_rtstruct,
+    slice_windows,
+)
+from voxelpipe.dicom.rtstruct import read_rtstruct_masks as parse_rtstruct_masks
 from voxelpipe.pipelines.masks import report_rows
 from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, object_dataset, referenced_frame_sequence, write_series
+
+from helpers import resave
 
 polygon2mask = pytest.importorskip("skimage.draw", reason="scikit-image is a test dependency").polygon2mask
 

@@ -42,6 +42,7 @@ import pytest
 import zarr
 
 from voxelpipe.testing.tree import ScaleTree, write_scale_tree
+
 from helpers import sha_key
 
 N_FILES = int(os.environ.get("VOXELPIPE_SCALE_TEST_FILES", "20000"))

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 
 from voxelpipe import scan
+
 from helpers import sha_key
 
 LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "TOPOGRAM"}
@@ -33,7 +34,7 @@ def as_bool(value) -> bool:
     return str(value) == "True"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def headers(folder: Path) -> dict[str, pydicom.Dataset]:
     """pydicom headers of every file below ``folder`` that pydicom reads (cached: treat as read-only)."""
     found = {}

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from voxelpipe import scan
+
 from helpers import sha_key
 
 TOL_MM = 1e-3  # positions are written with 6 significant digits and reported rounded to 0.1 µm

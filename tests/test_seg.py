@@ -32,12 +32,18 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from voxelpipe.dicom.seg import (FrameOfReferenceMismatchError, NotSegError, SegGridError, SegMissingTagError,
-                                 SegTagValueError, dicom_lab_to_rgb)
-from voxelpipe.dicom.seg import read_seg_masks as parse_seg_masks
-from voxelpipe.pipelines.masks import load_slice_uids, report_rows
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError, NotDicomError
 from voxelpipe.core.geometry import Geometry, geometry_from_slices
+from voxelpipe.dicom.seg import (
+    FrameOfReferenceMismatchError,
+    NotSegError,
+    SegGridError,
+    SegMissingTagError,
+    SegTagValueError,
+    dicom_lab_to_rgb,
+)
+from voxelpipe.dicom.seg import read_seg_masks as parse_seg_masks
+from voxelpipe.pipelines.masks import load_slice_uids, report_rows
 from voxelpipe.testing.synthetic import object_dataset
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -16,9 +16,16 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from voxelpipe.cli.app import main
-from voxelpipe.dicom.suv import (NegativeUptakeError, SuvError, SuvMissingTagError, SuvTagValueError,
-                                 UnsupportedUnitsError, suv_factors, suv_for_files)
 from voxelpipe.core.errors import BadTagValueError, InputError, MissingTagError
+from voxelpipe.dicom.suv import (
+    NegativeUptakeError,
+    SuvError,
+    SuvMissingTagError,
+    SuvTagValueError,
+    UnsupportedUnitsError,
+    suv_factors,
+    suv_for_files,
+)
 
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 # the header every case starts from: 75 kg, 370 MBq of F-18 (T½ 6586.2 s) injected at 09:30:00,

@@ -6,15 +6,15 @@ import os
 
 import pydicom
 
+from voxelpipe.apps.report import build_report, write_html
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import VoxelpipeError
 from voxelpipe.core.types import Status
-from voxelpipe.testing.synthetic import sphere_contours, write_demo_study, write_rtstruct
 from voxelpipe.pipelines.convert import convert
 from voxelpipe.pipelines.masks import add_masks_from_manifest
-from voxelpipe.apps.report import build_report, write_html
 from voxelpipe.pipelines.scan import scan
 from voxelpipe.pipelines.transform import parse_angles, project_volumes, resample_volumes
+from voxelpipe.testing.synthetic import sphere_contours, write_demo_study, write_rtstruct
 
 
 class DemoStepError(VoxelpipeError):

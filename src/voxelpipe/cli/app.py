@@ -8,8 +8,23 @@ import sys
 from collections.abc import Mapping
 
 from voxelpipe._version import __version__
-from voxelpipe.cli import (aggregate, contours, convert, demo, lung, masks, merge, petct, petct_index, project,
-                           project_2d, report, resample, scan, suv)
+from voxelpipe.cli import (
+    aggregate,
+    contours,
+    convert,
+    demo,
+    lung,
+    masks,
+    merge,
+    petct,
+    petct_index,
+    project,
+    project_2d,
+    report,
+    resample,
+    scan,
+    suv,
+)
 from voxelpipe.cli.options import EXIT_BAD_REQUEST, exit_epilog, with_default
 from voxelpipe.core.errors import VoxelpipeError
 
@@ -133,5 +148,5 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_REQUEST
 
 
-__all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions", "subcommands",
-           "main", "COMMANDS", "ENV_PREFIX"]
+__all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions",
+           "subcommands", "main", "COMMANDS", "ENV_PREFIX"]

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import (add_command, add_executor, add_workers, given, int_triple, non_negative_int,
-                                   positive_int, progress, with_default)
+from voxelpipe.cli.options import (
+    add_command,
+    add_executor,
+    add_workers,
+    given,
+    int_triple,
+    non_negative_int,
+    positive_int,
+    progress,
+    with_default,
+)
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
 from voxelpipe.core.types import Format, StoreKind

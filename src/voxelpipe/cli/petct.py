@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import (add_command, add_executor, add_workers, float_pair, float_triple, given,
-                                   int_triple, progress, with_default)
+from voxelpipe.cli.options import (
+    add_command,
+    add_executor,
+    add_workers,
+    float_pair,
+    float_triple,
+    given,
+    int_triple,
+    progress,
+    with_default,
+)
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from voxelpipe.cli.options import (EXIT_ITEMS_FAILED, EXIT_OK, add_command, given, non_negative_int, progress,
-                                   with_default)
+from voxelpipe.cli.options import (
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    add_command,
+    given,
+    non_negative_int,
+    progress,
+    with_default,
+)
 from voxelpipe.core import defaults
 
 NAME = "report"

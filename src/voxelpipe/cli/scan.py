@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import (EXIT_OK, add_command, add_executor, add_workers, given, positive_int, progress,
-                                   with_default)
+from voxelpipe.cli.options import (
+    EXIT_OK,
+    add_command,
+    add_executor,
+    add_workers,
+    given,
+    positive_int,
+    progress,
+    with_default,
+)
 from voxelpipe.core import defaults
 
 NAME = "scan"

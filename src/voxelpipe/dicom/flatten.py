@@ -11,7 +11,7 @@ rule. ``rawheader`` feeds both straight from the file; ``flatten`` does the same
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
+from functools import cache
 
 from pydicom import datadict
 from pydicom.charset import convert_encodings, decode_bytes, default_encoding
@@ -30,7 +30,7 @@ _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": 
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def tag_name(tag: int) -> str:
     """The data dictionary name of a tag ("Private Creator" / "Private tag data" for private tags)."""
     group, element = tag >> 16, tag & 0xFFFF
@@ -42,7 +42,7 @@ def tag_name(tag: int) -> str:
         return "Group Length" if element == 0 else "Unknown tag"
 
 
-@lru_cache(maxsize=None)
+@cache
 def dictionary_vr(tag: int) -> str:
     """The VR of a tag for implicit-VR data ("UN" when unknown; private creators are LO)."""
     group, element = tag >> 16, tag & 0xFFFF
@@ -56,7 +56,7 @@ def dictionary_vr(tag: int) -> str:
         return "UN"
 
 
-@lru_cache(maxsize=None)
+@cache
 def column_name(tag: int, prefix: str = "") -> str:
     """``"<prefix><Name> (gggg, eeee)"`` for a tag."""
     return f"{prefix}{tag_name(tag)} ({tag >> 16:04X}, {tag & 0xFFFF:04X})"

@@ -10,8 +10,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from voxelpipe.dicom.flatten import (PIXEL_DATA_TAGS, RowBuilder, column_name, dictionary_vr, encodings_for, format_raw,
-                      tag_name)
+from voxelpipe.dicom.flatten import (
+    PIXEL_DATA_TAGS,
+    RowBuilder,
+    column_name,
+    dictionary_vr,
+    encodings_for,
+    format_raw,
+    tag_name,
+)
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"

@@ -284,7 +284,7 @@ def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
                                f"NumberOfFrames is {frames}")
     slices = []
     for index, item in enumerate(per_frame):
-        def pick(sequence: str, attribute: str):
+        def pick(sequence: str, attribute: str, item: Dataset = item):
             for source in (item, shared_item):
                 seq = source.get(sequence)
                 if seq and attribute in seq[0]:

@@ -40,7 +40,13 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, MissingTagError, RoiNotFoundError)
+from voxelpipe.core.errors import (
+    BadTagValueError,
+    DicomReadError,
+    FrameOfReferenceMismatchError,
+    MissingTagError,
+    RoiNotFoundError,
+)
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, PlacedRoi, mask_array_name
 from voxelpipe.ops.polygon import fill_polygons_volume

@@ -35,8 +35,14 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import iter_pixels
 
-from voxelpipe.core.errors import (BadTagValueError, DicomReadError, FrameOfReferenceMismatchError, InputError,
-                                   MissingTagError, NotDicomError)
+from voxelpipe.core.errors import (
+    BadTagValueError,
+    DicomReadError,
+    FrameOfReferenceMismatchError,
+    InputError,
+    MissingTagError,
+    NotDicomError,
+)
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, PlacedRoi, mask_array_name
 

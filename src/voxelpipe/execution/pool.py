@@ -66,7 +66,7 @@ def pool_imap(func: Callable[[T], R], items: list[T], workers: int, chunksize: i
     ``on_error`` as in :func:`voxelpipe.execution.imap`."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
-            yield guarded(lambda: func(item), item, on_error)
+            yield guarded(lambda item=item: func(item), item, on_error)
         return
     try:
         results = get_pool(workers).imap(func, items, chunksize=chunksize)

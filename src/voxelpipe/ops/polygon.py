@@ -10,7 +10,6 @@ Polygons are closed implicitly (last vertex to first); vertices outside the imag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
@@ -21,7 +20,7 @@ __all__ = ["fill_polygon", "fill_polygons", "fill_polygons_volume", "MAX_COORDIN
 
 MAX_COORDINATE = 1e12  # |vertex coordinate| limit in pixels (keeps every product in the crossing test finite)
 
-Vertices = Union[np.ndarray, Sequence[Sequence[float]]]
+Vertices = np.ndarray | Sequence[Sequence[float]]
 
 
 def _shape(shape: Sequence[int], ndim: int, what: str) -> tuple[int, ...]:

@@ -61,8 +61,8 @@ import numba
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.kernels.project import project_into
 from voxelpipe.core.volume import Volume
+from voxelpipe.kernels.project import project_into
 
 __all__ = ["project", "Projections", "AXES", "KINDS", "AXIS_TOLERANCE_DEG"]
 

@@ -37,13 +37,13 @@ other dtypes raise :class:`InputError` -- convert them first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numba
 import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.volume import Volume
 from voxelpipe.kernels.resample import (
     ORDER_LABEL,
     ORDER_LINEAR,
@@ -51,7 +51,6 @@ from voxelpipe.kernels.resample import (
     resample_affine,
     resample_separable,
 )
-from voxelpipe.core.volume import Volume
 
 __all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "is_separable", "ORDERS"]
 
@@ -60,7 +59,7 @@ INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.uint8))
 SNAP_TOLERANCE = 1e-9  # matrix entries this close to a multiple of 0.5 are snapped to it (float noise)
 MAX_CONDITION = 1e8  # a 3×3 affine part worse conditioned than this is treated as singular
 
-Spacing = Union[float, Sequence[float], np.ndarray]
+Spacing = float | Sequence[float] | np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ int16 when every value is integral and fits, else float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 
@@ -19,7 +18,7 @@ INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
 OUTPUT_DTYPES = (INT16, FLOAT32)
 
-PerSlice = Union[float, Sequence[float], np.ndarray]
+PerSlice = float | Sequence[float] | np.ndarray
 
 
 def output_dtype(

@@ -27,10 +27,10 @@ from voxelpipe.core.types import Executor, Format, Status, StoreKind, member_of
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.records import COLUMN
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
-from voxelpipe.stores.hdf5_store import keys_in, merge_into
-from voxelpipe.stores.tables import read_csv, write_csv, write_json
 from voxelpipe.pipelines.scan import balance, scan
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
+from voxelpipe.stores.hdf5_store import keys_in, merge_into
+from voxelpipe.stores.tables import read_csv, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
 

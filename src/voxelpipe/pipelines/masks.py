@@ -28,10 +28,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError, lost_task_reason
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask, PlacedRoi
-from voxelpipe.core import defaults
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import failed_row, skipped_row
 from voxelpipe.core.types import Executor, Status

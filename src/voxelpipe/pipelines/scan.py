@@ -20,12 +20,12 @@ from pydicom.uid import UID
 
 from voxelpipe._version import __version__
 from voxelpipe.core import defaults
+from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
+from voxelpipe.core.progress import Progress
 from voxelpipe.dicom.files import iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
-from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
 from voxelpipe.execution import check_executor, default_workers, imap
-from voxelpipe.core.progress import Progress
 from voxelpipe.stores.tables import RowSpool, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")

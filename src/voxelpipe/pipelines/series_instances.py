@@ -16,17 +16,17 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from voxelpipe.dicom.files import read_header
-from voxelpipe.dicom.pixels import PixelFormat, decode_into
-from voxelpipe.dicom.records import make_record
 from voxelpipe.core.errors import DicomReadError
 from voxelpipe.core.keys import series_key as hash_key
 from voxelpipe.core.types import Format
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels import PixelFormat, decode_into
+from voxelpipe.dicom.records import make_record
 from voxelpipe.ops.rescale import rescale
 from voxelpipe.stores.hdf5_store import write_attrs
 from voxelpipe.stores.registry import volume_path as registry_volume_path
-from voxelpipe.stores.zarr_store import PARTIAL, disk_size, open_store, remove
 from voxelpipe.stores.tables import write_csv
+from voxelpipe.stores.zarr_store import PARTIAL, disk_size, open_store, remove
 
 INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_number", "shape", "dtype", "path"]
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from voxelpipe.core.errors import InputError, ValuesDoNotFitError
 from voxelpipe.core.keys import series_key
-from voxelpipe.ops.rescale import rescale
 from voxelpipe.core.volume import Volume
+from voxelpipe.ops.rescale import rescale
 from voxelpipe.pipelines.series_volume import SeriesTask, decode_batch, plan_series, series_attrs
 
 __all__ = ["read_series"]

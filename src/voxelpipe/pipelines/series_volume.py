@@ -21,17 +21,17 @@ from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
 from voxelpipe.core import defaults
-from voxelpipe.dicom.files import read_header
-from voxelpipe.dicom.pixels import PixelFormat, decode_into
-from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
 from voxelpipe.core.types import Format, StoreKind
+from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels import PixelFormat, decode_into
+from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.ops.rescale import output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
-from voxelpipe.stores.writer import VolumeWriter, writer_for
 from voxelpipe.stores.tables import atomic_path, write_json
+from voxelpipe.stores.writer import VolumeWriter, writer_for
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)

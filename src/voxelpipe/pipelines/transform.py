@@ -11,7 +11,6 @@ import glob
 import logging
 import os
 import time
-
 from collections.abc import Callable
 
 import numpy as np

@@ -20,13 +20,12 @@ from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import StoreError
 from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import json_default
 from voxelpipe.stores.registry import STORE_SUFFIXES, store_kind  # noqa: F401  (both also importable from here)
 from voxelpipe.stores.sqlite_store import SqliteStore
-
-from voxelpipe.core import defaults
 
 PARTIAL = ".partial"
 DEFAULT_CLEVEL = defaults.VOLUME_CLEVEL

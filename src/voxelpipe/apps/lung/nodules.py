@@ -254,7 +254,8 @@ def blob_model(hu: np.ndarray, geometry: Geometry, *, lung_mask: np.ndarray | No
                surrounded: tuple[float, float] = (0.4, 0.6)) -> np.ndarray:
     """Built-in nodule candidate detector: float32 map in [0, 1], constant over each candidate.
 
-    1. Lung mask: ``voxelpipe.apps.lung.segment.segment_lungs(hu, geometry.spacing)`` unless ``lung_mask`` is given (its closing
+    1. Lung mask: ``voxelpipe.apps.lung.segment.segment_lungs(hu, geometry.spacing)`` unless ``lung_mask`` is given
+       (its closing
        keeps juxtapleural nodules inside the mask).
     2. Solid voxels: ``hu > hu_threshold`` (−400 HU) inside the lung mask.
     3. Opening with a ball of ``open_radius_mm`` (2 mm; at least the 6-neighbour cross) removes noise and thin

@@ -5,7 +5,8 @@
 Per CT series (one worker task each; ``<tag>`` = the spacing, e.g. ``2x2x2``)::
 
     ROOT/stage1_<tag>/<id>.npz                 HU resampled to the spacing (linear, field of view kept), int16
-    ROOT/stage1_segmented_<tag>/<id>.npz       lung mask (voxelpipe.apps.lung.segment.segment_lungs) on that grid, uint8 0/1
+    ROOT/stage1_segmented_<tag>/<id>.npz       lung mask (voxelpipe.apps.lung.segment.segment_lungs) on that grid,
+                                               uint8 0/1
     ROOT/stage1_segmented_<tag>_crop/<id>.npz  HU and mask cropped to the lungs' box + 10 mm (also ``mask``, ``box``)
     ROOT/nodules/<id>.json, <id>.csv           per-series cache: figures + features (json), nodule rows (csv, last)
     ROOT/nodules.csv                           every nodule of every complete series in ROOT (patient column first)
@@ -42,8 +43,8 @@ of a refined axis) take the value of the nearest inside voxel along that axis (e
 a fill with air there would put an air slab on the first/last slice, and lungs cut by the scan's first or last
 slice would then touch "outside air" and be removed.
 
-The built-in model (``--model`` not given) is ``voxelpipe.apps.lung.nodules.blob_model`` called with the pipeline's cropped
-lung mask; a user model ``module:function`` is loaded in the worker and called as ``f(hu_crop float32,
+The built-in model (``--model`` not given) is ``voxelpipe.apps.lung.nodules.blob_model`` called with the pipeline's
+cropped lung mask; a user model ``module:function`` is loaded in the worker and called as ``f(hu_crop float32,
 geometry_crop)``; connected components of its map >= ``threshold`` are the nodules (``nodules.find_nodules``).
 """
 from __future__ import annotations
@@ -61,11 +62,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 
-from voxelpipe.apps.lung.nodules import (NODULE_COLUMNS, PATIENT_FEATURE_COLUMNS, Model, blob_model, find_nodules,
-                                         load_model, patient_features)
+from voxelpipe.apps.lung.nodules import (
+    NODULE_COLUMNS,
+    PATIENT_FEATURE_COLUMNS,
+    Model,
+    blob_model,
+    find_nodules,
+    load_model,
+    patient_features,
+)
 from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
-from voxelpipe.core.errors import InputError
 from voxelpipe.core import defaults
+from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress

@@ -44,8 +44,8 @@ from scipy import ndimage
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.kernels.morphology import label_counts, label_stats, squared_distance_mm
 from voxelpipe.core.volume import Volume
+from voxelpipe.kernels.morphology import label_counts, label_stats, squared_distance_mm
 
 __all__ = ["segment_lungs", "lung_box", "crop", "CLOSING_MM", "TRACHEA_MAX_AREA_MM2", "TRACHEA_MIDLINE_MM"]
 

@@ -26,8 +26,8 @@ import numpy as np
 import pydicom
 
 from voxelpipe._version import __version__
-from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError
 from voxelpipe.core import defaults
+from voxelpipe.core.errors import InputError, RoiNotFoundError, VoxelpipeError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pydicom
 
+from voxelpipe.core.errors import InputError
 from voxelpipe.dicom.files import iter_files, sniff
 from voxelpipe.dicom.suv import SuvResult
-from voxelpipe.core.errors import InputError
 
 log = logging.getLogger("voxelpipe.suv")
 

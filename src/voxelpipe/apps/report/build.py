@@ -13,7 +13,7 @@ import logging
 import os
 import random
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from voxelpipe._version import __version__
 from voxelpipe.apps.report.checks import is_flagged, number
@@ -179,7 +179,7 @@ def build_report(out: str | os.PathLike, samples: int = 8, seed: int = 0, progre
             bar.update()
     notes = [] if manifest_rows else ["The scan manifest was not found: no geometry checks and no flagged series."]
     return ReportData(
-        out=os.path.abspath(out), generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        out=os.path.abspath(out), generated=datetime.now(UTC).isoformat(timespec="seconds"),
         version=__version__, facts=facts, status_counts=dict(sorted(counts.items())),
         failure_groups=_failure_groups(rows), unreadable_total=len(unreadable),
         unreadable_groups=_unreadable_groups(unreadable), unreadable_source=unreadable_source, runs=stats,

@@ -26,11 +26,29 @@ from voxelpipe.dicom.pixels.format import PixelFormat
 from voxelpipe.dicom.pixels.imagecodecs_decoder import IMAGECODECS_FUNCTIONS, IMAGECODECS_MIN_VERSION
 from voxelpipe.dicom.pixels.raw import PIXEL_DATA_TAG
 from voxelpipe.dicom.pixels.registry import DECODERS, Decoder, available_decoders, decoder_for
-from voxelpipe.dicom.pixels.syntaxes import (DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, HTJ2K, HTJ2K_LOSSLESS,
-                                             HTJ2K_LOSSLESS_RPCL, IMPLICIT_LE, JPEG2000, JPEG2000_LOSSLESS,
-                                             JPEG2000_SYNTAXES, JPEG_BASELINE, JPEG_EXTENDED, JPEG_LOSSLESS,
-                                             JPEG_LOSSLESS_SV1, JPEG_SYNTAXES, JPEGLS_LOSSLESS, JPEGLS_NEAR_LOSSLESS,
-                                             JPEGLS_SYNTAXES, NATIVE_SYNTAXES, RLE_LOSSLESS, syntax_name)
+from voxelpipe.dicom.pixels.syntaxes import (
+    DEFLATED_LE,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    HTJ2K_LOSSLESS_RPCL,
+    IMPLICIT_LE,
+    JPEG2000,
+    JPEG2000_LOSSLESS,
+    JPEG2000_SYNTAXES,
+    JPEG_BASELINE,
+    JPEG_EXTENDED,
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_SYNTAXES,
+    JPEGLS_LOSSLESS,
+    JPEGLS_NEAR_LOSSLESS,
+    JPEGLS_SYNTAXES,
+    NATIVE_SYNTAXES,
+    RLE_LOSSLESS,
+    syntax_name,
+)
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little endian
     raise ImportError("voxelpipe.dicom.pixels assumes a little-endian machine")

@@ -17,8 +17,14 @@ from voxelpipe.dicom.pixels.encapsulated import encoded_frames
 from voxelpipe.dicom.pixels.format import PixelFormat
 from voxelpipe.dicom.pixels.job import DecodeJob, DecoderDeclined
 from voxelpipe.dicom.pixels.processing import correct_unused_bits
-from voxelpipe.dicom.pixels.syntaxes import (JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEGLS_LOSSLESS, JPEGLS_NEAR_LOSSLESS,
-                                             JPEGLS_SYNTAXES, RLE_LOSSLESS)
+from voxelpipe.dicom.pixels.syntaxes import (
+    JPEG_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEGLS_LOSSLESS,
+    JPEGLS_NEAR_LOSSLESS,
+    JPEGLS_SYNTAXES,
+    RLE_LOSSLESS,
+)
 
 NAME = "imagecodecs"
 COLOUR = False  # one-sample images only
