@@ -221,7 +221,7 @@ def test_every_image_is_an_inline_png_of_the_expected_size(study):
         expected = {"axial": expected_size(n1, n2, s1, s2), "coronal": expected_size(n0, n2, s0, s2),
                     "sagittal": expected_size(n0, n1, s0, s1), "mip": expected_size(n0, n2, s0, s2),
                     "overlay": expected_size(n1, n2, s1, s2)}
-        assert summary[key]["status"] == "converted"
+        assert summary[key]["status"] == "done"
         for attrs in section["images"]:
             image = decode(attrs["src"])
             assert image.size == expected[attrs["data-kind"]], (key, attrs["data-kind"])
@@ -239,7 +239,7 @@ def test_summary_counts_equal_the_summary_csv(study):
     assert len(unreadable) == 1
     assert f'<span id="unreadable-total">{len(unreadable)}</span>' in text
     assert [r[0] for r in page.tables["unreadable-groups"][1:]] == ["not_dicom"]
-    converted = [r for r in rows if r["status"] == "converted"]
+    converted = [r for r in rows if r["status"] == "done"]
     ratio = sum(int(r["bytes_in"]) for r in converted) / sum(int(r["bytes_out"]) for r in converted)
     facts = dict(page.tables["run-facts"][1:])
     assert facts["compression ratio (bytes in / bytes out, converted series)"].startswith(f"{ratio:.3f} ")
@@ -275,10 +275,10 @@ def test_failed_flagged_and_sampled_sections(study):
     assert {k for k, r in roles.items() if "flagged" in r} == flagged
     assert {k for k, r in roles.items() if "failed" in r} == {r["series_key"] for r in rows if r["status"] == "failed"}
     # 8 samples asked, 3 converted series left unflagged (two CTs, the cine): all drawn
-    sampled = {r["series_key"] for r in rows if r["status"] == "converted"} - flagged
+    sampled = {r["series_key"] for r in rows if r["status"] == "done"} - flagged
     assert {k for k, r in roles.items() if r == ["sampled"]} == sampled
     for key, section in page.sections.items():
-        if section["attrs"]["data-status"] != "converted":
+        if section["attrs"]["data-status"] != "done":
             continue
         kinds = Counter(img["data-kind"] for img in section["images"])
         masks = os.listdir(study["out"] / "data" / f"{key}.zarr" / "masks") \
@@ -361,8 +361,8 @@ def test_cli_subprocess_writes_the_default_file(study, tmp_path):
 
 
 def test_sample_is_seeded_and_drawn_from_converted_series():
-    rows = [{"series_key": f"k{i:02d}", "status": "converted"} for i in range(20)]
-    rows += [{"series_key": "bad", "status": "failed"}, {"series_key": "odd", "status": "converted"}]
+    rows = [{"series_key": f"k{i:02d}", "status": "done"} for i in range(20)]
+    rows += [{"series_key": "bad", "status": "failed"}, {"series_key": "odd", "status": "done"}]
     manifest = {"odd": {"missing_slices": "2"}}
     first = choose_series(rows, manifest, 5, seed=7)
     assert [r["series_key"] for r, _ in first[:2]] == ["bad", "odd"]
@@ -417,7 +417,7 @@ def test_unreadable_and_missing_volumes_are_problem_rows(study, tmp_path, capsys
     out = tmp_path / "out"
     shutil.copytree(study["out"], out)
     rows = read_rows(out / "summary_run.csv")
-    converted = [r["series_key"] for r in rows if r["status"] == "converted"]
+    converted = [r["series_key"] for r in rows if r["status"] == "done"]
     broken, gone = converted[0], converted[1]
     for chunk in (out / "data" / f"{broken}.zarr" / "image" / "c").rglob("*"):
         if chunk.is_file():
@@ -492,7 +492,7 @@ def test_hdf5_npz_and_zip_outputs(study, tmp_path, fmt):
         store.close()
     np.testing.assert_array_equal(np.asarray(decode(axial["src"])), ct_window(middle))
     assert not page.tables.get("problems")
-    converted = [r for r in read_rows(out / "summary_run.csv") if r["status"] == "converted"]
+    converted = [r for r in read_rows(out / "summary_run.csv") if r["status"] == "done"]
     assert sum(1 for s in page.sections.values() for i in s["images"] if i["data-kind"] == "mip") == len(converted)
 
 

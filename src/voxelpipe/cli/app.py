@@ -25,7 +25,7 @@ from voxelpipe.cli import (
     scan,
     suv,
 )
-from voxelpipe.cli.options import EXIT_BAD_REQUEST, exit_epilog, with_default
+from voxelpipe.cli.options import EXIT_BAD_REQUEST, FALSE_WORDS, TRUE_WORDS, exit_epilog, with_default
 from voxelpipe.core.errors import VoxelpipeError
 
 log = logging.getLogger("voxelpipe")
@@ -33,8 +33,6 @@ log = logging.getLogger("voxelpipe")
 COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, suv, petct_index, petct, merge,
             project_2d, lung, report, demo)
 ENV_PREFIX = "VOXELPIPE_"
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 LOG_LEVEL = "INFO"
 # errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path
 BAD_REQUEST_ERRORS = (VoxelpipeError, FileNotFoundError, NotADirectoryError)

@@ -13,14 +13,16 @@ from voxelpipe.cli.options import (
     positive_int,
     progress,
     with_default,
+    yes_no,
 )
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
-from voxelpipe.core.types import Format, StoreKind
+from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
-           "chunks", "clevel", "summary_suffix", "executor", "scheduler")
+           "chunks", "clevel", "summary_suffix", "executor", "scheduler", "uneven", "tilt", "philips_scaling",
+           "nifti_gzip")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,6 +56,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--summary-suffix", default=argparse.SUPPRESS, metavar="S",
                         help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, "
                              "shardIIofNN for --shard-id)")
+    parser.add_argument("--uneven", choices=[p.value for p in UnevenPolicy], default=argparse.SUPPRESS,
+                        help=with_default("series whose slice steps differ: resample onto a uniform grid along the "
+                                          "slice normal, keep the slices as they are, or fail the series",
+                                          defaults.CONVERT_UNEVEN))
+    parser.add_argument("--tilt", choices=[p.value for p in TiltPolicy], default=argparse.SUPPRESS,
+                        help=with_default("gantry-tilted series: correct (resample onto an orthogonal grid) or keep "
+                                          "the sheared volume", defaults.CONVERT_TILT))
+    parser.add_argument("--philips-scaling", choices=[p.value for p in PhilipsScaling], default=argparse.SUPPRESS,
+                        help=with_default("Philips MR intensities: display (DICOM rescale) or precise (Philips' "
+                                          "private scale slope, as dcm2niix)", defaults.CONVERT_PHILIPS_SCALING))
+    parser.add_argument("--nifti-gzip", type=yes_no, default=argparse.SUPPRESS, metavar="yes|no",
+                        help=with_default("with --format nifti: .nii.gz (yes) or .nii (no)",
+                                          "yes" if defaults.NIFTI_GZIP else "no"))
     add_executor(parser, "per-series")
     return parser
 

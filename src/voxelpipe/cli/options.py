@@ -14,6 +14,8 @@ from voxelpipe.core.types import Executor
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_BAD_REQUEST = 2
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})  # booleans on the command line and in VOXELPIPE_* variables
+FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 
 
 def positive_int(text: str) -> int:
@@ -22,6 +24,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def yes_no(text: str) -> bool:
+    """A boolean option value: yes/no, true/false, on/off, 1/0."""
+    lowered = text.strip().lower()
+    if lowered not in TRUE_WORDS | FALSE_WORDS:
+        raise ValueError(text)
+    return lowered in TRUE_WORDS
 
 
 def non_negative_int(text: str) -> int:

@@ -6,7 +6,7 @@ for angles; shapes and chunks in array axis order (slice, row, column) unless th
 """
 from __future__ import annotations
 
-from voxelpipe.core.types import Executor, Format, StoreKind
+from voxelpipe.core.types import Executor, Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 
 # where per-item tasks run (voxelpipe.core.types.Executor)
 EXECUTOR = Executor.POOL
@@ -21,6 +21,10 @@ CONVERT_STORE = StoreKind.DIR
 CONVERT_MODE = "3d"  # one volume per series; 2d: one array per file
 VOLUME_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
 VOLUME_CLEVEL = 1  # Blosc zstd level 0-9
+CONVERT_UNEVEN = UnevenPolicy.RESAMPLE  # uneven slice steps: resample onto a uniform grid (dcm2niix's _Eq)
+CONVERT_TILT = TiltPolicy.CORRECT  # gantry tilt: resample onto an orthogonal grid (dcm2niix's _Tilt)
+CONVERT_PHILIPS_SCALING = PhilipsScaling.PRECISE  # dcm2niix's default (-p y)
+NIFTI_GZIP = True  # --format nifti writes .nii.gz (False: .nii)
 CONVERT_VERIFY_SLICES = 2  # slices per series checked by MD5 against pydicom's decode; 0 = off
 
 # resample / project (converted volumes) and project-2d (petct subject files)

@@ -56,3 +56,28 @@ def member_of(kind: type[E], value: str, what: str) -> E:
         return kind(value)
     except ValueError:
         raise InputError(f"{what} must be one of {', '.join(kind)}, got {value!r}") from None
+
+
+class UnevenPolicy(StrEnum):
+    """What ``convert`` does with a series whose slice steps differ: resample onto a uniform grid along the
+    slice normal, keep the slices as they are (``uniform: false``), or fail the series."""
+
+    RESAMPLE = "resample"
+    KEEP = "keep"
+    FAIL = "fail"
+
+
+class TiltPolicy(StrEnum):
+    """What ``convert`` does with a gantry-tilted (sheared) series: resample onto an orthogonal grid, or keep the
+    sheared volume (``sheared: true``)."""
+
+    CORRECT = "correct"
+    KEEP = "keep"
+
+
+class PhilipsScaling(StrEnum):
+    """Philips MR intensities: ``display`` = the DICOM rescale (RescaleSlope/Intercept); ``precise`` = the
+    floating-point values of Philips' private scale slope, as dcm2niix writes by default."""
+
+    DISPLAY = "display"
+    PRECISE = "precise"

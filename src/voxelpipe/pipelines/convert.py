@@ -23,7 +23,16 @@ from voxelpipe.core.errors import InputError, VoxelpipeError
 from voxelpipe.core.keys import series_key
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import ALREADY_COMPLETE, count_statuses, format_counts, skipped_row, warn_if_failed
-from voxelpipe.core.types import Executor, Format, Status, StoreKind, member_of
+from voxelpipe.core.types import (
+    Executor,
+    Format,
+    PhilipsScaling,
+    Status,
+    StoreKind,
+    TiltPolicy,
+    UnevenPolicy,
+    member_of,
+)
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.records import COLUMN
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
@@ -63,7 +72,9 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             mode: str = defaults.CONVERT_MODE, workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
-            clevel: int = defaults.VOLUME_CLEVEL,
+            clevel: int = defaults.VOLUME_CLEVEL, uneven: str = defaults.CONVERT_UNEVEN,
+            tilt: str = defaults.CONVERT_TILT, philips_scaling: str = defaults.CONVERT_PHILIPS_SCALING,
+            nifti_gzip: bool = defaults.NIFTI_GZIP,
             summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
             scheduler: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
@@ -79,6 +90,9 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     """
     started = time.perf_counter()
     fmt, store = _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    uneven = member_of(UnevenPolicy, uneven, "uneven")
+    tilt = member_of(TiltPolicy, tilt, "tilt")
+    philips_scaling = member_of(PhilipsScaling, philips_scaling, "philips-scaling")
     check_executor(executor, scheduler)
     records: dict = {}
     if manifest is None:
@@ -96,11 +110,13 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     if num_shards:
         rows = balance(rows, num_shards)[shard_id]
     suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
-    options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel,
+    options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "uneven": uneven,
+               "tilt": tilt, "philips_scaling": philips_scaling,
                "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
     tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
                         store=store,
                         chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
+                        uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
                         options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
              for r in rows]
     run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")

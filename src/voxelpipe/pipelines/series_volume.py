@@ -24,7 +24,7 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
-from voxelpipe.core.types import Format, StoreKind
+from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
@@ -52,6 +52,10 @@ class SeriesTask:
     clevel: int = defaults.VOLUME_CLEVEL
     verify_slices: int = defaults.CONVERT_VERIFY_SLICES
     overwrite: bool = False
+    uneven: UnevenPolicy = defaults.CONVERT_UNEVEN
+    tilt: TiltPolicy = defaults.CONVERT_TILT
+    philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING
+    nifti_gzip: bool = defaults.NIFTI_GZIP
     options: dict | None = None  # recorded in provenance
     records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)
 
