@@ -34,6 +34,7 @@ SAMPLES = {
     options.int_triple: ("2,3,4", (2, 3, 4)),
     options.float_triple: ("1.5,2,3", (1.5, 2.0, 3.0)),
     options.float_pair: ("-5,7.5", (-5.0, 7.5)),
+    options.yes_no: ("no", False),
     None: ("some-value", "some-value"),
 }
 
