@@ -624,7 +624,7 @@ def write_petct_study(folder: str | os.PathLike, *, ct_shape: Sequence[int] = (4
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Chest CT phantom for the lung pipeline (issue 7): lungs, trachea, ribs, spine, a hollow table, nodules
+# Chest CT phantom for the lung pipeline: lungs, trachea, ribs, spine, a hollow table, nodules
 # ----------------------------------------------------------------------------------------------------------
 CHEST_HU = {"air": -1000, "tissue": 20, "lung": -850, "bone": 700, "table": 200, "nodule": 40, "vessel": 30}
 

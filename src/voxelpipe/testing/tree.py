@@ -1,4 +1,4 @@
-"""A large synthetic DICOM tree, written fast, for the scale test and the scale benchmark (issue 8).
+"""A large synthetic DICOM tree, written fast, for the scale test and the scale benchmark.
 
 Layout: ``ROOT/P<patient>/ST<study>/SE<series number>/<file>``: many small CT series (16×16 or 32×32, 20–100
 slices, four rescale kinds: int16, 12-bit unsigned, slope 2, fractional → float32, some with a gantry tilt, some
@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from voxelpipe.testing.synthetic import ROOT_UID, SeriesSpec, slice_dataset, slice_geometry, write_localizer
 
-TREE_UID = ROOT_UID + "8."  # issue 8 scale trees: <TREE_UID><seed>.<kind>.<numbers>
+TREE_UID = ROOT_UID + "8."  # scale trees: <TREE_UID><seed>.<kind>.<numbers>
 MIN_SLICES, MAX_SLICES = 20, 100
 LOCALIZERS_IN_SERIES = 6  # plus one series of 2 localizers only
 LOCALIZER_ONLY_FILES = 2
