@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import voxelpipe
+from voxelpipe.apps.report.checks import series_checks
 from voxelpipe.core.errors import DicomReadError
 from voxelpipe.dicom.csa import read_csa
 from voxelpipe.stores.volumes import open_volume
@@ -219,6 +220,9 @@ def test_scan_and_summary_flag_the_mosaic(tmp_path):
     with open(summary, newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["mosaic"] == str(N_TILES)
+    checks = {column: (value, verdict) for column, value, verdict, _ in series_checks(series)}
+    assert checks["mosaic"] == (str(N_TILES), "note")
+    assert series_checks({"mosaic": ""})[-1][2] == "ok"
 
 
 def test_plain_image_type_is_not_unpacked(tmp_path):
