@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
 from voxelpipe.dicom.files import Header
 from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
+from voxelpipe.dicom.mosaic import MosaicInfo, is_mosaic, mosaic_info, tile_positions
 from voxelpipe.dicom.pixels import NATIVE_SYNTAXES, PixelFormat
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
@@ -85,6 +86,7 @@ class FileRecord:
     phase: dict[str, str] = field(default_factory=dict)
     referenced_series_uids: list[str] = field(default_factory=list)
     referenced_instance_uids: list[str] = field(default_factory=list)
+    mosaic: MosaicInfo | None = None  # Siemens MOSAIC: rows/columns/frames/slices are then the tiles'
 
 
 def cell_values(text: str) -> list[str]:
@@ -227,6 +229,23 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     iop = _floats(path, "ImageOrientationPatient", row[COLUMN["ImageOrientationPatient"]], 6)
     _check_orientation(path, iop)
     record.slices = [Slice(ipp, iop, record.slope, record.intercept)] * record.frames
+    if record.frames == 1 and is_mosaic(record.image_type):
+        _unpack_mosaic(path, row, record, ipp, iop)
+
+
+def _unpack_mosaic(path: str, row: dict[str, str], record: FileRecord, ipp: tuple[float, float, float],
+                   iop: tuple[float, ...]) -> None:
+    """Make a MOSAIC file's record describe its tiles: one slice (frame) per tile, tile rows and columns."""
+    info = mosaic_info(path, row, record.rows, record.columns, iop)
+    try:
+        spacing = [float(v) for v in record.pixel_spacing.split("\\")[:2]] if record.pixel_spacing else [1.0, 1.0]
+    except ValueError:
+        raise BadTagValueError(path, "PixelSpacing (0028,0030)", record.pixel_spacing, "not numbers") from None
+    if len(spacing) == 1:
+        spacing.append(spacing[0])
+    record.mosaic = info
+    record.rows, record.columns, record.frames = info.tile_rows, info.tile_columns, info.n_images
+    record.slices = [Slice(p, iop, record.slope, record.intercept) for p in tile_positions(info, ipp, iop, spacing)]
 
 
 def _pixel_spacing_text(row: dict[str, str]) -> str:

@@ -24,7 +24,7 @@ SERIES_COLUMNS = [
     "gantry_tilt_deg", "instance_order_matches_position", "rescale_varies", "orientation_consistent",
     "localizers_skipped", "frames_per_position", "split_reason", "orientation", "image_orientation",
     "pixel_spacing", "first_position_mm", "last_position_mm", "frame_of_reference_uid", "transfer_syntaxes",
-    "multiframe_files",
+    "multiframe_files", "mosaic",
 ]
 FILE_COLUMNS = [
     "series_key", "path", "sop_instance_uid", "instance_number", "frames", "position_mm", "image_position",
@@ -154,7 +154,8 @@ def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) 
         "first_position_mm": _mm(unique[0]), "last_position_mm": _mm(unique[-1]),
         "frame_of_reference_uid": first.frame_of_reference_uid,
         "transfer_syntaxes": "\\".join(sorted({r.transfer_syntax for r in records})),
-        "multiframe_files": sum(1 for r in records if r.frames > 1),
+        "multiframe_files": sum(1 for r in records if r.frames > 1 and r.mosaic is None),
+        "mosaic": first.mosaic.n_images if first.mosaic is not None else "",
     }
     file_rows = [
         {

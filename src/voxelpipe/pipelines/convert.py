@@ -44,7 +44,7 @@ from voxelpipe.stores.tables import read_csv, write_csv, write_json
 log = logging.getLogger("voxelpipe")
 
 SUMMARY_COLUMNS = ["series_key", "status", "reason", "n_files", "bytes_in", "bytes_out", "ratio", "shape", "dtype",
-                   "seconds", "verification", "path"]
+                   "seconds", "verification", "mosaic", "path"]
 
 
 def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:

@@ -20,6 +20,7 @@ from voxelpipe.core.errors import DicomReadError
 from voxelpipe.core.keys import series_key as hash_key
 from voxelpipe.core.types import Format
 from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.mosaic import decode_tiles, tile_format
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import make_record
 from voxelpipe.ops.rescale import rescale
@@ -73,8 +74,13 @@ def _read_instance(path: str) -> tuple[np.ndarray, dict]:
     if record.kind != "image":
         raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
     fmt = PixelFormat.from_row(header.row, header.transfer_syntax, path)
-    stored = np.empty((fmt.frames, *fmt.frame_shape), dtype=fmt.stored_dtype)
-    decode_into(path, fmt, stored, record.pixel_offset)
+    if record.mosaic is not None:  # Siemens MOSAIC: one frame per tile, like its 3-D volume
+        mosaic_fmt, fmt = fmt, tile_format(fmt, record.mosaic)
+        stored = np.empty((fmt.frames, *fmt.frame_shape), dtype=fmt.stored_dtype)
+        decode_tiles(path, mosaic_fmt, record.mosaic, stored, record.pixel_offset, range(fmt.frames))
+    else:
+        stored = np.empty((fmt.frames, *fmt.frame_shape), dtype=fmt.stored_dtype)
+        decode_into(path, fmt, stored, record.pixel_offset)
     attrs = {"sop_instance_uid": record.sop_instance_uid, "instance_number": record.instance_number,
              "modality": record.modality, "pixel_spacing": record.pixel_spacing, "source": path,
              "axes": ["frame", "row", "column"] + (["sample"] if fmt.samples_per_pixel > 1 else [])}

@@ -26,6 +26,7 @@ from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_s
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
 from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.ops.rescale import output_dtype, rescale
@@ -147,6 +148,9 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
     """The attrs convert stores with the volume (geometry, series tags, rescale values, provenance)."""
     attrs = _attrs(task, plan.geometry, plan.ordered[0], plan.ordered, plan.n_frames, plan.frame_tag, plan.dropped)
     attrs["pixel_spacing_source"] = plan.spacing_source
+    mosaic = plan.ordered[0].record.mosaic
+    if mosaic is not None:
+        attrs["mosaic"] = mosaic.to_attrs()
     return attrs
 
 
@@ -212,6 +216,8 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None) -> tup
         fmt = record.pixel_format
         if fmt is None:
             fmt = PixelFormat.from_row(read_header(path).row, record.transfer_syntax, path)  # raises the reason
+        if record.mosaic is not None:
+            fmt = tile_format(fmt, record.mosaic)  # frames are the tiles
         signature = (fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated, fmt.pixel_representation)
         if reference is None:
             reference = signature
@@ -349,7 +355,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
         writer.abort()
         raise
     return {"shape": "x".join(map(str, shape)), "dtype": str(dtype), "bytes_out": bytes_out,
-            "verification": verification}
+            "verification": verification, "mosaic": attrs.get("mosaic", {}).get("n_images", "")}
 
 
 def decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
@@ -361,8 +367,12 @@ def decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
         end = j + 1
         while end < len(batch) and batch[end].record is f.record:
             end += 1
-        decode_into(f.record.path, f.fmt, raw[j:end], f.record.pixel_offset,
-                    frames=[g.frame for g in batch[j:end]])
+        if f.record.mosaic is not None:  # the whole mosaic decoded once, its tiles copied into the slab
+            decode_tiles(f.record.path, f.fmt, f.record.mosaic, raw[j:end],
+                         f.record.pixel_offset, [g.frame for g in batch[j:end]])
+        else:
+            decode_into(f.record.path, f.fmt, raw[j:end], f.record.pixel_offset,
+                        frames=[g.frame for g in batch[j:end]])
         j = end
 
 
@@ -377,7 +387,9 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
         f = ordered[index]
         ds = pydicom.dcmread(f.record.path)
         pixels = ds.pixel_array
-        if f.record.frames > 1:
+        if f.record.mosaic is not None:
+            pixels = tile(pixels, f.record.mosaic, f.frame)
+        elif f.record.frames > 1:
             pixels = pixels[f.frame]
             ds.RescaleSlope, ds.RescaleIntercept = f.slope, f.intercept
         reference = apply_modality_lut(pixels, ds).astype(dtype)

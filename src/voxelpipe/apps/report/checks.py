@@ -50,6 +50,8 @@ def series_checks(row: dict) -> list[tuple[str, str, str, str]]:
               "images per position (> 1: 4-D volume)", "note"),
         check("localizers_skipped", number(row.get("localizers_skipped")) > 0, "localizer images left out",
               "note"),
+        check("mosaic", number(row.get("mosaic")) > 0, "Siemens MOSAIC: tiles per file, unpacked into slices",
+              "note"),
     ]
 
 

@@ -86,6 +86,10 @@ def _volume_facts(volume: Volume, row: dict, out: str, path: str) -> list[tuple[
         ("volume", os.path.relpath(path, out) + (f" [{row['series_key']}]" if path.endswith(HDF5_SUFFIXES)
                                                  else "")),
     ]
+    mosaic = attrs.get("mosaic")
+    if isinstance(mosaic, dict):
+        facts.append(("mosaic", f"{mosaic.get('n_images', '')} tiles per file in a {mosaic.get('grid', '')}×"
+                                f"{mosaic.get('grid', '')} grid, stored {mosaic.get('storage_order', '')}, unpacked"))
     if len(volume.shape) == 4:
         facts.append(("frames", f"{volume.shape[0]} by {attrs.get('frame_tag', '')} (pictures: frame 0)"))
     return [(k, v) for k, v in facts if v != ""]
