@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
 from voxelpipe.dicom.files import Header
 from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
+from voxelpipe.dicom.philips import MANUFACTURER_TAG, enhanced_scale_slope, scale_tags
 from voxelpipe.dicom.pixels import NATIVE_SYNTAXES, PixelFormat
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
@@ -51,6 +52,7 @@ class Slice:
     iop: tuple[float, ...]
     slope: float
     intercept: float
+    scale_slope: float = 0.0  # Philips private MR Scale Slope (2005,100E); 0 when absent
 
 
 @dataclass
@@ -81,6 +83,9 @@ class FileRecord:
     pixel_format: PixelFormat | None = None  # None when the header does not describe decodable pixels
     slope: float = 1.0  # top-level RescaleSlope / RescaleIntercept (per-frame values are in ``slices``)
     intercept: float = 0.0
+    manufacturer: str = ""
+    scale_slope: float = 0.0  # Philips private MR Scale Slope (2005,100E) / Intercept (2005,100D); 0 when absent
+    scale_intercept: float = 0.0
     slices: list[Slice] = field(default_factory=list)
     phase: dict[str, str] = field(default_factory=dict)
     referenced_series_uids: list[str] = field(default_factory=list)
@@ -207,13 +212,15 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
     record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
+    record.manufacturer = row.get(column_name(MANUFACTURER_TAG), "")
+    record.scale_slope, record.scale_intercept = scale_tags(row)
     _check_pixel_length(header, row, record)
     try:
         record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)
     except DicomReadError:
         record.pixel_format = None  # convert reads the header again and reports the reason
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
-        record.slices = _enhanced_slices(header.dataset(), path, record.frames)
+        record.slices = _enhanced_slices(header.dataset(), path, record.frames, record.scale_slope)
         return
     record.slope = _float(path, row, "RescaleSlope", 1.0)
     record.intercept = _float(path, row, "RescaleIntercept", 0.0)
@@ -226,7 +233,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     ipp = _floats(path, "ImagePositionPatient", row[COLUMN["ImagePositionPatient"]], 3)
     iop = _floats(path, "ImageOrientationPatient", row[COLUMN["ImageOrientationPatient"]], 6)
     _check_orientation(path, iop)
-    record.slices = [Slice(ipp, iop, record.slope, record.intercept)] * record.frames
+    record.slices = [Slice(ipp, iop, record.slope, record.intercept, record.scale_slope)] * record.frames
 
 
 def _pixel_spacing_text(row: dict[str, str]) -> str:
@@ -274,8 +281,9 @@ def _check_pixel_length(header: Header, row: dict[str, str], record: FileRecord)
                                    f"{expected}")
 
 
-def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
-    """Per-frame geometry and rescale from the shared and per-frame functional groups."""
+def _enhanced_slices(ds: Dataset, path: str, frames: int, scale_slope: float = 0.0) -> list[Slice]:
+    """Per-frame geometry and rescale from the shared and per-frame functional groups (``scale_slope``: the
+    file's Philips MR Scale Slope, used for frames that carry none of their own)."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     shared_item = shared[0] if shared else Dataset()
     per_frame = ds.PerFrameFunctionalGroupsSequence
@@ -304,5 +312,6 @@ def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
         iop_t = tuple(float(v) for v in iop)
         _check_orientation(path, iop_t)
         slices.append(Slice(tuple(float(v) for v in ipp), iop_t,
-                            1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)))
+                            1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept),
+                            enhanced_scale_slope(item, scale_slope)))
     return slices
