@@ -22,6 +22,8 @@ OBJECT_MODALITIES = frozenset(
      "AU", "ECG", "HD", "PLAN", "OT-DOC"}
 )
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
+# Secondary Capture Image Storage and its multi-frame variants (1.2.840.10008.5.1.4.1.1.7.1 to .4): screen captures.
+SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 TAGS = {
@@ -79,6 +81,7 @@ class FileRecord:
     pixel_length: int = -1
     image_type: str = ""
     is_localizer: bool = False
+    is_screen_capture: bool = False  # Secondary Capture SOP class: a picture of a screen, never part of a volume
     pixel_spacing: str = ""
     pixel_format: PixelFormat | None = None  # None when the header does not describe decodable pixels
     slope: float = 1.0  # top-level RescaleSlope / RescaleIntercept (per-frame values are in ``slices``)
@@ -148,6 +151,16 @@ def is_object(row: dict[str, str], header: Header) -> bool:
     return header.pixel is None and COLUMN["Rows"] not in row and not modality
 
 
+def is_secondary_capture(sop_class_uid: str) -> bool:
+    """True for the Secondary Capture Image Storage SOP classes (single- and multi-frame)."""
+    return sop_class_uid == SECONDARY_CAPTURE_CLASS or sop_class_uid.startswith(SECONDARY_CAPTURE_CLASS + ".")
+
+
+def is_derived_secondary(image_type: str) -> bool:
+    """True when ImageType (0008,0008) starts ``DERIVED\\SECONDARY``."""
+    return [v.strip().upper() for v in image_type.split("\\")[:2]] == ["DERIVED", "SECONDARY"]
+
+
 def make_record(header: Header, require_geometry: bool = True) -> FileRecord:
     """Build the record of a header from its flattened row.
 
@@ -210,6 +223,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.instance_number = _int(path, row, "InstanceNumber")
     record.image_type = row.get(COLUMN["ImageType"], "")
     record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
+    record.is_screen_capture = is_secondary_capture(record.sop_class_uid)
     record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
     record.manufacturer = row.get(column_name(MANUFACTURER_TAG), "")

@@ -230,7 +230,7 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None,
     for path, record in _records(paths, known):
         if record.kind != "image":
             raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
-        if record.is_localizer:
+        if record.is_localizer or record.is_screen_capture:
             continue
         if record.sop_instance_uid and record.sop_instance_uid in seen:
             dropped += 1
