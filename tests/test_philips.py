@@ -94,3 +94,33 @@ def test_non_philips_unaffected(tmp_path):
     np.testing.assert_array_equal(display.numpy(), precise.numpy())
     assert display.dtype == np.int16
     assert "philips_scaling" not in precise.attrs
+
+
+def add_philips_scaling(path: Path, rescale_slope: float, rescale_intercept: float, scale_slope: float) -> None:
+    """Make a synthetic file a Philips MR one: Manufacturer, rescale pair and the private MR Scale Slope."""
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer = "Philips Medical Systems"
+    ds.RescaleSlope = f"{rescale_slope:g}"
+    ds.RescaleIntercept = f"{rescale_intercept:g}"
+    block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+    block.add_new(0x0E, "FL", scale_slope)
+    block.add_new(0x0D, "FL", 0.0)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_precise_per_slice_pairs_on_synthetic_files(tmp_path):
+    spec = SeriesSpec(n_slices=4, rows=16, columns=16, modality="MR")
+    paths = write_series(tmp_path / "dicom", spec)
+    pairs = [(1.5, -3.0, 0.02), (1.5, -3.0, 0.02), (2.25, 0.0, 0.5), (0.75, 10.0, 3.0)]
+    for path, (rs, ri, ss) in zip(paths, pairs):
+        add_philips_scaling(Path(path), rs, ri, ss)
+    expected = np.stack([  # FP = (PV * RS + RI) / (RS * SS), PV from pydicom, in slice order
+        (pydicom.dcmread(p).pixel_array.astype(np.float64) * rs + ri) / (rs * ss)
+        for p, (rs, ri, ss) in zip(paths, pairs)])
+    volume, row = convert_one(tmp_path / "dicom", tmp_path / "precise", "precise")
+    assert volume.dtype == np.float32 and row["verification"].startswith("ok")
+    np.testing.assert_allclose(volume.numpy(), expected, rtol=1e-6, atol=1e-4)
+    assert volume.attrs["philips_tags"]["MRScaleSlope (2005,100E)"] == pytest.approx([0.02, 0.5, 3.0])
+    display, _ = convert_one(tmp_path / "dicom", tmp_path / "display", "display")
+    reference = np.stack([apply_modality_lut(pydicom.dcmread(p).pixel_array, pydicom.dcmread(p)) for p in paths])
+    np.testing.assert_array_equal(display.numpy(), reference.astype(display.dtype))
