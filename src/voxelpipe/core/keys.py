@@ -21,6 +21,13 @@ def series_key(series_uid: str, secret: str | None = None) -> str:
     return digest[:KEY_LENGTH]
 
 
+def series_number_key(series_uid: str, series_number: str, secret: str | None = None) -> str:
+    """Key of the files of one SeriesNumber inside a SeriesInstanceUID that holds several: :func:`series_key`
+    of ``"<SeriesInstanceUID>\\<SeriesNumber>"`` (a backslash cannot occur in a UID, so no other series can
+    get it)."""
+    return series_key(f"{series_uid}\\{series_number}", secret)
+
+
 SUBJECT_PATIENT_HEX = 7
 SUBJECT_STUDY_HEX = 3
 

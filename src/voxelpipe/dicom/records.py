@@ -14,6 +14,7 @@ from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagEr
 from voxelpipe.dicom.files import Header
 from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
 from voxelpipe.dicom.mosaic import MosaicInfo, is_mosaic, mosaic_info, tile_positions
+from voxelpipe.dicom.philips import MANUFACTURER_TAG, enhanced_scale_slope, scale_tags
 from voxelpipe.dicom.pixels import NATIVE_SYNTAXES, PixelFormat
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
@@ -22,6 +23,8 @@ OBJECT_MODALITIES = frozenset(
      "AU", "ECG", "HD", "PLAN", "OT-DOC"}
 )
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
+# Secondary Capture Image Storage and its multi-frame variants (1.2.840.10008.5.1.4.1.1.7.1 to .4): screen captures.
+SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
 TAGS = {
@@ -52,6 +55,7 @@ class Slice:
     iop: tuple[float, ...]
     slope: float
     intercept: float
+    scale_slope: float = 0.0  # Philips private MR Scale Slope (2005,100E); 0 when absent
 
 
 @dataclass
@@ -78,10 +82,14 @@ class FileRecord:
     pixel_length: int = -1
     image_type: str = ""
     is_localizer: bool = False
+    is_screen_capture: bool = False  # Secondary Capture SOP class: a picture of a screen, never part of a volume
     pixel_spacing: str = ""
     pixel_format: PixelFormat | None = None  # None when the header does not describe decodable pixels
     slope: float = 1.0  # top-level RescaleSlope / RescaleIntercept (per-frame values are in ``slices``)
     intercept: float = 0.0
+    manufacturer: str = ""
+    scale_slope: float = 0.0  # Philips private MR Scale Slope (2005,100E) / Intercept (2005,100D); 0 when absent
+    scale_intercept: float = 0.0
     slices: list[Slice] = field(default_factory=list)
     phase: dict[str, str] = field(default_factory=dict)
     referenced_series_uids: list[str] = field(default_factory=list)
@@ -143,6 +151,16 @@ def is_object(row: dict[str, str], header: Header) -> bool:
     if (row.get(COLUMN["SOPClassUID"]) or _media_sop_class(header)) == DICOMDIR_CLASS:
         return True
     return header.pixel is None and COLUMN["Rows"] not in row and not modality
+
+
+def is_secondary_capture(sop_class_uid: str) -> bool:
+    """True for the Secondary Capture Image Storage SOP classes (single- and multi-frame)."""
+    return sop_class_uid == SECONDARY_CAPTURE_CLASS or sop_class_uid.startswith(SECONDARY_CAPTURE_CLASS + ".")
+
+
+def is_derived_secondary(image_type: str) -> bool:
+    """True when ImageType (0008,0008) starts ``DERIVED\\SECONDARY``."""
+    return [v.strip().upper() for v in image_type.split("\\")[:2]] == ["DERIVED", "SECONDARY"]
 
 
 def make_record(header: Header, require_geometry: bool = True) -> FileRecord:
@@ -207,15 +225,18 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.instance_number = _int(path, row, "InstanceNumber")
     record.image_type = row.get(COLUMN["ImageType"], "")
     record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
+    record.is_screen_capture = is_secondary_capture(record.sop_class_uid)
     record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
+    record.manufacturer = row.get(column_name(MANUFACTURER_TAG), "")
+    record.scale_slope, record.scale_intercept = scale_tags(row)
     _check_pixel_length(header, row, record)
     try:
         record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)
     except DicomReadError:
         record.pixel_format = None  # convert reads the header again and reports the reason
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
-        record.slices = _enhanced_slices(header.dataset(), path, record.frames)
+        record.slices = _enhanced_slices(header.dataset(), path, record.frames, record.scale_slope)
         return
     record.slope = _float(path, row, "RescaleSlope", 1.0)
     record.intercept = _float(path, row, "RescaleIntercept", 0.0)
@@ -228,7 +249,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     ipp = _floats(path, "ImagePositionPatient", row[COLUMN["ImagePositionPatient"]], 3)
     iop = _floats(path, "ImageOrientationPatient", row[COLUMN["ImageOrientationPatient"]], 6)
     _check_orientation(path, iop)
-    record.slices = [Slice(ipp, iop, record.slope, record.intercept)] * record.frames
+    record.slices = [Slice(ipp, iop, record.slope, record.intercept, record.scale_slope)] * record.frames
     if record.frames == 1 and is_mosaic(record.image_type):
         _unpack_mosaic(path, row, record, ipp, iop)
 
@@ -245,7 +266,8 @@ def _unpack_mosaic(path: str, row: dict[str, str], record: FileRecord, ipp: tupl
         spacing.append(spacing[0])
     record.mosaic = info
     record.rows, record.columns, record.frames = info.tile_rows, info.tile_columns, info.n_images
-    record.slices = [Slice(p, iop, record.slope, record.intercept) for p in tile_positions(info, ipp, iop, spacing)]
+    record.slices = [Slice(p, iop, record.slope, record.intercept, record.scale_slope)
+                     for p in tile_positions(info, ipp, iop, spacing)]
 
 
 def _pixel_spacing_text(row: dict[str, str]) -> str:
@@ -293,8 +315,9 @@ def _check_pixel_length(header: Header, row: dict[str, str], record: FileRecord)
                                    f"{expected}")
 
 
-def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
-    """Per-frame geometry and rescale from the shared and per-frame functional groups."""
+def _enhanced_slices(ds: Dataset, path: str, frames: int, scale_slope: float = 0.0) -> list[Slice]:
+    """Per-frame geometry and rescale from the shared and per-frame functional groups (``scale_slope``: the
+    file's Philips MR Scale Slope, used for frames that carry none of their own)."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     shared_item = shared[0] if shared else Dataset()
     per_frame = ds.PerFrameFunctionalGroupsSequence
@@ -323,5 +346,6 @@ def _enhanced_slices(ds: Dataset, path: str, frames: int) -> list[Slice]:
         iop_t = tuple(float(v) for v in iop)
         _check_orientation(path, iop_t)
         slices.append(Slice(tuple(float(v) for v in ipp), iop_t,
-                            1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)))
+                            1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept),
+                            enhanced_scale_slope(item, scale_slope)))
     return slices

@@ -1,8 +1,11 @@
 """Grouping image records into series and checking each series' geometry.
 
 A SeriesInstanceUID becomes one series, or several parts when it mixes orientations or image sizes (the
-reason is recorded). LOCALIZER / SCOUT / TOPOGRAM images are left out and counted. Slices are ordered by
-ImagePositionPatient projected on the slice normal, ascending, then InstanceNumber, then path.
+reason is recorded). A SeriesInstanceUID holding several SeriesNumbers is first split by SeriesNumber, each part
+keyed by :func:`~voxelpipe.core.keys.series_number_key`. LOCALIZER / SCOUT / TOPOGRAM images and screen
+captures (Secondary Capture SOP class; or DERIVED\\SECONDARY images all at one position) are left out and
+counted; a series of nothing else gets a row with no slices and ``not_volume_reason`` saying why. Slices are
+ordered by ImagePositionPatient projected on the slice normal, ascending, then InstanceNumber, then path.
 """
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxelpipe.core.geometry import cluster_positions, orientation_label, slice_normal, tilt_degrees
-from voxelpipe.core.keys import series_key
-from voxelpipe.dicom.records import FileRecord
+from voxelpipe.core.keys import series_key, series_number_key
+from voxelpipe.dicom.records import FileRecord, is_derived_secondary
 
 ORIENTATION_TOLERANCE = 1e-3  # max difference of direction cosines within one orientation
 
@@ -24,8 +27,10 @@ SERIES_COLUMNS = [
     "gantry_tilt_deg", "instance_order_matches_position", "rescale_varies", "orientation_consistent",
     "localizers_skipped", "frames_per_position", "split_reason", "orientation", "image_orientation",
     "pixel_spacing", "first_position_mm", "last_position_mm", "frame_of_reference_uid", "transfer_syntaxes",
-    "multiframe_files", "mosaic",
+    "multiframe_files", "mosaic", "screen_captures_skipped", "not_volume_reason",
 ]
+LOCALIZERS_ONLY = "localizer images only"
+SCREEN_CAPTURES_ONLY = "screen captures only (Secondary Capture or DERIVED\\SECONDARY without volume geometry)"
 FILE_COLUMNS = [
     "series_key", "path", "sop_instance_uid", "instance_number", "frames", "position_mm", "image_position",
     "slope", "intercept", "size_bytes", "transfer_syntax", "pixel_offset", "pixel_length",
@@ -50,21 +55,58 @@ def group_series(records: list[FileRecord], secret: str | None = None) -> list[S
     result: list[Series] = []
     for uid in sorted(by_uid):
         members = sorted(by_uid[uid], key=lambda r: r.path)
-        localizers = [r for r in members if r.is_localizer]
-        images = [r for r in members if not r.is_localizer]
-        key = series_key(uid, secret)
-        if not images:
-            result.append(_localizer_only(key, uid, localizers))
+        numbers = sorted({r.series_number for r in members}, key=_number_order)
+        if len(numbers) == 1:
+            result.extend(_group(series_key(uid, secret), uid, members, ""))
             continue
-        parts, reason = _split(images)
-        consistent = "orientation" not in reason
-        for index, part in enumerate(parts):
-            part_key = key if len(parts) == 1 else f"{key}_{index + 1}"
-            series = _describe(part_key, uid, part, reason)
-            series.row["orientation_consistent"] = consistent and _orientations_within(part)
-            series.row["localizers_skipped"] = len(localizers) if index == 0 else 0
-            result.append(series)
+        note = f"SeriesInstanceUID holds {len(numbers)} SeriesNumbers ({', '.join(n or '?' for n in numbers)})"
+        for number in numbers:
+            group = [r for r in members if r.series_number == number]
+            result.extend(_group(series_number_key(uid, number, secret), uid, group, note))
     return result
+
+
+def _number_order(number: str) -> tuple:
+    try:
+        return (0, float(number), number)
+    except ValueError:
+        return (1, 0.0, number)
+
+
+def _group(key: str, uid: str, members: list[FileRecord], note: str) -> list[Series]:
+    """The series of the files of one SeriesInstanceUID (and SeriesNumber): localizers and screen captures left
+    out and counted, the rest split by orientation / size; ``note`` starts every part's split reason."""
+    localizers = [r for r in members if r.is_localizer]
+    captures = [r for r in members if r.is_screen_capture and not r.is_localizer]
+    images = [r for r in members if not r.is_localizer and not r.is_screen_capture]
+    if not images and not captures:
+        return [_localizer_only(key, uid, localizers, note)]
+    if not images:
+        return [_screen_captures(key, uid, captures, note, len(localizers))]
+    parts, reason = _split(images)
+    reason = "; ".join(text for text in (note, reason) if text)
+    consistent = "orientation" not in reason
+    result = []
+    for index, part in enumerate(parts):
+        part_key = key if len(parts) == 1 else f"{key}_{index + 1}"
+        if _degenerate_capture(part):
+            result.append(_screen_captures(part_key, uid, part, reason, 0))
+            continue
+        series = _describe(part_key, uid, part, reason)
+        series.row["orientation_consistent"] = consistent and _orientations_within(part)
+        series.row["localizers_skipped"] = len(localizers) if index == 0 else 0
+        series.row["screen_captures_skipped"] = len(captures) if index == 0 else 0
+        result.append(series)
+    return result
+
+
+def _degenerate_capture(records: list[FileRecord]) -> bool:
+    """DERIVED\\SECONDARY images (screen captures such as an exam summary) that cannot be a volume: several
+    files, every one at the same position."""
+    if len(records) < 2 or not all(is_derived_secondary(r.image_type) for r in records):
+        return False
+    first = np.asarray(records[0].slices[0].ipp)
+    return all(np.allclose(np.asarray(s.ipp), first, atol=1e-3) for r in records for s in r.slices)
 
 
 def _same_orientation(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -102,16 +144,28 @@ def _split(images: list[FileRecord]) -> tuple[list[list[FileRecord]], str]:
     return [g[2] for g in groups], f"split into {len(groups)} parts by " + " and ".join(reasons)
 
 
-def _localizer_only(key: str, uid: str, localizers: list[FileRecord]) -> Series:
+def _localizer_only(key: str, uid: str, localizers: list[FileRecord], note: str) -> Series:
+    """The row of a series of localizers only: no files listed, no slices."""
     first = localizers[0]
     row = {column: "" for column in SERIES_COLUMNS}
     row.update(
         series_key=key, study_instance_uid=first.study_uid, series_instance_uid=uid, modality=first.modality,
         series_number=first.series_number, series_description=first.series_description, n_files=0, n_bytes=0,
         rows=first.rows, columns=first.columns, n_slices=0, n_positions=0, localizers_skipped=len(localizers),
-        split_reason="only localizer images",
+        screen_captures_skipped=0, split_reason="; ".join(text for text in (note, "only localizer images") if text),
+        not_volume_reason=LOCALIZERS_ONLY,
     )
     return Series(key=key, records=[], row=row)
+
+
+def _screen_captures(key: str, uid: str, captures: list[FileRecord], note: str, localizers: int) -> Series:
+    """The row of a series of screen captures only: its files are listed (2-D mode converts them) but it has
+    no slices, so no volume is made of it."""
+    series = _describe(key, uid, captures, note)
+    series.row.update(n_slices=0, n_positions=0, missing_slices=0, duplicate_positions=0, incomplete_positions=0,
+                      localizers_skipped=localizers, screen_captures_skipped=len(captures),
+                      not_volume_reason=SCREEN_CAPTURES_ONLY)
+    return series
 
 
 def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) -> Series:
@@ -156,6 +210,7 @@ def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) 
         "transfer_syntaxes": "\\".join(sorted({r.transfer_syntax for r in records})),
         "multiframe_files": sum(1 for r in records if r.frames > 1 and r.mosaic is None),
         "mosaic": first.mosaic.n_images if first.mosaic is not None else "",
+        "screen_captures_skipped": 0, "not_volume_reason": "",
     }
     file_rows = [
         {

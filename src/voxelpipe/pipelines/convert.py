@@ -104,8 +104,11 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         manifest = os.path.join(out, "manifest", "series_all.csv")
         records = scanned.records  # headers already read: workers need not parse them again
     rows, files = load_manifest(manifest)
+    not_volumes = [r for r in rows if int(r.get("n_slices") or 0) <= 0]
     rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
-    if mode == "2d":
+    if mode == "2d":  # screen captures are images too: one array per file
+        rows += [r for r in not_volumes if files.get(r["series_key"])]
+        not_volumes = [r for r in not_volumes if not files.get(r["series_key"])]
         rows = _add_images_without_geometry(manifest, rows, files)
     if num_shards:
         rows = balance(rows, num_shards)[shard_id]
@@ -144,6 +147,9 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             warn_if_failed(row, "convert", "series_key")
             summary.append(row)
             bar.update()
+    if not shard_id:  # the series the scan found that hold no volume: one skipped row each, in one shard only
+        converted = {row["series_key"] for row in summary}
+        summary.extend(not_volume_row(r) for r in not_volumes if r["series_key"] not in converted)
     unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
     if unreadable:
         log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
@@ -156,6 +162,15 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                 "seconds": round(time.perf_counter() - started, 3)})
     log.info("convert: %s in %.1f s", format_counts(counts), time.perf_counter() - started)
     return summary
+
+
+def not_volume_row(row: dict) -> dict:
+    """The skipped summary row of a manifest series that holds no volume (localizers or screen captures only;
+    ``n_files``: how many files were left out)."""
+    reason = row.get("not_volume_reason") or row.get("split_reason") or "no image to convert"
+    skipped = int(row.get("localizers_skipped") or 0) + int(row.get("screen_captures_skipped") or 0)
+    return skipped_row({"series_key": row["series_key"], "n_files": skipped, "bytes_in": 0, "bytes_out": 0, "shape": "",
+                        "dtype": "", "ratio": "", "seconds": 0.0, "verification": "", "path": ""}, reason)
 
 
 def _default_suffix(manifest: str, shard_id: int | None, num_shards: int | None) -> str:

@@ -236,6 +236,7 @@ def _summary(result: ScanResult, paths, shards: int, workers: int, table_format:
         "series": len(result.series),
         "image_files": sum(int(r["n_files"]) for r in result.series),
         "localizers_skipped": sum(int(r["localizers_skipped"] or 0) for r in result.series),
+        "screen_captures_skipped": sum(int(r["screen_captures_skipped"] or 0) for r in result.series),
         "objects": len(result.objects),
         "unreadable": len(result.unreadable),
         "seconds": round(result.seconds, 3),

@@ -27,6 +27,7 @@ from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row
 from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
+from voxelpipe.dicom.philips import applied_pair, is_philips
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
 from voxelpipe.ops.rescale import output_dtype, rescale
@@ -71,6 +72,8 @@ class Frame:
     intercept: float
     position: float = 0.0
     phase: tuple = ()
+    display: tuple[float, float] = (1.0, 0.0)  # the DICOM rescale pair; (slope, intercept) is the one applied
+    scale_slope: float = 0.0  # Philips MR Scale Slope (2005,100E), 0 when absent
 
 
 def convert_series(task: SeriesTask) -> dict:
@@ -123,11 +126,14 @@ class SeriesPlan:
     shape: tuple[int, ...]
     spacing_source: str
     dtypes: list[np.dtype]  # output dtypes to try in turn (int16 first when it may fit, then float32)
+    philips: dict | None = None  # Philips scaling attrs (None for other manufacturers)
 
 
-def plan_series(paths: list[str], records: list[FileRecord] | None = None) -> SeriesPlan:
-    """Read the headers of one series, order its frames and work out its geometry and output dtype."""
-    frames, dropped = _read_frames(paths, records)
+def plan_series(paths: list[str], records: list[FileRecord] | None = None,
+                philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING) -> SeriesPlan:
+    """Read the headers of one series, order its frames and work out its geometry and output dtype
+    (``philips_scaling``: display or precise values for Philips MR, see :mod:`voxelpipe.dicom.philips`)."""
+    frames, dropped = _read_frames(paths, records, philips_scaling)
     ordered, n_frames, n_slices, frame_tag = _layout(frames)
     first = ordered[0]
     fmt = first.fmt
@@ -141,7 +147,26 @@ def plan_series(paths: list[str], records: list[FileRecord] | None = None) -> Se
     exact = output_dtype(*_stored_range(fmt), slopes, intercepts)
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
     dtypes = [INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]
-    return SeriesPlan(ordered, n_frames, n_slices, frame_tag, dropped, geometry, shape, spacing_source, dtypes)
+    return SeriesPlan(ordered, n_frames, n_slices, frame_tag, dropped, geometry, shape, spacing_source, dtypes,
+                      philips_attrs(ordered, philips_scaling))
+
+
+def philips_attrs(ordered: list[Frame], mode: PhilipsScaling) -> dict | None:
+    """``philips_scaling`` (the scaling applied: precise or display) and ``philips_tags`` (the distinct values
+    of the tags it uses) of a Philips series; None for other manufacturers."""
+    if not is_philips(ordered[0].record.manufacturer):
+        return None
+    precise = any((f.slope, f.intercept) != f.display for f in ordered)
+    return {
+        "philips_scaling": str(PhilipsScaling.PRECISE if precise else PhilipsScaling.DISPLAY),
+        "philips_scaling_requested": str(mode),
+        "philips_tags": {
+            "RescaleSlope (0028,1053)": sorted({f.display[0] for f in ordered}),
+            "RescaleIntercept (0028,1052)": sorted({f.display[1] for f in ordered}),
+            "MRScaleSlope (2005,100E)": sorted({f.scale_slope for f in ordered}),
+            "MRScaleIntercept (2005,100D)": sorted({f.record.scale_intercept for f in ordered}),
+        },
+    }
 
 
 def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
@@ -151,11 +176,12 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
     mosaic = plan.ordered[0].record.mosaic
     if mosaic is not None:
         attrs["mosaic"] = mosaic.to_attrs()
+    attrs.update(plan.philips or {})
     return attrs
 
 
 def _convert(task: SeriesTask) -> dict:
-    plan = plan_series(task.paths, task.records)
+    plan = plan_series(task.paths, task.records, task.philips_scaling)
     attrs = series_attrs(task, plan)
     for dtype in plan.dtypes[:-1]:  # optimistic int16 output: redone as float32 when a value does not fit
         try:
@@ -198,7 +224,8 @@ def _records(paths: list[str], known: list[FileRecord] | None):
         yield path, record
 
 
-def _read_frames(paths: list[str], known: list[FileRecord] | None = None) -> tuple[list[Frame], int]:
+def _read_frames(paths: list[str], known: list[FileRecord] | None = None,
+                 philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING) -> tuple[list[Frame], int]:
     """Headers of every file as frames; exact duplicate files (same SOPInstanceUID) dropped and counted."""
     frames: list[Frame] = []
     seen: set[str] = set()
@@ -207,7 +234,7 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None) -> tup
     for path, record in _records(paths, known):
         if record.kind != "image":
             raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
-        if record.is_localizer:
+        if record.is_localizer or record.is_screen_capture:
             continue
         if record.sop_instance_uid and record.sop_instance_uid in seen:
             dropped += 1
@@ -228,8 +255,9 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None) -> tup
             raise DicomReadError(path, f"SamplesPerPixel (0028,0002) is {fmt.samples_per_pixel}: 3-D volumes "
                                        "need single-sample (grey) images; use --mode 2d")
         for index, s in enumerate(record.slices):
-            frames.append(Frame(record, fmt, index, np.asarray(s.ipp, dtype=np.float64), s.slope, s.intercept,
-                                phase=_phase_key(record)))
+            slope, intercept = applied_pair(record.manufacturer, s.slope, s.intercept, s.scale_slope, philips_scaling)
+            frames.append(Frame(record, fmt, index, np.asarray(s.ipp, dtype=np.float64), slope, intercept,
+                                phase=_phase_key(record), display=(s.slope, s.intercept), scale_slope=s.scale_slope))
     if not frames:
         raise InputError(f"series has no image to convert ({len(paths)} files, localizers only?)")
     return frames, dropped
@@ -391,6 +419,7 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
             pixels = tile(pixels, f.record.mosaic, f.frame)
         elif f.record.frames > 1:
             pixels = pixels[f.frame]
+        if f.record.frames > 1 or (f.slope, f.intercept) != f.display:  # per-frame or Philips precise pair
             ds.RescaleSlope, ds.RescaleIntercept = f.slope, f.intercept
         reference = apply_modality_lut(pixels, ds).astype(dtype)
         t, z = divmod(index, n_slices)

@@ -134,7 +134,7 @@ def choose_series(rows: list[dict], manifest_rows: dict[str, dict], samples: int
                 (["flagged"] if is_flagged(manifest_rows.get(row["series_key"])) else [])
         if roles:
             chosen.append((row, roles))
-        elif is_done(row["status"]) or row["status"] == Status.SKIPPED:
+        elif is_done(row["status"]) or (row["status"] == Status.SKIPPED and row.get("path")):  # has a volume
             pool.append(row)
     chosen.sort(key=lambda item: ("failed" not in item[1], item[0]["series_key"]))
     picks = random.Random(seed).sample(pool, min(samples, len(pool)))

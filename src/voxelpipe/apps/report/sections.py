@@ -111,7 +111,7 @@ def build_section(out: str, row: dict, manifest_row: dict | None, roles: list[st
     section = SeriesSection(key=row["series_key"], status=row["status"], roles=roles, reason=row.get("reason", ""))
     if manifest_row:
         section.checks = series_checks(manifest_row)
-    if row["status"] == Status.FAILED:
+    if row["status"] == Status.FAILED or (row["status"] == Status.SKIPPED and not row.get("path")):  # no volume
         section.facts = _manifest_facts(manifest_row or {})
         return section
     if mode == "2d":
