@@ -33,6 +33,7 @@ class Format(StrEnum):
     ZARR = "zarr"
     HDF5 = "hdf5"
     NPZ = "npz"
+    NIFTI = "nifti"
 
 
 class Executor(StrEnum):
