@@ -23,7 +23,12 @@ import pytest
 from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
+from test_rtstruct import build_cases
+from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.dicom.bids import read_bids_sidecar
+from voxelpipe.stores.writer import writer_for
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 from helpers import resave
@@ -311,10 +316,6 @@ def test_real_ct_equals_dcm2niix(shared_data, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("gzip", [True, False])
 def test_masks_are_written_as_nifti_with_the_volume_geometry(tmp_path, gzip):
-    from test_rtstruct import build_cases
-
-    from voxelpipe.cli.app import main
-
     case = build_cases(tmp_path / "cases")["oblique"]
     row = convert_nifti(case.folder, tmp_path / "out", nifti_gzip=gzip)
     volume_path = row["path"]
@@ -336,3 +337,36 @@ def test_masks_are_written_as_nifti_with_the_volume_geometry(tmp_path, gzip):
     attrs = json.loads(Path(mask_path[: -len(suffix)] + ".json").read_text())
     assert attrs["roi_name"] == "Ring" and attrs["source_kind"] == "RTSTRUCT"
     assert sorted(glob.glob(str(tmp_path / "out" / "data" / "*partial*"))) == []
+
+
+def test_writer_publishes_only_on_finish_and_abort_leaves_nothing(tmp_path):
+    geometry = Geometry((2, 3, 4), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    path = str(tmp_path / "data" / "k.nii.gz")
+    writer = writer_for("nifti")(path, (2, 3, 4), np.dtype(np.int16), (1, 3, 4), geometry.to_attrs(), 1)
+    writer.write(0, np.ones((1, 3, 4), np.int16))
+    assert not os.path.exists(path)
+    writer.abort()
+    assert not os.path.exists(path) and glob.glob(str(tmp_path / "**" / "*.nii*"), recursive=True) == []
+
+
+def test_sidecar_fields_equal_dcm2niix_reference_json(shared_data):
+    """dcm_qa_mosaic's Ref/*.json (dcm2niix's sidecars): every field we write from the first file's header has
+    dcm2niix's value, apart from the documented differences (Manufacturer as stored, ImageType without the
+    MAGNITUDE word dcm2niix infers) and dcm2niix's 6-digit rounding of numbers."""
+    root = shared_data / "siemens-mosaic"
+    for folder in sorted((root / "In").iterdir()):
+        base, number = folder.name.rsplit("_", 1)
+        theirs = json.loads((root / "Ref" / f"{number}_{base}.json").read_text())
+        ds_path = sorted(folder.glob("*.dcm"))[0]
+        ours = read_bids_sidecar(str(ds_path))
+        assert {"EchoTime", "RepetitionTime", "FlipAngle", "SliceThickness", "SeriesNumber",
+                "AcquisitionTime", "ProtocolName", "SeriesDescription"} <= set(ours), folder.name
+        for key, value in ours.items():
+            if key == "Manufacturer":
+                assert value.casefold() == theirs[key].casefold()
+            elif key == "ImageType":
+                assert theirs[key][: len(value)] == value and set(theirs[key][len(value):]) <= {"MAGNITUDE"}
+            elif isinstance(value, str):
+                assert value == theirs[key], (folder.name, key)
+            else:
+                assert value == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), (folder.name, key)

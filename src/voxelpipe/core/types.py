@@ -32,8 +32,8 @@ class Format(StrEnum):
 
     ZARR = "zarr"
     HDF5 = "hdf5"
-    NPZ = "npz"
     NIFTI = "nifti"
+    NPZ = "npz"
 
 
 class Executor(StrEnum):

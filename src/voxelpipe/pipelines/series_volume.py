@@ -314,8 +314,10 @@ def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> 
 
 
 def nifti_sidecar(path: str) -> dict:
-    """The BIDS JSON sidecar of a NIfTI volume from the DICOM file ``path`` (dcm2niix's field names, seconds)."""
-    return {**read_bids_sidecar(path), "ConversionSoftware": "voxelpipe", "ConversionSoftwareVersion": __version__}
+    """The BIDS JSON sidecar of a NIfTI volume from the DICOM file ``path`` (dcm2niix's field names, seconds);
+    only the conversion software fields when ``path`` is ''."""
+    fields = read_bids_sidecar(path) if path else {}
+    return {**fields, "ConversionSoftware": "voxelpipe", "ConversionSoftwareVersion": __version__}
 
 
 def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
