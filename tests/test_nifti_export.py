@@ -397,3 +397,11 @@ def test_mosaic_nifti_equals_dcm2niix_reference(shared_data, tmp_path, name):
     assert float(ours.header["pixdim"][4]) == pytest.approx(float(theirs.header["pixdim"][4]))
     itk = sitk.ReadImage(row["path"])  # SimpleITK reads the same grid as nibabel
     np.testing.assert_allclose(itk.GetOrigin()[:3], (LPS_TO_RAS @ ours.affine)[:3, 3], atol=1e-3)
+
+
+def test_volume_without_one_slice_step_is_refused(tmp_path):
+    attrs = dict(Geometry((3, 2, 2), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)).to_attrs(), uniform=False,
+                 affine=None)
+    with pytest.raises(InputError, match="--uneven resample"):
+        writer_for("nifti")(str(tmp_path / "k.nii.gz"), (3, 2, 2), np.dtype(np.int16), (1, 2, 2), attrs, 1)
+    assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import logging
 import os
 
 import numpy as np
@@ -32,8 +31,6 @@ from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.stores.registry import NIFTI_SUFFIXES
 from voxelpipe.stores.tables import atomic_path, write_json
 from voxelpipe.stores.zarr_store import PARTIAL, remove
-
-log = logging.getLogger("voxelpipe")
 
 INSTALL_HINT = "install voxelpipe[nifti] (pip install 'voxelpipe[nifti]', which brings nibabel)"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -275,12 +272,19 @@ class NiftiVolumeWriter:
         dtype: array dtype (one NIfTI-1 holds: int8/16/32/64, uint8/16/32/64, float32/64).
         chunks: unused; accepted so every writer is opened alike.
         attrs: JSON-ready attributes with the geometry (``spacing``, ``origin``, ``direction``, ``affine``...).
-        clevel: gzip level 1-9 (0 or out of range: nibabel's default).
+        clevel: gzip level 1-9 (0 or out of range: 6, dcm2niix's default).
+
+    Raises:
+        InputError: nibabel is absent, a dtype NIfTI-1 cannot hold, or a volume without one slice step
+            (``uniform: false`` or no ``affine`` in ``attrs``).
     """
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  attrs: dict, clevel: int = 0):
         self.nib = require_nibabel("--format nifti")
+        if attrs.get("uniform") is False or attrs.get("affine") is None:
+            raise InputError(f"{path}: NIfTI holds one slice step and this volume has none (slices kept unevenly "
+                             "spaced, uniform: false): convert it with --uneven resample, or to zarr, hdf5 or npz")
         self.path = path
         self.stem = nifti_stem(path)
         if np.dtype(dtype) not in _NIFTI_DTYPES:
@@ -312,8 +316,6 @@ class NiftiVolumeWriter:
         """Write the file under a temporary name, then the sidecar, then rename the file; returns its size."""
         nib = self.nib
         geometry = Geometry.from_attrs(self.attrs)
-        if self.attrs.get("uniform") is False:
-            log.warning("%s: slices are unevenly spaced; NIfTI holds one step, the mean one", self.path)
         sidecar = self.attrs.get("sidecar")
         image = nib.Nifti1Image(to_nifti_order(self.image), dicom_affine_ras(geometry))
         image.set_data_dtype(self.image.dtype)
