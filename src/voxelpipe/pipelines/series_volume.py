@@ -309,7 +309,7 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
 
 def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> VolumeWriter:
     if task.fmt == Format.NIFTI:  # the JSON sidecar beside <key>.nii.gz: BIDS fields of the first file
-        attrs = dict(attrs, sidecar=nifti_sidecar(source))
+        attrs = dict(attrs, sidecar=nifti_sidecar(source or (task.paths[0] if task.paths else "")))
     return writer_for(task.fmt, task.store)(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
 
 
