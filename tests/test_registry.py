@@ -21,6 +21,8 @@ from voxelpipe.stores.writer import VolumeWriter, writer_for
     ("a/k.h5", Format.HDF5, None),
     ("a/k.hdf5", Format.HDF5, None),
     ("a/k.npz", Format.NPZ, None),
+    ("a/k.nii.gz", Format.NIFTI, None),
+    ("a/k.nii", Format.NIFTI, None),
 ])
 def test_suffixes_name_format_and_kind(name, fmt, kind):
     assert registry.volume_format(name) == fmt
@@ -38,6 +40,8 @@ def test_volume_suffix_and_path():
     assert registry.volume_suffix("zarr", "sqlite") == ".zarr.sqlite"
     assert registry.volume_suffix("hdf5", "sqlite") == ".h5"  # the kind only matters for Zarr
     assert registry.volume_suffix("npz") == ".npz"
+    assert registry.volume_suffix("nifti") == ".nii.gz"
+    assert registry.volume_suffix("nifti", nifti_gzip=False) == ".nii"
     assert registry.volume_path("out/data", "abc", "zarr", "zip") == "out/data/abc.zarr.zip"
     for bad in (("tiff", "dir"), ("zarr", "s3")):
         with pytest.raises(StoreError) as caught:
@@ -46,9 +50,9 @@ def test_volume_suffix_and_path():
 
 
 def test_unknown_names():
-    assert not registry.is_volume_path("a/k.nii.gz")
+    assert not registry.is_volume_path("a/k.mha")
     with pytest.raises(StoreError, match="not a voxelpipe volume"):
-        registry.volume_format("a/k.nii.gz")
+        registry.volume_format("a/k.mha")
 
 
 def test_subject_file_format():
@@ -64,7 +68,7 @@ def test_store_error_is_both_builtins():
 
 
 @pytest.mark.parametrize(("fmt", "kind"), [("zarr", "dir"), ("zarr", "zip"), ("zarr", "sqlite"), ("hdf5", "dir"),
-                                           ("npz", "dir")])
+                                           ("npz", "dir"), ("nifti", "dir")])
 def test_every_writer_round_trips(tmp_path, fmt, kind):
     rng = np.random.default_rng(7)
     data = rng.integers(-1000, 3000, size=(5, 6, 7), dtype=np.int16)

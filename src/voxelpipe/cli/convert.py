@@ -26,7 +26,7 @@ OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shard
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = add_command(subparsers, NAME, "convert DICOM series to volumes (Zarr, HDF5, NPZ) with geometry",
+    parser = add_command(subparsers, NAME, "convert DICOM series to volumes (Zarr, HDF5, NPZ, NIfTI) with geometry",
                          failed="some series failed (listed with the reason)")
     parser.add_argument("dirs", nargs="*", metavar="DIR", help="DICOM folders (scanned first); or use --manifest")
     parser.add_argument("--manifest", default=argparse.SUPPRESS, metavar="CSV",
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
                         help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
     parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
-                        help=with_default("Blosc zstd level 0-9", defaults.VOLUME_CLEVEL))
+                        help=with_default("Blosc zstd level 0-9 (NIfTI: gzip level, 0 = 6)", defaults.VOLUME_CLEVEL))
     parser.add_argument("--summary-suffix", default=argparse.SUPPRESS, metavar="S",
                         help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, "
                              "shardIIofNN for --shard-id)")

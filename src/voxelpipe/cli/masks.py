@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                      "one volume (--volume with --rtstruct or --seg), or every object of a scan "
                                      "(--manifest with --out).")
     parser.add_argument("--volume", default=argparse.SUPPRESS,
-                        help="a converted Zarr volume (OUT/data/<key>.zarr) (default none)")
+                        help="a converted Zarr volume (OUT/data/<key>.zarr) or NIfTI volume (OUT/data/<key>.nii.gz; "
+                             "masks go beside it as <key>_<mask>.nii.gz) (default none)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--rtstruct", default=argparse.SUPPRESS, help="RTSTRUCT file for --volume (default none)")
     source.add_argument("--seg", default=argparse.SUPPRESS, help="DICOM SEG file for --volume (default none)")

@@ -32,6 +32,7 @@ class Format(StrEnum):
 
     ZARR = "zarr"
     HDF5 = "hdf5"
+    NIFTI = "nifti"
     NPZ = "npz"
 
 

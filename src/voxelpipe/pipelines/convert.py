@@ -1,8 +1,9 @@
-"""`convert`: DICOM series → volumes (Zarr dir/zip/sqlite, HDF5, NPZ) with geometry; `aggregate` merges the
-summaries of shards.
+"""`convert`: DICOM series → volumes (Zarr dir/zip/sqlite, HDF5, NPZ, NIfTI) with geometry; `aggregate` merges
+the summaries of shards.
 
 OUT/
   data/<series_key>.zarr (.zarr.zip, .zarr.sqlite, .npz)   one volume per series (HDF5: volumes_<suffix>.h5)
+  data/<series_key>.nii.gz (.nii) + <series_key>.json      NIfTI: one volume per series and its BIDS sidecar
   meta/<series_key>.series.json, meta/<series_key>.slices.csv
   summary_<suffix>.csv / .json                             one row per series: status (done / skipped / failed),
                                                            reason, sizes, timing
@@ -39,6 +40,7 @@ from voxelpipe.execution import check_executor, default_workers, imap, init_work
 from voxelpipe.pipelines.scan import balance, scan
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
 from voxelpipe.stores.hdf5_store import keys_in, merge_into
+from voxelpipe.stores.nifti import require_nibabel
 from voxelpipe.stores.tables import read_csv, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
@@ -80,7 +82,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
     series already in the output, ``failed`` with the reason).
 
-    ``fmt``: a :class:`~voxelpipe.core.types.Format` word (zarr, hdf5, npz); ``store``: a
+    ``fmt``: a :class:`~voxelpipe.core.types.Format` word (zarr, hdf5, npz, nifti); ``store``: a
     :class:`~voxelpipe.core.types.StoreKind` word (Zarr only).
 
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
@@ -235,6 +237,10 @@ def _check_options(fmt: str, store: str, mode: str, shard_id: int | None, num_sh
         raise InputError(f"--chunks must be three positive integers Z,Y,X, got {chunks}")
     if not 0 <= clevel <= 9:
         raise InputError(f"--clevel must be 0..9, got {clevel}")
+    if fmt == Format.NIFTI:
+        if mode == "2d":
+            raise InputError("--format nifti writes one volume per series: use --mode 3d (2d writes zarr, hdf5, npz)")
+        require_nibabel("--format nifti")  # InputError naming the extra when nibabel is absent
     return fmt, store
 
 

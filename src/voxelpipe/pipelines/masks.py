@@ -1,4 +1,6 @@
-"""`masks`: rasterise RTSTRUCT and SEG objects onto converted volumes as ``masks/<name>`` uint8 arrays.
+"""`masks`: rasterise RTSTRUCT and SEG objects onto converted volumes as ``masks/<name>`` uint8 arrays (Zarr
+volumes) or ``<key>_<name>.nii.gz`` label files beside a NIfTI volume (``.nii`` beside a ``.nii``), with the
+volume's header geometry.
 
 Two forms::
 
@@ -7,8 +9,9 @@ Two forms::
 
 The manifest form takes every RTSTRUCT / SEG row of scan's ``objects.csv`` and puts it onto the volume of each
 series it references (``referenced_series_keys``) found as ``OUT/data/<key>.zarr`` (``.zarr.zip``,
-``.zarr.sqlite``). Objects are grouped by volume, one volume per task (so each volume has exactly one writer),
-tasks run in the process pool of :mod:`voxelpipe.execution.pool`; one bad object or volume never stops the batch.
+``.zarr.sqlite``, ``.nii.gz``, ``.nii``). Objects are grouped by volume, one volume per task (so each volume has
+exactly one writer), tasks run in the process pool of :mod:`voxelpipe.execution.pool`; one bad object or volume
+never stops the batch.
 
 Every ROI / segment gets a report row (``REPORT_COLUMNS``; status ``done`` for a mask written (``voxels`` 0 for
 an empty one), ``skipped`` for an ROI without a mask or an object without a volume, ``failed``; why in ``note``),
@@ -39,6 +42,8 @@ from voxelpipe.dicom.rtstruct import RTSTRUCT_SOP_CLASS, iter_rtstruct_masks
 from voxelpipe.dicom.seg import SEG_SOP_CLASSES, read_seg_masks
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
 from voxelpipe.stores.masks import write_masks
+from voxelpipe.stores.nifti import write_nifti_masks
+from voxelpipe.stores.registry import NIFTI_SUFFIXES
 from voxelpipe.stores.tables import read_csv, write_csv
 from voxelpipe.stores.volumes import open_volume
 from voxelpipe.stores.zarr_store import STORE_SUFFIXES
@@ -95,13 +100,14 @@ def report_rows(placed: Iterable[PlacedRoi], volume: str = "") -> list[dict]:
 
 def load_slice_uids(volume_path: str | os.PathLike) -> list[str] | None:
     """SOPInstanceUID of every slice index of a converted volume (``OUT/data/<key>.zarr``, ``.zarr.zip``,
-    ``.zarr.sqlite`` or ``.npz``), from ``OUT/meta/<key>.slices.csv``; None when that file is absent.
+    ``.zarr.sqlite``, ``.npz``, ``.nii.gz`` or ``.nii``), from ``OUT/meta/<key>.slices.csv``; None when that file
+    is absent.
 
     For a 4-D volume (repeated positions) the UIDs of the first frame (phase) are returned. A multi-frame
     source gives the same UID on several slices; such UIDs place nothing (ambiguous)."""
     path = os.fspath(volume_path).rstrip("/\\")
     folder, name = os.path.split(path)
-    suffixes = sorted((*STORE_SUFFIXES.values(), ".npz"), key=len, reverse=True)
+    suffixes = sorted((*STORE_SUFFIXES.values(), ".npz", *NIFTI_SUFFIXES), key=len, reverse=True)
     key = next((name[: -len(s)] for s in suffixes if name.endswith(s)), None)
     if not key:
         return None
@@ -128,9 +134,10 @@ def load_slice_uids(volume_path: str | os.PathLike) -> list[str] | None:
 
 
 def _check_zarr(path: str) -> None:
-    if not path.endswith(tuple(STORE_SUFFIXES.values())):
+    if not path.endswith((*STORE_SUFFIXES.values(), *NIFTI_SUFFIXES)):
         raise InputError(f"{path}: masks are stored in converted Zarr volumes ("
-                         f"{', '.join(STORE_SUFFIXES.values())}); convert with --format zarr")
+                         f"{', '.join(STORE_SUFFIXES.values())}) or beside NIfTI volumes "
+                         f"({', '.join(NIFTI_SUFFIXES)}); convert with --format zarr or nifti")
     if not os.path.exists(path):
         raise InputError(f"{path}: no such volume")
 
@@ -183,7 +190,9 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
         return _failed_rows(task, f"volume unusable: {exc}")
     geometry = volume.geometry
     frame_uid = str(volume.attrs.get("frame_of_reference_uid", "") or "")
-    volume.array.store.close()  # only the geometry is needed; write_masks may replace the store file
+    if hasattr(volume.array, "store"):
+        volume.array.store.close()  # only the geometry is needed; write_masks may replace the store file
+    write = write_nifti_masks if task.volume.endswith(NIFTI_SUFFIXES) else write_masks
     taken: set[str] = set()
     pending: list[tuple[Mask, dict]] = []
 
@@ -191,7 +200,7 @@ def masks_for_volume(task: VolumeTask) -> list[dict]:
         if not pending:
             return
         try:
-            write_masks(task.volume, [m for m, _ in pending])
+            write(task.volume, [m for m, _ in pending])
         except (VoxelpipeError, OSError, ValueError) as exc:
             log.warning("masks: writing %d mask(s) into %s failed: %s", len(pending), task.volume, exc)
             for _, row in pending:
@@ -282,7 +291,7 @@ def object_kind(row: dict) -> str:
 
 
 def find_volume(out: str, key: str) -> str | None:
-    for suffix in STORE_SUFFIXES.values():
+    for suffix in (*STORE_SUFFIXES.values(), *NIFTI_SUFFIXES):
         path = os.path.join(out, "data", key + suffix)
         if os.path.exists(path):
             return path
@@ -314,8 +323,10 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
             if volume is None:
                 other = [p for p in (os.path.join(out, "data", key + s) for s in (".npz", ".h5")) if os.path.exists(p)]
                 rows.append(skipped_row(object_row("", source, kind),
-                                        f"series {key} has no converted Zarr volume in {os.path.join(out, 'data')}"
-                                        + (f" (found {os.path.basename(other[0])}: masks need Zarr)" if other else ""),
+                                        f"series {key} has no converted Zarr or NIfTI volume in "
+                                        f"{os.path.join(out, 'data')}"
+                                        + (f" (found {os.path.basename(other[0])}: masks need Zarr or NIfTI)"
+                                           if other else ""),
                                         key="note"))
                 continue
             task = tasks.setdefault(volume, VolumeTask(volume, [], list(rois) if rois else None))

@@ -35,7 +35,8 @@ INSTANCE_COLUMNS = ["series_key", "instance_key", "sop_instance_uid", "instance_
 def volume_path(task) -> str:
     """Final output path of a series task (``SeriesTask``: 3-D volume or 2-D instances; the HDF5 per-series
     file is merged into the run file afterwards)."""
-    return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store)
+    return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store,
+                                getattr(task, "nifti_gzip", True))
 
 
 def convert_instances(task) -> dict:

@@ -25,6 +25,7 @@ from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, 
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
 from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.dicom.bids import read_bids_sidecar
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.philips import applied_pair, is_philips
@@ -340,8 +341,17 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
     return attrs
 
 
-def _writer(task: SeriesTask, shape, dtype, chunks, attrs) -> VolumeWriter:
+def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> VolumeWriter:
+    if task.fmt == Format.NIFTI:  # the JSON sidecar beside <key>.nii.gz: BIDS fields of the first file
+        attrs = dict(attrs, sidecar=nifti_sidecar(source or (task.paths[0] if task.paths else "")))
     return writer_for(task.fmt, task.store)(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
+
+
+def nifti_sidecar(path: str) -> dict:
+    """The BIDS JSON sidecar of a NIfTI volume from the DICOM file ``path`` (dcm2niix's field names, seconds);
+    only the conversion software fields when ``path`` is ''."""
+    fields = read_bids_sidecar(path) if path else {}
+    return {**fields, "ConversionSoftware": "voxelpipe", "ConversionSoftwareVersion": __version__}
 
 
 def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -359,7 +369,7 @@ def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: 
     raw = np.empty((depth, fmt.rows, fmt.columns), dtype=fmt.stored_dtype)
     out = np.empty((depth, fmt.rows, fmt.columns), dtype=dtype)
     attrs = dict(attrs, dtype=str(dtype))
-    writer: VolumeWriter = _writer(task, shape, dtype, chunks, attrs)
+    writer: VolumeWriter = _writer(task, shape, dtype, chunks, attrs, ordered[0].record.path)
     n_slices = shape[-3]
     try:
         for t in range(n_frames):

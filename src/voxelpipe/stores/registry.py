@@ -7,6 +7,7 @@ Converted volumes::
     <key>.zarr.sqlite   Format.ZARR, StoreKind.SQLITE   an SQLite file (voxelpipe's SqliteStore)
     <key>.h5            Format.HDF5                     an HDF5 file (``.hdf5`` is read too)
     <key>.npz           Format.NPZ                      a numpy zip archive
+    <key>.nii.gz        Format.NIFTI                    a gzipped NIfTI-1 file (``.nii`` with ``nifti_gzip`` off)
 
 Subject files of the PET/CT app (``voxelpipe.stores.subject_store``) are HDF5 (``.h5`` / ``.hdf5``) or a Zarr
 folder (``.zarr``); :func:`subject_file_format` names their format.
@@ -22,6 +23,7 @@ from voxelpipe.core.types import Format, StoreKind
 
 __all__ = [
     "HDF5_SUFFIXES",
+    "NIFTI_SUFFIXES",
     "NPZ_SUFFIX",
     "STORE_SUFFIXES",
     "SUBJECT_SUFFIXES",
@@ -45,13 +47,15 @@ STORE_SUFFIXES: dict[StoreKind, str] = {
 ZARR_SUFFIXES: tuple[str, ...] = tuple(STORE_SUFFIXES.values())
 HDF5_SUFFIXES: tuple[str, ...] = (".h5", ".hdf5")
 NPZ_SUFFIX = ".npz"
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")  # gzipped first (the default)
 
 VOLUME_SUFFIXES: dict[str, tuple[Format, StoreKind | None]] = {
     **{suffix: (Format.ZARR, kind) for kind, suffix in STORE_SUFFIXES.items()},
     **{suffix: (Format.HDF5, None) for suffix in HDF5_SUFFIXES},
     NPZ_SUFFIX: (Format.NPZ, None),
+    **{suffix: (Format.NIFTI, None) for suffix in NIFTI_SUFFIXES},
 }
-"""Every volume suffix with its format and, for Zarr, its store kind (None for HDF5 and NPZ)."""
+"""Every volume suffix with its format and, for Zarr, its store kind (None for HDF5, NPZ and NIfTI)."""
 
 SUBJECT_SUFFIXES: dict[str, Format] = {".h5": Format.HDF5, ".hdf5": Format.HDF5, ".zarr": Format.ZARR}
 """Suffixes of PET/CT subject files and their format."""
@@ -66,7 +70,7 @@ def _match(path: str | os.PathLike) -> str | None:
 
 
 def is_volume_path(path: str | os.PathLike) -> bool:
-    """True when ``path`` ends in a volume suffix (Zarr store, HDF5 or NPZ)."""
+    """True when ``path`` ends in a volume suffix (Zarr store, HDF5, NPZ or NIfTI)."""
     return _match(path) is not None
 
 
@@ -97,8 +101,9 @@ def store_kind(path: str | os.PathLike) -> StoreKind:
     return kind
 
 
-def volume_suffix(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> str:
-    """The file suffix of a volume written as ``fmt`` (``kind`` picks the Zarr store; ignored otherwise).
+def volume_suffix(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR, nifti_gzip: bool = True) -> str:
+    """The file suffix of a volume written as ``fmt`` (``kind`` picks the Zarr store; ``nifti_gzip`` picks
+    ``.nii.gz`` or ``.nii`` for NIfTI; each is ignored otherwise).
 
     Raises:
         StoreError: unknown format or store kind.
@@ -110,12 +115,16 @@ def volume_suffix(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> s
     except ValueError:
         raise StoreError(f"unknown volume format '{fmt}' / store kind '{kind}'; choose format "
                          f"{', '.join(Format)} and store {', '.join(StoreKind)}") from None
+    if fmt is Format.NIFTI:
+        return NIFTI_SUFFIXES[0] if nifti_gzip else NIFTI_SUFFIXES[1]
     return HDF5_SUFFIXES[0] if fmt is Format.HDF5 else NPZ_SUFFIX
 
 
-def volume_path(folder: str | os.PathLike, key: str, fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> str:
-    """``<folder>/<key><suffix>``: where a volume of series ``key`` is written as ``fmt`` (and ``kind``)."""
-    return os.path.join(os.fspath(folder), key + volume_suffix(fmt, kind))
+def volume_path(folder: str | os.PathLike, key: str, fmt: Format | str, kind: StoreKind | str = StoreKind.DIR,
+                nifti_gzip: bool = True) -> str:
+    """``<folder>/<key><suffix>``: where a volume of series ``key`` is written as ``fmt`` (and ``kind``, or
+    ``nifti_gzip``)."""
+    return os.path.join(os.fspath(folder), key + volume_suffix(fmt, kind, nifti_gzip))
 
 
 def subject_file_format(path: str | os.PathLike) -> Format:

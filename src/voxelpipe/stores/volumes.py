@@ -12,14 +12,17 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.stores.hdf5_store import read_attrs
-from voxelpipe.stores.registry import HDF5_SUFFIXES, NPZ_SUFFIX, store_kind
+from voxelpipe.stores.nifti import read_nifti_volume
+from voxelpipe.stores.registry import HDF5_SUFFIXES, NIFTI_SUFFIXES, NPZ_SUFFIX, store_kind
 from voxelpipe.stores.writer import VolumeWriter
 from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_volume_group
 
 
 def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
-    """Open a converted volume: ``<key>.zarr`` / ``.zarr.zip`` / ``.zarr.sqlite``, ``<key>.npz``, or a run's
-    ``.h5`` file with ``key`` naming the dataset. The array is read lazily (zarr, h5py).
+    """Open a converted volume: ``<key>.zarr`` / ``.zarr.zip`` / ``.zarr.sqlite``, ``<key>.npz``, a run's
+    ``.h5`` file with ``key`` naming the dataset, or ``<key>.nii.gz`` / ``.nii`` (nibabel, read into memory
+    and put back in (slice, row, column) order: see :func:`voxelpipe.stores.nifti.read_nifti_volume`). The
+    array is read lazily (zarr, h5py).
 
     Returns:
         A Volume: array (slice, row, column) or (frame, slice, row, column), geometry in LPS mm from the attrs.
@@ -31,6 +34,8 @@ def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such volume")
+    if path.endswith(NIFTI_SUFFIXES):
+        return read_nifti_volume(path)
     if path.endswith(NPZ_SUFFIX):
         with np.load(path) as data:
             attrs = json.loads(str(data["attrs_json"]))

@@ -3,8 +3,8 @@
 A writer receives a volume slab by slab (or block by block for 4-D volumes), can read back what it wrote, and
 publishes the volume under its final name only in :meth:`VolumeWriter.finish`; :meth:`VolumeWriter.abort` leaves
 nothing behind. :class:`~voxelpipe.stores.zarr_store.ZarrVolumeWriter`,
-:class:`~voxelpipe.stores.hdf5_store.Hdf5VolumeWriter` and :class:`~voxelpipe.stores.npz_store.NpzVolumeWriter`
-implement it.
+:class:`~voxelpipe.stores.hdf5_store.Hdf5VolumeWriter`, :class:`~voxelpipe.stores.npz_store.NpzVolumeWriter` and
+:class:`~voxelpipe.stores.nifti.NiftiVolumeWriter` implement it.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 from voxelpipe.core.errors import StoreError
 from voxelpipe.core.types import Format, StoreKind
 from voxelpipe.stores.hdf5_store import Hdf5VolumeWriter
+from voxelpipe.stores.nifti import NiftiVolumeWriter
 from voxelpipe.stores.npz_store import NpzVolumeWriter
 from voxelpipe.stores.zarr_store import ZarrVolumeWriter
 
@@ -73,11 +74,12 @@ def _npz_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tupl
 
 
 def writer_for(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> WriterFactory:
-    """The writer of output format ``fmt`` (Zarr in store ``kind``; ``kind`` is ignored for HDF5 and NPZ).
+    """The writer of output format ``fmt`` (Zarr in store ``kind``; ``kind`` is ignored for HDF5, NPZ, NIfTI).
 
     Call the result as ``factory(path, shape, dtype, chunks, attrs, clevel)``: ``shape`` and ``chunks`` in array
     axis order (slice, row, column) or (frame, slice, row, column), ``attrs`` JSON-ready, ``clevel`` the
-    compression level (Zarr Blosc zstd, HDF5 gzip; NPZ is stored uncompressed).
+    compression level (Zarr Blosc zstd, HDF5 gzip, NIfTI gzip when the path ends in ``.nii.gz``; NPZ is stored
+    uncompressed).
 
     Raises:
         StoreError: unknown format or store kind.
@@ -89,7 +91,14 @@ def writer_for(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR) -> Writ
     except ValueError:
         raise StoreError(f"unknown format '{fmt}' / store kind '{kind}'; choose format {', '.join(Format)} and "
                          f"store {', '.join(StoreKind)}") from None
+    if fmt is Format.NIFTI:
+        return _nifti_writer
     return Hdf5VolumeWriter if fmt is Format.HDF5 else _npz_writer
+
+
+def _nifti_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], attrs: dict,
+                  clevel: int) -> VolumeWriter:
+    return NiftiVolumeWriter(path, shape, dtype, chunks, attrs, clevel=clevel)
 
 
 def _zarr_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], attrs: dict,
