@@ -32,7 +32,7 @@ TAGS = {
     "RescaleIntercept": 0x00281052, "PixelSpacing": 0x00280030, "SamplesPerPixel": 0x00280002,
     "BitsAllocated": 0x00280100, "PixelRepresentation": 0x00280103, "EchoNumbers": 0x00180086,
     "TriggerTime": 0x00181060, "TemporalPositionIdentifier": 0x00200100, "AcquisitionNumber": 0x00200012,
-    "ReferencedSOPInstanceUID": 0x00081155,
+    "ReferencedSOPInstanceUID": 0x00081155, "GantryDetectorTilt": 0x00181120,
 }
 COLUMN = {name: column_name(tag) for name, tag in TAGS.items()}
 # Tags whose values tell frames at one position apart (cine phases, echoes, dynamics).
@@ -85,6 +85,7 @@ class FileRecord:
     phase: dict[str, str] = field(default_factory=dict)
     referenced_series_uids: list[str] = field(default_factory=list)
     referenced_instance_uids: list[str] = field(default_factory=list)
+    gantry_tilt: str = ""  # GantryDetectorTilt (0018,1120) as written (degrees), "" when absent
 
 
 def cell_values(text: str) -> list[str]:
@@ -207,6 +208,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.is_localizer = bool(LOCALIZER_TYPES.intersection(record.image_type.upper().split("\\")))
     record.pixel_spacing = _pixel_spacing_text(row)
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
+    record.gantry_tilt = cell_values(row.get(COLUMN["GantryDetectorTilt"], ""))[0].strip()
     _check_pixel_length(header, row, record)
     try:
         record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)
