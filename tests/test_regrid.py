@@ -15,7 +15,10 @@ import pydicom
 import pytest
 from scipy.ndimage import map_coordinates
 
+from voxelpipe.apps.report.checks import is_flagged, regrid_flagged, series_checks
 from voxelpipe.core.types import Status
+from voxelpipe.ops.projection import aligned_for_projection, project
+from voxelpipe.ops.regrid import is_sheared
 from voxelpipe.pipelines.convert import convert
 from voxelpipe.pipelines.scan import scan
 from voxelpipe.pipelines.transform import project_volumes, resample_volumes
@@ -202,6 +205,26 @@ def test_resample_and_project_accept_a_sheared_volume(tilted, tmp_path):
     assert rows[0]["status"] == Status.DONE, rows[0]["reason"]
 
 
+def test_project_of_a_sheared_volume_sees_the_field(tilted, tmp_path):
+    """About L at 0° the rays run inferior -> superior, one ray per (row, column) of the aligned grid: the
+    projection of the kept, sheared volume is the max of the field along those rays inside the scanned slab."""
+    folder, _ = tilted
+    volume = open_volume(convert_one(folder, tmp_path / "out", tilt="keep")["path"])
+    aligned, _ = aligned_for_projection(volume)
+    g = aligned.geometry
+    assert volume.geometry.sheared and is_sheared(volume.geometry) and not is_sheared(g)
+    permutation = np.abs(g.direction)  # every array axis along one patient axis
+    np.testing.assert_array_equal(np.sort(permutation, axis=0), [[0, 0, 0], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(permutation.sum(axis=1), [1, 1, 1])
+    data = np.asarray(aligned.array, dtype=np.float64)
+    truth = field_at(g)
+    inside = data > data.min()
+    assert np.median(np.abs(data - truth)[inside]) < 1.0
+    result = project(volume, [0.0], axis="L")
+    assert np.all(np.isfinite(result.images))
+    assert result.images.max() == pytest.approx(data.max(), abs=1.0)
+
+
 def test_corrected_nifti_opens_in_simpleitk(tilted, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     folder, _ = tilted
@@ -316,3 +339,22 @@ def test_missing_and_irregular_steps(tmp_path, positions, missing, irregular):
     row = scan([str(folder)]).series[0]
     assert int(row["missing_slices"]) == missing
     assert int(row["irregular_steps"]) == irregular
+
+
+def test_report_flags_uneven_and_tilted_series(tmp_path):
+    write_uneven_series(tmp_path / "uneven", UNEVEN_Z, rows=8, columns=8)
+    write_tilted_series(tmp_path / "tilted", -15.0, n_slices=5, rows=8, columns=8)
+    rows = scan([str(tmp_path)]).series
+    assert len(rows) == 2
+    for row in rows:
+        assert is_flagged(row)
+        verdicts = {column: verdict for column, _, verdict, _ in series_checks(row)}
+        if int(row["irregular_steps"]):
+            assert verdicts["irregular_steps"] == "flag" and verdicts["missing_slices"] == "flag"
+        else:
+            assert float(row["gantry_tilt_deg"]) < 0 and verdicts["gantry_tilt_deg"] == "flag"
+    # the convert summary alone flags them too (regridded, or kept uneven / sheared)
+    assert regrid_flagged({"regrid": "tilt -15 deg corrected", "uniform": "True", "sheared": "False"})
+    assert regrid_flagged({"regrid": "", "uniform": "False", "sheared": "False"})
+    assert regrid_flagged({"regrid": "", "uniform": "True", "sheared": "True"})
+    assert not regrid_flagged({"regrid": "", "uniform": "True", "sheared": "False"})

@@ -142,6 +142,13 @@ class Geometry:
         return -normal if float(normal @ self.direction[:, 0]) < 0 else normal
 
     @property
+    def slice_axis(self) -> np.ndarray:
+        """LPS direction in which slice origins advance along axis 0 (any length): affine column 0, or direction
+        column 0 when the slices are unevenly spaced (``uniform`` False: no affine step)."""
+        column = self.affine[:3, 0]
+        return column if np.all(np.isfinite(column)) else self.direction[:, 0]
+
+    @property
     def affine_ras(self) -> np.ndarray:
         """The affine mapping index → RAS mm (x and y negated), as NIfTI tools use."""
         return LPS_TO_RAS @ self.affine
@@ -176,6 +183,21 @@ class Geometry:
     def __repr__(self) -> str:
         return (f"Geometry(shape={self.shape}, spacing={np.round(self.spacing, 4).tolist()}, "
                 f"origin={np.round(self.origin, 3).tolist()})")
+
+
+def mean_step_geometry(geometry: Geometry) -> Geometry:
+    """``geometry`` with the mean step between its slice positions as a uniform step along direction column 0
+    (for display of unevenly spaced slices; positions in between are approximate, first and last exact)."""
+    positions = np.asarray(geometry.slice_positions, dtype=np.float64)
+    n = len(positions)
+    step = float(positions[-1] - positions[0]) / (n - 1) if n > 1 else 1.0
+    axis = geometry.direction[:, 0] * (step / float(geometry.direction[:, 0] @ geometry.plane_normal))
+    affine = np.array(geometry.affine, dtype=np.float64)
+    affine[:3, 0] = axis
+    spacing = np.array(geometry.spacing, dtype=np.float64)
+    spacing[0] = float(np.linalg.norm(axis))
+    return Geometry(geometry.shape, spacing, geometry.origin, geometry.direction, positions, affine,
+                    sheared=geometry.sheared)
 
 
 def geometry_from_slices(ipps: np.ndarray, iop: Sequence[float], pixel_spacing: Sequence[float],

@@ -355,7 +355,7 @@ def assign_slices(low: np.ndarray, high: np.ndarray, geometry: Geometry) -> np.n
 def _slice_origins(geometry: Geometry) -> np.ndarray:
     """LPS origin of every slice: the first slice's origin moved along the affine's slice axis to the slice's
     position along the normal (exact for uneven spacing and for gantry shear)."""
-    axis = geometry.affine[:3, 0]
+    axis = geometry.slice_axis
     normal = geometry.plane_normal
     along = float(axis @ normal)
     positions = np.asarray(geometry.slice_positions, dtype=np.float64)

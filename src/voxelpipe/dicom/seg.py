@@ -426,7 +426,7 @@ def _place_frames(path: str, per_frame, shared, geometry: Geometry, slice_uids: 
     gap_above = np.concatenate([gaps, gaps[-1:]])
     gap_below = np.concatenate([gaps[:1], gaps])
     # origin of slice k = origin + (p_k - p_0) * step / (step . normal): follows gantry tilt (sheared affine)
-    step = geometry.affine[:3, 0]
+    step = geometry.slice_axis
     along = float(step @ normal)
     per_mm = step / along if abs(along) > 1e-9 else normal
     uid_index: dict[str, int] = {}

@@ -23,7 +23,6 @@ from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import done_row, failed_row
 from voxelpipe.core.volume import Volume
 from voxelpipe.ops.projection import project
-from voxelpipe.ops.regrid import axis_aligned_geometry
 from voxelpipe.ops.reorient import reorient
 from voxelpipe.ops.resample import resample, resample_to
 from voxelpipe.stores.masks import open_masks
@@ -115,29 +114,17 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = d
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
     (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max). A volume
-    kept sheared (``convert --tilt keep``) is first resampled onto a patient-axis aligned grid."""
+    kept sheared (``convert --tilt keep``) is projected from a patient-axis aligned copy (``project`` does it)."""
     def one(path: str, target: str):
         volume = open_volume(path)
         if np.asarray(volume.array).ndim != 3:
             raise InputError(f"{path}: projections need a 3-D volume, got shape {volume.shape}")
         masks = _masks(path) if with_masks else {}
-        if volume.geometry.sheared or volume.attrs.get("sheared") is True:
-            volume, masks = _axis_aligned(volume, masks)
         result = project(volume, angles, axis=axis, kind=kind, mask=next(iter(masks.values()), None))
         _write_projections(target, result, masks, volume, angles, axis, kind)
         return result.images.shape, result.pixel_spacing
 
     return _for_each_volume(find_volumes(source, key), out, "project", one, progress)
-
-
-def _axis_aligned(volume: Volume, masks: dict[str, np.ndarray]) -> tuple[Volume, dict[str, np.ndarray]]:
-    """A gantry-tilted volume kept sheared (``sheared: true``), and its masks, resampled onto a patient-axis
-    aligned grid (``axis_aligned_geometry``; linear for the image, ``label`` for masks) so it can be projected
-    about a patient axis."""
-    grid = axis_aligned_geometry(volume.geometry)
-    aligned = resample_to(volume, grid, order="linear", fill=float(np.min(np.asarray(volume.array))))
-    return aligned, {name: np.asarray(resample_to(Volume(mask, volume.geometry), grid, order="label").array)
-                     for name, mask in masks.items()}
 
 
 def _masks(path: str) -> dict[str, np.ndarray]:

@@ -56,9 +56,19 @@ def series_checks(row: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def regrid_flagged(summary_row: dict | None) -> bool:
+    """True when a convert summary row says the series was uneven or tilted: regridded (``regrid`` set), kept
+    unevenly spaced (``uniform`` False) or kept sheared (``sheared`` True)."""
+    if not summary_row:
+        return False
+    return bool(summary_row.get("regrid")) or str(summary_row.get("uniform")) == "False" \
+        or str(summary_row.get("sheared")) == "True"
+
+
 def is_flagged(row: dict | None) -> bool:
     """True when a check of the manifest row ``row`` says ``flag``; False for None or an empty row."""
     return bool(row) and any(verdict == "flag" for _, _, verdict, _ in series_checks(row))
 
 
-__all__ = ["GANTRY_TILT_TOLERANCE_DEG", "SPACING_TOLERANCE_MM", "is_flagged", "number", "series_checks"]
+__all__ = ["GANTRY_TILT_TOLERANCE_DEG", "SPACING_TOLERANCE_MM", "is_flagged", "number", "regrid_flagged",
+           "series_checks"]
