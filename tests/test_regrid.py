@@ -27,6 +27,8 @@ from voxelpipe.stores.volumes import open_volume
 from voxelpipe.testing.scanner_series import (
     slice_points,
     smooth_hu,
+    tilted_positions,
+    write_slices,
     write_tilted_series,
     write_uneven_series,
 )
@@ -358,3 +360,23 @@ def test_report_flags_uneven_and_tilted_series(tmp_path):
     assert regrid_flagged({"regrid": "", "uniform": "False", "sheared": "False"})
     assert regrid_flagged({"regrid": "", "uniform": "True", "sheared": "True"})
     assert not regrid_flagged({"regrid": "", "uniform": "True", "sheared": "False"})
+
+
+def test_tilted_and_uneven_are_regridded_in_one_pass(tmp_path):
+    ipps, iop = tilted_positions(10.0, 12, 2.0)
+    ipps = ipps[[0, 1, 2, 3, 5, 6, 7, 8, 9, 11]]  # steps of 2 and 4 mm along the table
+    ipps[4:] += [0.0, 0.0, 0.7]  # and one irregular step
+    write_slices(tmp_path / "dicom", ipps, iop)
+    row = convert_one(tmp_path / "dicom", tmp_path / "out")
+    assert row["status"] == Status.DONE, row["reason"]
+    assert row["regrid"].startswith("even grid") and "tilt 10 deg corrected" in row["regrid"]
+    volume = open_volume(row["path"])
+    g = volume.geometry
+    assert g.uniform and not g.sheared
+    np.testing.assert_allclose(g.direction.T @ g.direction, np.eye(3), atol=1e-9)
+    normal = g.direction[:, 0]
+    assert g.slice_positions[0] == pytest.approx(ipps[0] @ normal, abs=GEOMETRY_TOL_MM)
+    assert g.slice_positions[-1] == pytest.approx(ipps[-1] @ normal, abs=GEOMETRY_TOL_MM)
+    data = np.asarray(volume.array[...], dtype=np.float64)
+    covered = data > data.min()
+    assert np.median(np.abs(data - field_at(g))[covered]) < 2.0
