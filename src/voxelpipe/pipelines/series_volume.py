@@ -5,6 +5,11 @@ Repeated positions (cine phases, echoes, dynamics): when every position holds th
 images, the volume is 4-D ``(frame, slice, row, column)`` with frames ordered by the tag that varies
 (``frame_tag`` in the attrs); other irregular repeats fail the series with the reason. Exact duplicate files
 (same SOPInstanceUID) are dropped and counted.
+
+Uneven slice steps and gantry tilt (``convert --uneven`` / ``--tilt``, decided by ``series_regrid.decide``): a
+series kept as acquired streams as above with a geometry that says so (``uniform: false`` / ``sheared: true``); a
+series to regrid is decoded whole, verified, regridded (float32) and written in one piece. Plain series take
+the streaming path unchanged.
 """
 from __future__ import annotations
 
