@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.core.geometry import Geometry, slice_normal
+from voxelpipe.core.geometry import Geometry, Steps, slice_normal
 from voxelpipe.kernels.regrid import regrid_slices
 
 __all__ = ["RegridPlan", "axis_aligned_geometry", "even_steps", "is_sheared", "plan_regrid", "regrid",
@@ -97,8 +97,7 @@ def plan_regrid(ipps: np.ndarray, iop: Sequence[float], pixel_spacing: Sequence[
         targets = positions
         lower = np.arange(n, dtype=np.int64)
         weight = np.zeros(n)
-        steps = np.diff(positions)
-        uniform = bool(np.all(np.abs(steps - step) <= max(0.01, 0.01 * step)))
+        uniform = not Steps(positions).needs_even_grid
     origin = origin + (targets[0] - positions[0]) * normal
     direction = np.column_stack([normal, col_cos, row_cos])
     spacing = [step if uniform else np.nan, dr, dc]

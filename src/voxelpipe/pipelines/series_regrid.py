@@ -60,13 +60,14 @@ def decide(ipps: np.ndarray, iop: Sequence[float], pixel_spacing: Sequence[float
     steps = Steps(ipps @ normal)
     angle = signed_tilt_degrees(ipps[0], ipps[-1], iop)
     tilted = abs(angle) > TILT_TOLERANCE_DEG
-    if not steps.uneven and not tilted:
+    uneven_steps = steps.needs_even_grid
+    if not uneven_steps and not tilted:
         return GeometryDecision(geometry, row=row)
     attrs: dict = {"slice_steps": steps.describe(), "gantry_tilt_deg": round(angle, 4)}
-    if steps.uneven and uneven == UnevenPolicy.FAIL:
+    if uneven_steps and uneven == UnevenPolicy.FAIL:
         raise InputError(f"uneven slice spacing (steps {steps.describe()}; regular step {steps.regular:g} mm) "
                          "and --uneven fail: no volume written")
-    resample = steps.uneven and uneven == UnevenPolicy.RESAMPLE
+    resample = uneven_steps and uneven == UnevenPolicy.RESAMPLE
     straighten = tilted and tilt == TiltPolicy.CORRECT
     if resample and tilted and not straighten:
         raise InputError(f"uneven slice spacing (steps {steps.describe()}) in a gantry-tilted series "
@@ -85,7 +86,7 @@ def decide(ipps: np.ndarray, iop: Sequence[float], pixel_spacing: Sequence[float
                            "source_shape": [n, rows, columns], "interpolation": "linear",
                            "fill": "minimum of the stack"}
         return GeometryDecision(plan.geometry, plan, attrs, row)
-    kept = _kept_geometry(ipps, normal, geometry, uniform=not steps.uneven, sheared=tilted)
+    kept = _kept_geometry(ipps, normal, geometry, uniform=not uneven_steps, sheared=tilted)
     row.update(uniform=kept.uniform, sheared=kept.sheared)
     if tilted:
         attrs["slice_normal"] = normal.tolist()
