@@ -48,7 +48,9 @@ def masks_of(volume: str) -> dict[str, tuple[np.ndarray, dict]]:
 
 
 def converted(folder: Path, out: Path, store: str = "dir") -> str:
-    summary = voxelpipe.convert([str(folder)], out=str(out), store=store, workers=1, progress=False)
+    """The one volume of ``folder``; uneven and tilted slices kept as acquired (the cases place masks on them)."""
+    summary = voxelpipe.convert([str(folder)], out=str(out), store=store, workers=1, progress=False,
+                                uneven="keep", tilt="keep")
     paths = [r["path"] for r in summary if r["status"] == "done"]
     assert len(paths) == 1, summary
     return paths[0]
@@ -171,7 +173,7 @@ def test_manifest_form_puts_every_object_on_its_volume(cases, tmp_path, capsys, 
     study = cases["even"].folder.parent  # even/, uneven/ (each with its RTSTRUCT), two more RTSTRUCTs
     voxelpipe.scan(str(study), out=str(tmp_path / "scan"), workers=1, progress=False)
     summary = voxelpipe.convert(manifest=str(tmp_path / "scan" / "series_all.csv"), out=str(tmp_path / "out"),
-                                workers=1, progress=False)
+                                workers=1, progress=False, uneven="keep")
     assert [r["status"] for r in summary] == ["done", "done"]
     # two volumes: two tasks in the process pool
     assert main(["--no-progress", "masks", "--manifest", str(tmp_path / "scan"), "--out", str(tmp_path / "out"),

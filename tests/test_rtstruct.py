@@ -333,8 +333,10 @@ def build_cases(root: Path) -> dict[str, Case]:
 
 
 def convert_case(case: Case, out: Path, store: str = "dir") -> str:
-    """Convert the case's folder (its one series; the structure set in it is an object); returns the volume."""
-    summary = voxelpipe.convert([str(case.folder)], out=str(out), store=store, workers=1, progress=False)
+    """Convert the case's folder (its one series; the structure set in it is an object); returns the volume.
+    Uneven and tilted slices are kept as acquired (the placement rules under test work on the kept grid)."""
+    summary = voxelpipe.convert([str(case.folder)], out=str(out), store=store, workers=1, progress=False,
+                                uneven="keep", tilt="keep")
     rows = [r for r in summary if r["status"] == "done"]
     assert len(rows) == 1, summary
     return rows[0]["path"]

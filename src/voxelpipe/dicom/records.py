@@ -36,7 +36,7 @@ TAGS = {
     "RescaleIntercept": 0x00281052, "PixelSpacing": 0x00280030, "SamplesPerPixel": 0x00280002,
     "BitsAllocated": 0x00280100, "PixelRepresentation": 0x00280103, "EchoNumbers": 0x00180086,
     "TriggerTime": 0x00181060, "TemporalPositionIdentifier": 0x00200100, "AcquisitionNumber": 0x00200012,
-    "ReferencedSOPInstanceUID": 0x00081155,
+    "ReferencedSOPInstanceUID": 0x00081155, "GantryDetectorTilt": 0x00181120,
 }
 COLUMN = {name: column_name(tag) for name, tag in TAGS.items()}
 # Tags whose values tell frames at one position apart (cine phases, echoes, dynamics).
@@ -95,6 +95,7 @@ class FileRecord:
     referenced_series_uids: list[str] = field(default_factory=list)
     referenced_instance_uids: list[str] = field(default_factory=list)
     mosaic: MosaicInfo | None = None  # Siemens MOSAIC: rows/columns/frames/slices are then the tiles'
+    gantry_tilt: str = ""  # GantryDetectorTilt (0018,1120) as written (degrees), "" when absent
 
 
 def cell_values(text: str) -> list[str]:
@@ -230,6 +231,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.phase = {name: row[COLUMN[name]] for name in PHASE_TAGS if row.get(COLUMN[name])}
     record.manufacturer = row.get(column_name(MANUFACTURER_TAG), "")
     record.scale_slope, record.scale_intercept = scale_tags(row)
+    record.gantry_tilt = cell_values(row.get(COLUMN["GantryDetectorTilt"], ""))[0].strip()
     _check_pixel_length(header, row, record)
     try:
         record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)

@@ -8,7 +8,7 @@ same one ROI at a time (one mask in memory at a time).
 
 The slice-assignment rule (the contour's ContourImageSequence is never used; it often points at another series):
 
-* a contour's position is where its points lie along the slice normal ``geometry.direction[:, 0]``;
+* a contour's position is where its points lie along the slice normal ``geometry.plane_normal``;
 * slice ``k`` (at ``geometry.slice_positions[k]``) owns the positions within half the local step on each side:
   down to the midpoint with slice ``k-1`` and up to the midpoint with slice ``k+1`` (the end slices use their
   one neighbouring step, a single slice ``spacing[0]``), so uneven spacing works; at an exact midpoint the lower
@@ -355,8 +355,8 @@ def assign_slices(low: np.ndarray, high: np.ndarray, geometry: Geometry) -> np.n
 def _slice_origins(geometry: Geometry) -> np.ndarray:
     """LPS origin of every slice: the first slice's origin moved along the affine's slice axis to the slice's
     position along the normal (exact for uneven spacing and for gantry shear)."""
-    axis = geometry.affine[:3, 0]
-    normal = geometry.direction[:, 0]
+    axis = geometry.slice_axis
+    normal = geometry.plane_normal
     along = float(axis @ normal)
     positions = np.asarray(geometry.slice_positions, dtype=np.float64)
     if abs(along) < 1e-12:
@@ -416,7 +416,7 @@ def _plan_roi(roi: Roi, geometry: Geometry) -> _RoiRaster:
     if not usable.any():
         return _RoiRaster([], np.zeros(0, np.int64), 0, 0, skipped, notes, np.zeros(0, np.int64))
 
-    normal = geometry.direction[:, 0]
+    normal = geometry.plane_normal
     along = roi.points @ normal  # position of every point along the slice normal
     starts = roi.offsets[:-1]
     nonempty = sizes > 0

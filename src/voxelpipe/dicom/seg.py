@@ -13,7 +13,7 @@ Supported forms (pixel data decoded by pydicom, frame by frame):
   asked for by name.
 
 Placement (never resampling): the SEG must be on the volume's grid. A frame's slice is found from its
-``PlanePositionSequence`` ImagePositionPatient projected on the volume's normal (``direction[:, 0]``) against
+``PlanePositionSequence`` ImagePositionPatient projected on the volume's normal (``plane_normal``) against
 ``geometry.slice_positions``: the nearest slice within half the local slice step. Its in-plane position must be
 row 0, column 0 of that slice, its ``PlaneOrientationSequence`` (shared or per frame) the volume's, its
 ``PixelMeasuresSequence`` PixelSpacing and Rows/Columns the volume's. Each of these checks is measured as the
@@ -417,7 +417,7 @@ def _place_frames(path: str, per_frame, shared, geometry: Geometry, slice_uids: 
     n = len(per_frame)
     slice_index = np.full(n, -1, dtype=np.int64)
     reasons: dict[int, str] = {}
-    normal = geometry.direction[:, 0]
+    normal = geometry.plane_normal
     positions = geometry.slice_positions
     n_slices = len(positions)
     # a frame belongs to the nearest slice when closer than half the gap to the next slice on its side
@@ -426,7 +426,7 @@ def _place_frames(path: str, per_frame, shared, geometry: Geometry, slice_uids: 
     gap_above = np.concatenate([gaps, gaps[-1:]])
     gap_below = np.concatenate([gaps[:1], gaps])
     # origin of slice k = origin + (p_k - p_0) * step / (step . normal): follows gantry tilt (sheared affine)
-    step = geometry.affine[:3, 0]
+    step = geometry.slice_axis
     along = float(step @ normal)
     per_mm = step / along if abs(along) > 1e-9 else normal
     uid_index: dict[str, int] = {}

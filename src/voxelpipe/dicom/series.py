@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voxelpipe.core.geometry import cluster_positions, orientation_label, slice_normal, tilt_degrees
+from voxelpipe.core.geometry import Steps, cluster_positions, orientation_label, signed_tilt_degrees, slice_normal
 from voxelpipe.core.keys import series_key, series_number_key
 from voxelpipe.dicom.records import FileRecord, is_derived_secondary
 
@@ -27,7 +27,8 @@ SERIES_COLUMNS = [
     "gantry_tilt_deg", "instance_order_matches_position", "rescale_varies", "orientation_consistent",
     "localizers_skipped", "frames_per_position", "split_reason", "orientation", "image_orientation",
     "pixel_spacing", "first_position_mm", "last_position_mm", "frame_of_reference_uid", "transfer_syntaxes",
-    "multiframe_files", "mosaic", "screen_captures_skipped", "not_volume_reason",
+    "multiframe_files", "mosaic", "screen_captures_skipped", "not_volume_reason", "irregular_steps",
+    "gantry_tilt_source",
 ]
 LOCALIZERS_ONLY = "localizer images only"
 SCREEN_CAPTURES_ONLY = "screen captures only (Secondary Capture or DERIVED\\SECONDARY without volume geometry)"
@@ -180,9 +181,9 @@ def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) 
     mode = Counter(counts.tolist()).most_common(1)[0][0]
     steps = np.diff(unique)
     median = float(np.median(steps)) if len(steps) else 0.0
-    missing = int(sum(round(s / median) - 1 for s in steps if s > 1.5 * median)) if median > 0 else 0
+    kinds = Steps(unique)
     rescale = {(s.slope, s.intercept) for _, s in frames}
-    tilt = tilt_degrees(ipps[np.argmin(positions)], ipps[np.argmax(positions)], normal)
+    tilt, tilt_source = _gantry_tilt(first, ipps[np.argmin(positions)], ipps[np.argmax(positions)])
 
     file_position = {id(r): float(np.asarray(r.slices[0].ipp) @ normal) for r in records}
     ordered = sorted(records, key=lambda r: (round(file_position[id(r)], 3),
@@ -195,7 +196,7 @@ def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) 
         "n_slices": len(frames), "n_positions": len(unique),
         "spacing_min": _mm(steps.min()) if len(steps) else "", "spacing_max": _mm(steps.max()) if len(steps) else "",
         "spacing_median": _mm(median) if len(steps) else "", "max_gap_mm": _mm(steps.max()) if len(steps) else "",
-        "missing_slices": missing,
+        "missing_slices": kinds.missing, "irregular_steps": kinds.irregular, "gantry_tilt_source": tilt_source,
         "duplicate_positions": int(np.sum(np.maximum(counts - mode, 0))),
         "incomplete_positions": int(np.sum(counts < mode)),
         "gantry_tilt_deg": round(tilt, 3),
@@ -223,6 +224,23 @@ def _describe(key: str, uid: str, records: list[FileRecord], split_reason: str) 
         for r in ordered
     ]
     return Series(key=key, records=ordered, row=row, file_rows=file_rows)
+
+
+TILT_AGREEMENT_DEG = 1.0  # GantryDetectorTilt is reported when its magnitude is this close to the geometry's
+
+
+def _gantry_tilt(first: FileRecord, low_ipp: np.ndarray, high_ipp: np.ndarray) -> tuple[float, str]:
+    """Signed gantry tilt (degrees) and where it came from: GantryDetectorTilt (0018,1120) as written when
+    present and its magnitude agrees with the geometry's within ``TILT_AGREEMENT_DEG``, else the geometry's
+    signed angle (``signed_tilt_degrees``: normal -> stack direction, right-handed about the row cosine)."""
+    measured = signed_tilt_degrees(low_ipp, high_ipp, first.slices[0].iop)
+    try:
+        tag = float(first.gantry_tilt) if first.gantry_tilt else None
+    except ValueError:
+        tag = None
+    if tag is not None and abs(abs(tag) - abs(measured)) <= TILT_AGREEMENT_DEG:
+        return tag, "GantryDetectorTilt (0018,1120)"
+    return measured, "geometry"
 
 
 def _instance_order_matches(records: list[FileRecord], position: dict[int, float]) -> bool | str:

@@ -49,7 +49,10 @@ between voxels. On smooth data they agree within a few % of the range (tests/tes
 Geometry handled through the affine: the rotation axis may be any array axis (the array is then transposed to
 put it first, a copy); slices may be rotated in-plane (any in-plane direction cosines) and sheared along the
 axis (gantry tilt: each plane is shifted by its own in-plane offset); planes that are not perpendicular to the
-axis within ``AXIS_TOLERANCE_DEG`` (oblique volumes) raise :class:`InputError`: resample them first.
+axis within ``AXIS_TOLERANCE_DEG`` (oblique volumes) raise :class:`InputError`: resample them first. A volume
+marked ``sheared: true`` (a gantry tilt kept by ``convert --tilt keep``: its planes are tilted too) is resampled
+onto a patient-axis aligned grid first (:func:`aligned_for_projection`); a volume with ``uniform: false``
+(unevenly spaced slices kept as they are) raises :class:`InputError`.
 """
 from __future__ import annotations
 
@@ -63,8 +66,10 @@ import numpy as np
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.volume import Volume
 from voxelpipe.kernels.project import project_into
+from voxelpipe.ops.regrid import axis_aligned_geometry
+from voxelpipe.ops.resample import resample_to
 
-__all__ = ["project", "Projections", "AXES", "KINDS", "AXIS_TOLERANCE_DEG"]
+__all__ = ["project", "aligned_for_projection", "Projections", "AXES", "KINDS", "AXIS_TOLERANCE_DEG"]
 
 KINDS = ("max", "mean")
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.int16), np.dtype(np.uint8))  # others are cast to float32
@@ -263,6 +268,26 @@ def _plan(volume: Volume, shape: tuple[int, int, int], axis: str) -> _Plan:
     return _Plan(k, in_plane, a, centre, along, step - along * a, (line_steps[0], line_steps[1]))
 
 
+def aligned_for_projection(volume: Volume, mask: np.ndarray | None = None) -> tuple[Volume, np.ndarray | None]:
+    """A gantry-tilted volume kept sheared (``sheared: true``), and its mask, resampled onto a patient-axis
+    aligned grid (:func:`voxelpipe.ops.regrid.axis_aligned_geometry`: each array axis' spacing kept; linear for
+    the image with the volume's minimum outside, ``label`` for the mask), so it can be projected about a
+    patient axis."""
+    grid = axis_aligned_geometry(volume.geometry)
+    array = np.asarray(volume.array[...])
+    if array.dtype not in KERNEL_DTYPES:
+        array = array.astype(np.float32)
+    source = Volume(array, volume.geometry, {}, volume.path)
+    aligned = resample_to(source, grid, order="linear", fill=float(np.min(array)))
+    aligned = Volume(aligned.array, aligned.geometry, {**volume.attrs, **grid.to_attrs(), "sheared": False},
+                     volume.path)
+    if mask is None:
+        return aligned, None
+    labels = np.asarray(mask)
+    labels = labels.astype(np.uint8) if labels.dtype != np.bool_ else labels
+    return aligned, np.asarray(resample_to(Volume(labels, volume.geometry), grid, order="label").array)
+
+
 def project(
     volume: Volume,
     angles_deg: Sequence[float] | np.ndarray | float,
@@ -298,6 +323,11 @@ def project(
         raise InputError(f"axis must be one of {', '.join(AXES)} (a patient direction), got {axis!r}")
     axis = axis.upper()
     angles = _angles(angles_deg)
+    if not volume.geometry.uniform:
+        raise InputError("the volume's slices are unevenly spaced (uniform: false): no grid to project through; "
+                         "convert the series with --uneven resample")
+    if volume.geometry.sheared or volume.attrs.get("sheared") is True:
+        volume, mask = aligned_for_projection(volume, mask)
     arr = _image_array(volume)
     plan = _plan(volume, arr.shape, axis)
     mask_arr = None if mask is None else _mask_array(mask, arr.shape)

@@ -10,7 +10,12 @@ Grid convention of :func:`resample` -- the field of view, i.e. the outer voxel *
 * the centre of new voxel ``[0, 0, 0]`` is ``origin - ½·spacing_in·dir + ½·new_spacing·dir`` per axis, along
   that axis' direction column (for a sheared, gantry-tilted affine: along that axis' affine column, so the
   output affine is the input affine composed with the per-axis scale and offset);
-* the direction is unchanged; ``slice_positions`` of the output follow from the new grid.
+* the direction is unchanged; ``slice_positions`` of the output follow from the new grid;
+* a sheared input marked ``sheared: true`` (gantry tilt kept by ``convert --tilt keep``) is first given its
+  straightened, orthonormal grid (:func:`voxelpipe.ops.regrid.straightened_geometry`: same planes, rows and
+  columns extended to hold every slice), and that grid is resampled by the rules above; the samples are taken
+  through the general affine path, so the output is orthonormal and its spacing is what it says (a sheared
+  geometry without the mark keeps the composition rule above).
 
 :func:`resampled_geometry` gives that output geometry from the input geometry alone (no array).
 
@@ -51,6 +56,7 @@ from voxelpipe.kernels.resample import (
     resample_affine,
     resample_separable,
 )
+from voxelpipe.ops.regrid import is_sheared, straightened_geometry
 
 __all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "is_separable", "ORDERS"]
 
@@ -66,6 +72,9 @@ Spacing = float | Sequence[float] | np.ndarray
 # validation helpers
 # ----------------------------------------------------------------------------------------------------------
 def _check_affine(what: str, geometry: Geometry) -> np.ndarray:
+    if not geometry.uniform:
+        raise InputError(f"{what} slices are unevenly spaced (uniform: false; only slice_positions places them): "
+                         "no affine to resample through; convert the series with --uneven resample")
     affine = np.asarray(geometry.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(f"{what} affine must be a finite 4×4 matrix, got {affine.tolist()!r}")
@@ -201,6 +210,9 @@ def _result(volume: Volume, out: np.ndarray, geometry: Geometry, is_bool: bool, 
         out = out.view(np.bool_)
     attrs = dict(volume.attrs)
     attrs.update(geometry.to_attrs())
+    if not geometry.sheared:  # the source's gantry-tilt marks do not describe the new grid
+        attrs.pop("sheared", None)
+        attrs.pop("slice_normal", None)
     attrs["resample"] = {  # provenance: the source grid and how it was sampled
         "source_shape": list(volume.geometry.shape), "source_spacing": volume.geometry.spacing.tolist(),
         "source_affine": volume.geometry.affine.tolist(), "source_path": volume.path, "order": order,
@@ -215,13 +227,16 @@ def _slice_positions(affine: np.ndarray, direction: np.ndarray, n: int) -> np.nd
     return float(affine[:3, 3] @ normal) + np.arange(n) * float(affine[:3, 0] @ normal)
 
 
-def _resample_plan(geometry: Geometry, spacing: Spacing | None,
-                   shape: Sequence[int] | None) -> tuple[np.ndarray, Geometry]:
+def _resample_plan(geometry: Geometry, spacing: Spacing | None, shape: Sequence[int] | None,
+                   straighten: bool = False) -> tuple[np.ndarray, Geometry]:
     """The output-index -> input-index matrix of :func:`resample` and the output geometry (module docstring's
     grid convention), from the input geometry alone."""
     if (spacing is None) == (shape is None):
         raise InputError("give exactly one of spacing (mm) or shape (voxels)")
     a_in = _check_affine("volume", geometry)
+    if straighten and is_sheared(geometry):  # gantry tilt kept sheared: the output is the straightened grid, resampled
+        out_geometry = _resample_plan(straightened_geometry(geometry), spacing, shape)[1]
+        return index_matrix(geometry, out_geometry), out_geometry
     in_shape = np.asarray(geometry.shape, dtype=np.float64)
     in_spacing = np.asarray(geometry.spacing, dtype=np.float64)
     if in_spacing.shape != (3,) or not np.all(np.isfinite(in_spacing)) or np.any(in_spacing <= 0):
@@ -255,7 +270,7 @@ def resampled_geometry(geometry: Geometry, spacing: Spacing | None = None,
         raise InputError(f"geometry must be a Geometry, got {type(geometry).__name__}")
     if len(geometry.shape) != 3 or 0 in geometry.shape:
         raise InputError(f"geometry must be 3-D and non-empty, got shape {tuple(geometry.shape)}")
-    return _resample_plan(geometry, spacing, shape)[1]
+    return _resample_plan(geometry, spacing, shape, geometry.sheared)[1]
 
 
 def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int] | None = None,
@@ -272,7 +287,8 @@ def resample(volume: Volume, spacing: Spacing | None = None, shape: Sequence[int
         raise InputError("give exactly one of spacing (mm) or shape (voxels)")
     code = _check_order(order)
     array, geometry, is_bool = _source(volume)
-    matrix, out_geometry = _resample_plan(geometry, spacing, shape)
+    straighten = geometry.sheared or volume.attrs.get("sheared") is True
+    matrix, out_geometry = _resample_plan(geometry, spacing, shape, straighten)
     fill = _fill_value(fill, np.dtype(np.float32) if code == ORDER_LINEAR else volume.dtype)
     out = _run(array, matrix, out_geometry.shape, code, fill)
     return _result(volume, out, out_geometry, is_bool, code, order, fill, matrix)

@@ -38,6 +38,7 @@ from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.records import COLUMN
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
 from voxelpipe.pipelines.scan import balance, scan
+from voxelpipe.pipelines.series_regrid import REGRID_COLUMNS
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
 from voxelpipe.stores.hdf5_store import keys_in, merge_into
 from voxelpipe.stores.nifti import require_nibabel
@@ -46,7 +47,7 @@ from voxelpipe.stores.tables import read_csv, write_csv, write_json
 log = logging.getLogger("voxelpipe")
 
 SUMMARY_COLUMNS = ["series_key", "status", "reason", "n_files", "bytes_in", "bytes_out", "ratio", "shape", "dtype",
-                   "seconds", "verification", "mosaic", "path"]
+                   "seconds", "verification", "mosaic", "path", *REGRID_COLUMNS]
 
 
 def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:

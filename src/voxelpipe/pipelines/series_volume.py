@@ -5,6 +5,11 @@ Repeated positions (cine phases, echoes, dynamics): when every position holds th
 images, the volume is 4-D ``(frame, slice, row, column)`` with frames ordered by the tag that varies
 (``frame_tag`` in the attrs); other irregular repeats fail the series with the reason. Exact duplicate files
 (same SOPInstanceUID) are dropped and counted.
+
+Uneven slice steps and gantry tilt (``convert --uneven`` / ``--tilt``, decided by ``series_regrid.decide``): a
+series kept as acquired streams as above with a geometry that says so (``uniform: false`` / ``sheared: true``); a
+series to regrid is decoded whole, verified, regridded (float32) and written in one piece. Plain series take
+the streaming path unchanged.
 """
 from __future__ import annotations
 
@@ -31,8 +36,10 @@ from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.philips import applied_pair, is_philips
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
 from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
+from voxelpipe.ops.regrid import regrid
 from voxelpipe.ops.rescale import output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
+from voxelpipe.pipelines.series_regrid import GeometryDecision, decide
 from voxelpipe.stores.tables import atomic_path, write_json
 from voxelpipe.stores.writer import VolumeWriter, writer_for
 
@@ -183,7 +190,76 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
 
 def _convert(task: SeriesTask) -> dict:
     plan = plan_series(task.paths, task.records, task.philips_scaling)
-    attrs = series_attrs(task, plan)
+    decision = _geometry_decision(task, plan)  # uneven steps / gantry tilt: keep, fail or regrid (whole stack)
+    attrs = dict(series_attrs(task, plan), **decision.attrs)
+    if decision.regrid is not None:
+        return dict(_write_regridded(task, plan, decision, attrs), **decision.row)
+    return dict(_convert_streamed(task, plan, attrs), **decision.row)
+
+
+def _geometry_decision(task: SeriesTask, plan: SeriesPlan) -> GeometryDecision:
+    """``decide`` on the plan's slices; a kept (uneven or sheared) geometry replaces the plan's."""
+    first = plan.ordered[0]
+    ipps = np.array([f.ipp for f in plan.ordered[:plan.n_slices]])
+    pixel_spacing = (plan.geometry.spacing[1], plan.geometry.spacing[2])
+    decision = decide(ipps, first.record.slices[0].iop, pixel_spacing, plan.geometry, task.uneven, task.tilt)
+    if decision.regrid is None:
+        plan.geometry = decision.geometry
+    return decision
+
+
+def _write_regridded(task: SeriesTask, plan: SeriesPlan, decision: GeometryDecision, attrs: dict) -> dict:
+    """Decode the whole stack (every frame), rescale to float32, verify it against pydicom, regrid it and write
+    the float32 result in one piece with the regridded geometry."""
+    fmt = plan.ordered[0].fmt
+    n = len(plan.ordered)
+    raw = np.empty((n, fmt.rows, fmt.columns), dtype=fmt.stored_dtype)
+    decode_batch(plan.ordered, raw)
+    stack = np.empty(raw.shape, dtype=FLOAT32)
+    rescale(raw, np.array([f.slope for f in plan.ordered]), np.array([f.intercept for f in plan.ordered]), out=stack)
+    del raw
+    verification = _verify(task, plan.ordered, _StackReader(stack, plan.n_slices), plan.n_frames, plan.n_slices,
+                           FLOAT32)
+    if verification.startswith("mismatch"):
+        raise InputError(f"verification failed: {verification}")
+    frames = [regrid(stack[t * plan.n_slices:(t + 1) * plan.n_slices], decision.regrid)
+              for t in range(plan.n_frames)]
+    del stack
+    volume = frames[0] if plan.n_frames == 1 else np.stack(frames)
+    geometry = decision.geometry
+    attrs = dict(attrs, **geometry.to_attrs(), dtype=str(FLOAT32))
+    if plan.n_frames > 1:
+        attrs["axes"] = ["frame", "slice", "row", "column"]
+    chunks = _chunks(task, volume.shape)
+    writer: VolumeWriter = _writer(task, volume.shape, FLOAT32, chunks, attrs, plan.ordered[0].record.path)
+    try:
+        if plan.n_frames == 1:
+            writer.write(0, volume)
+        else:
+            for t in range(plan.n_frames):
+                writer.write_at((t, slice(0, volume.shape[1])), volume[t])
+        _write_meta(task, attrs, plan.ordered)
+        bytes_out = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"shape": "x".join(map(str, volume.shape)), "dtype": str(FLOAT32), "bytes_out": bytes_out,
+            "verification": f"{verification} (source slices, before regridding)"}
+
+
+class _StackReader:
+    """``read((z,))`` / ``read((t, z))`` over a decoded in-memory stack, for ``_verify``."""
+
+    def __init__(self, stack: np.ndarray, n_slices: int):
+        self.stack = stack
+        self.n_slices = n_slices
+
+    def read(self, index: tuple) -> np.ndarray:
+        z = index[-1] + (index[0] * self.n_slices if len(index) == 2 else 0)
+        return self.stack[z]
+
+
+def _convert_streamed(task: SeriesTask, plan: SeriesPlan, attrs: dict) -> dict:
     for dtype in plan.dtypes[:-1]:  # optimistic int16 output: redone as float32 when a value does not fit
         try:
             return _write(task, plan.ordered, plan.shape, plan.n_frames, dtype, attrs, plan.geometry)

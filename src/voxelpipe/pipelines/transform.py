@@ -113,7 +113,8 @@ def project_volumes(source: str, out: str, *, angles: list[float], axis: str = d
                     kind: str = defaults.PROJECTION_KIND,
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:
     """Rotated projections of every volume of ``source``, written as ``OUT/data/<key>.zarr`` holding ``image``
-    (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max)."""
+    (angle, along-axis, across) float32 and, with ``with_masks``, ``masks/<name>`` projections (max). A volume
+    kept sheared (``convert --tilt keep``) is projected from a patient-axis aligned copy (``project`` does it)."""
     def one(path: str, target: str):
         volume = open_volume(path)
         if np.asarray(volume.array).ndim != 3:

@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 
 from voxelpipe._version import __version__
-from voxelpipe.apps.report.checks import is_flagged, number
+from voxelpipe.apps.report.checks import is_flagged, number, regrid_flagged
 from voxelpipe.apps.report.html import ReportData, render
 from voxelpipe.apps.report.runs import Run, load_runs, load_unreadable, manifest_paths
 from voxelpipe.apps.report.sections import build_section
@@ -131,7 +131,7 @@ def choose_series(rows: list[dict], manifest_rows: dict[str, dict], samples: int
     pool = []
     for row in rows:
         roles = (["failed"] if row["status"] == Status.FAILED else []) + \
-                (["flagged"] if is_flagged(manifest_rows.get(row["series_key"])) else [])
+                (["flagged"] if is_flagged(manifest_rows.get(row["series_key"])) or regrid_flagged(row) else [])
         if roles:
             chosen.append((row, roles))
         elif is_done(row["status"]) or (row["status"] == Status.SKIPPED and row.get("path")):  # has a volume

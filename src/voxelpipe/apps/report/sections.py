@@ -12,6 +12,7 @@ from voxelpipe.apps.report.checks import series_checks
 from voxelpipe.apps.report.html import SeriesSection
 from voxelpipe.apps.report.pictures import mip_picture, overlay_pictures, view_pictures, window_of
 from voxelpipe.core.errors import InputError, failure_reason
+from voxelpipe.core.geometry import mean_step_geometry
 from voxelpipe.core.types import Status
 from voxelpipe.core.volume import Volume
 from voxelpipe.ops.reorient import axis_codes
@@ -77,12 +78,17 @@ def _volume_facts(volume: Volume, row: dict, out: str, path: str) -> list[tuple[
         ("spacing (mm)", _fmt(geometry.spacing)),
         ("origin (LPS mm)", _fmt(geometry.origin, 5)),
         ("direction (LPS)", direction),
-        ("orientation code", axis_codes(geometry)),
+        ("orientation code", axis_codes(geometry if geometry.uniform else mean_step_geometry(geometry))),
         ("slice positions (mm)", f"{geometry.slice_positions[0]:.4g} … {geometry.slice_positions[-1]:.4g}"
          if len(geometry.slice_positions) else ""),
         ("files", str(row.get("n_files", ""))),
         ("bytes in / out", f"{row.get('bytes_in', '')} / {row.get('bytes_out', '')} (ratio {row.get('ratio', '')})"),
         ("verification", str(row.get("verification", ""))),
+        ("regridded", str((attrs.get("regrid") or {}).get("rule", ""))),
+        ("uneven slices kept", "uniform: false (slice positions place the slices)"
+         if attrs.get("uniform") is False else ""),
+        ("gantry tilt kept", f"sheared: true ({attrs.get('gantry_tilt_deg', '')} deg)"
+         if attrs.get("sheared") is True else ""),
         ("volume", os.path.relpath(path, out) + (f" [{row['series_key']}]" if path.endswith(HDF5_SUFFIXES)
                                                  else "")),
     ]
@@ -125,6 +131,8 @@ def build_section(out: str, row: dict, manifest_row: dict | None, roles: list[st
         path = locate_volume(out, row)
         volume = open_volume(path, row["series_key"] if path.endswith(HDF5_SUFFIXES) else None)
         section.facts = _volume_facts(volume, row, out, path)
+        if not volume.geometry.uniform:  # pictures only: unevenly spaced slices drawn at their mean step
+            volume = Volume(volume.array, mean_step_geometry(volume.geometry), volume.attrs, volume.path)
         if volume.array.ndim not in (3, 4):
             raise InputError(f"{path}: image array has {volume.array.ndim} dimensions, expected 3 or 4")
         lead = (0,) * (volume.array.ndim - 3)
