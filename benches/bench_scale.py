@@ -85,7 +85,9 @@ def _convert(tree_root: str, out: str, executor: str, workers: int, folders: lis
 
 
 def _check(tree: ScaleTree, out: Path, rows: list[dict]) -> None:
-    assert len(rows) == len(tree.series), (len(rows), len(tree.series))
+    volumes = [r for r in rows if r["path"]]  # the rest: localizer-only series, skipped with no output path
+    assert len(volumes) == len(tree.series), (len(volumes), len(tree.series))
+    assert len(rows) == len(tree.series) + len(tree.localizer_only_uids), (len(rows), len(tree.series))
     failed = [r for r in rows if r["status"] == Status.FAILED]
     assert not failed, failed[:3]
     summary = json.loads((out / "summary_run.json").read_text())

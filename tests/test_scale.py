@@ -129,8 +129,10 @@ def run_convert(tree: ScaleTree, out: Path, kill=None) -> Run:
     out)`` → True SIGKILLs the whole process group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOXELPIPE_")}
     log = out.with_name(out.name + ".log")
+    # --tilt keep: the tree's tilted series are stored as written, so every volume is compared with the writer's
+    # own arrays (tilt correction has its own tests against dcm2niix in test_regrid.py)
     command = [sys.executable, "-m", "voxelpipe", "--no-progress", "convert", tree.root, "--out", str(out),
-               "--workers", "2"]
+               "--workers", "2", "--tilt", "keep"]
     with open(log, "ab") as fh:
         fh.write(f"$ {' '.join(command)}\n".encode())
         fh.flush()
@@ -252,8 +254,12 @@ def test_every_file_is_accounted_for(first_run, tree):
     assert set(files_by_key) == set(keys)
     for key, series in keys.items():
         assert files_by_key[key] == list(series.files), f"series {series.index}: files or slice order differ"
-    assert summary_statuses(first_run.out) == dict.fromkeys(keys, "done")
+    not_volumes = {sha_key(u) for u in tree.localizer_only_uids}  # a summary row each, skipped with the reason
+    assert summary_statuses(first_run.out) == {**dict.fromkeys(keys, "done"), **dict.fromkeys(not_volumes, "skipped")}
     for row in read_rows(first_run.out / "summary_run.csv"):
+        if row["series_key"] in not_volumes:
+            assert row["reason"] == "localizer images only", row
+            continue
         assert int(row["n_files"]) == keys[row["series_key"]].n_slices
     in_series = {p for paths in files_by_key.values() for p in paths}
 
@@ -313,7 +319,11 @@ def test_every_volume_equals_the_expected_array(first_run, tree):
         # the writer's geometry: slice step along the normal, in-plane spacing, row/column cosines of its IOP
         t = np.radians(series.tilt_deg)
         row_cos, col_cos = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(t), -np.sin(t)])
-        np.testing.assert_allclose(attrs["spacing"], series.spacing, rtol=1e-5)
+        np.testing.assert_allclose(attrs["spacing"][1:], series.spacing[1:], rtol=1e-5)
+        if series.tilt_deg:  # kept sheared: axis 0 runs from one slice origin to the next, longer than the normal step
+            assert attrs["sheared"] is True and attrs["spacing"][0] > series.spacing[0]
+        else:
+            np.testing.assert_allclose(attrs["spacing"][0], series.spacing[0], rtol=1e-5)
         direction = np.asarray(attrs["direction"])  # column a: LPS unit vector of array axis a
         np.testing.assert_allclose(direction[:, 1], col_cos, atol=1e-6)  # down a column = along the rows axis
         np.testing.assert_allclose(direction[:, 2], row_cos, atol=1e-6)
@@ -321,6 +331,10 @@ def test_every_volume_equals_the_expected_array(first_run, tree):
             k = series.shape[0] - 1
             last = np.asarray(attrs["affine"]) @ [k, 0, 0, 1]
             np.testing.assert_allclose(last[:3], np.add(series.origin, [0, 0, series.spacing[0] * k]), atol=1e-3)
+        else:  # kept sheared: the affine maps (k, 0, 0) onto the last slice's position, as the slice positions say
+            k = series.shape[0] - 1
+            last = np.asarray(attrs["affine"]) @ [k, 0, 0, 1]
+            np.testing.assert_allclose(last[:3] @ np.cross(row_cos, col_cos), attrs["slice_positions"][k], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -368,8 +382,10 @@ def test_kill_at_random_moment_then_rerun_gives_the_same_outputs(first_run, tree
 
     rerun = run_convert(tree, out)
     assert rerun.returncode == 0, f"rerun exited {rerun.returncode}; log: {rerun.log}"
-    assert summary_statuses(out) == {k: ("skipped" if k in complete else "done") for k in keys}
-    assert set(summary_statuses(first_run.out).values()) == {"done"}
+    not_volumes = {sha_key(u) for u in tree.localizer_only_uids}
+    assert summary_statuses(out) == {**{k: ("skipped" if k in complete else "done") for k in keys},
+                                     **dict.fromkeys(not_volumes, "skipped")}
+    assert summary_statuses(first_run.out) == {**dict.fromkeys(keys, "done"), **dict.fromkeys(not_volumes, "skipped")}
 
     partial, temporary = leftovers(out)
     assert partial == [], f"partial outputs left after the rerun: {partial}"
