@@ -28,6 +28,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import LPS_TO_RAS, Geometry
 from voxelpipe.core.masks import Mask
 from voxelpipe.core.volume import Volume, json_default
+from voxelpipe.stores.in_memory import InMemoryVolume
 from voxelpipe.stores.registry import NIFTI_SUFFIXES
 from voxelpipe.stores.tables import atomic_path, write_json
 from voxelpipe.stores.zarr_store import PARTIAL, remove
@@ -256,7 +257,7 @@ def _series_attrs(path: str) -> dict:
     return attrs if isinstance(attrs, dict) else {}
 
 
-class NiftiVolumeWriter:
+class NiftiVolumeWriter(InMemoryVolume):
     """Collects slabs into a preallocated array and writes ``<key>.nii.gz`` (or ``.nii``) plus its JSON sidecar
     at the end (a :class:`~voxelpipe.stores.writer.VolumeWriter`).
 
@@ -285,29 +286,11 @@ class NiftiVolumeWriter:
         if attrs.get("uniform") is False or attrs.get("affine") is None:
             raise InputError(f"{path}: NIfTI holds one slice step and this volume has none (slices kept unevenly "
                              "spaced, uniform: false): convert it with --uneven resample, or to zarr, hdf5 or npz")
-        self.path = path
-        self.stem = nifti_stem(path)
         if np.dtype(dtype) not in _NIFTI_DTYPES:
             raise InputError(f"{path}: dtype {np.dtype(dtype)} cannot be stored as NIfTI-1")
-        self.image = np.empty(shape, dtype=dtype)
-        self.attrs = dict(attrs)
+        super().__init__(path, shape, dtype, attrs)
+        self.stem = nifti_stem(path)
         self.clevel = clevel
-
-    def write(self, start: int, slab: np.ndarray) -> None:
-        """Write ``slab`` at ``[start : start + len(slab)]`` along axis 0."""
-        self.image[start:start + slab.shape[0]] = slab
-
-    def write_at(self, index: tuple, block: np.ndarray) -> None:
-        """Write ``block`` at ``index`` = (frame, slice(z0, z1)) of a 4-D volume."""
-        self.image[index] = block
-
-    def read(self, index: tuple) -> np.ndarray:
-        """Read back written data (verification before publishing)."""
-        return np.asarray(self.image[index])
-
-    def set_attrs(self, attrs: dict) -> None:
-        """Add or replace attributes."""
-        self.attrs.update(attrs)
 
     def _partial(self) -> str:
         return self.path + PARTIAL + (".nii.gz" if self.path.endswith(".gz") else ".nii")

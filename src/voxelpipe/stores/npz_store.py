@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from voxelpipe.stores.in_memory import InMemoryVolume
 from voxelpipe.stores.registry import NPZ_SUFFIX
 from voxelpipe.stores.tables import atomic_path
 from voxelpipe.stores.zarr_store import PARTIAL, remove
@@ -16,7 +17,7 @@ from voxelpipe.stores.zarr_store import PARTIAL, remove
 GEOMETRY_ARRAYS = ("spacing", "origin", "direction", "affine", "affine_ras", "slice_positions")
 
 
-class NpzVolumeWriter:
+class NpzVolumeWriter(InMemoryVolume):
     """Collects slabs into one array and writes ``image`` + geometry arrays + ``attrs_json`` at the end (a
     :class:`~voxelpipe.stores.writer.VolumeWriter`).
 
@@ -32,25 +33,7 @@ class NpzVolumeWriter:
 
     def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  attrs: dict, clevel: int = 0):
-        self.path = path
-        self.image = np.empty(shape, dtype=dtype)
-        self.attrs = dict(attrs)
-
-    def write(self, start: int, slab: np.ndarray) -> None:
-        """Write ``slab`` at ``[start : start + len(slab)]`` along axis 0."""
-        self.image[start:start + slab.shape[0]] = slab
-
-    def write_at(self, index: tuple, block: np.ndarray) -> None:
-        """Write ``block`` at ``index`` = (frame, slice(z0, z1)) of a 4-D volume."""
-        self.image[index] = block
-
-    def read(self, index: tuple) -> np.ndarray:
-        """Read back written data (verification before publishing)."""
-        return np.asarray(self.image[index])
-
-    def set_attrs(self, attrs: dict) -> None:
-        """Add or replace attributes."""
-        self.attrs.update(attrs)
+        super().__init__(path, shape, dtype, attrs)
 
     def finish(self) -> int:
         """Write the file under a temporary name and rename it; returns its size in bytes."""

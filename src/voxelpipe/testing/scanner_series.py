@@ -11,10 +11,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from voxelpipe.testing.synthetic import ROOT_UID
+from voxelpipe.testing.synthetic import ROOT_UID, image_dataset
 
 __all__ = ["smooth_hu", "slice_points", "write_slices", "write_tilted_series", "write_uneven_series",
            "tilted_positions"]
@@ -51,18 +51,8 @@ INTERCEPT = -1024.0
 
 def _ct_dataset(rows: int, columns: int, pixel_spacing: Sequence[float], description: str) -> Dataset:
     """The tags every slice of one synthetic CT series shares (new study and series UIDs)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.StudyDate = "20260101"
+    ds = image_dataset("CT")
     ds.StudyTime = "120000"
-    ds.Modality = "CT"
-    ds.Manufacturer = "voxelpipe synthetic"
     ds.SeriesDescription = description
     ds.ProtocolName = description.replace(" ", "_")
     ds.PatientName = "Synthetic^Scanner"

@@ -5,15 +5,20 @@ The phantom is a CT-like body: an elliptic cylinder of soft tissue (40 HU) with 
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.volume import Volume
 
 ROOT_UID = "1.2.826.0.1.3680043.10.1492."  # voxelpipe synthetic data
 
@@ -57,7 +62,9 @@ def phantom_hu(n_slices: int, rows: int, columns: int, seed: int = 0) -> np.ndar
     return np.clip(np.round(volume), -1024, 3071).astype(np.int16)
 
 
-def _base_dataset(spec: SeriesSpec) -> Dataset:
+def image_dataset(modality: str = "CT") -> Dataset:
+    """A dataset (CT Image Storage, explicit VR little endian) with the tags every synthetic image shares:
+    file meta, character set, ImageType ORIGINAL/PRIMARY/AXIAL, StudyDate, Modality, Manufacturer."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
@@ -67,8 +74,13 @@ def _base_dataset(spec: SeriesSpec) -> Dataset:
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage
     ds.StudyDate = "20260101"
-    ds.Modality = spec.modality
+    ds.Modality = modality
     ds.Manufacturer = "voxelpipe synthetic"
+    return ds
+
+
+def _base_dataset(spec: SeriesSpec) -> Dataset:
+    ds = image_dataset(spec.modality)
     ds.SeriesDescription = spec.series_description
     ds.PatientName = "Synthetic^Phantom"
     ds.PatientID = spec.patient_id
@@ -416,8 +428,6 @@ def write_seg(path: str | os.PathLike, ct_datasets_or_paths: Sequence, masks: di
 
 
 def _read_header(path) -> Dataset:
-    import pydicom
-
     return pydicom.dcmread(os.fspath(path), stop_before_pixels=True)
 
 
@@ -464,8 +474,6 @@ def write_petct_study(folder: str | os.PathLike, *, ct_shape: Sequence[int] = (4
     ascending position), ct_sphere_mask (bool, CT grid: voxels at ``ct_sphere_hu``) and pet_suv (float64, PET
     grid in ascending slice position: the exact SUV of every voxel centre).
     """
-    import datetime
-
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     study_uid = study_uid or generate_uid(ROOT_UID, entropy_srcs=[patient_id, str(seed), "petct study"])
@@ -661,9 +669,6 @@ def chest_phantom(shape: Sequence[int] = (80, 128, 128), spacing: Sequence[float
     ``nodule_centres_index`` ((n, 3) voxel index), ``diameters`` ((n,) mm), ``juxtapleural`` ((n,) bool: the
     nodule comes within one voxel of the lung ellipsoids' surface).
     """
-    from voxelpipe.core.geometry import Geometry
-    from voxelpipe.core.volume import Volume
-
     n, rows, cols = (int(v) for v in shape)
     s = np.asarray(spacing, dtype=np.float64)
     rng = np.random.default_rng(seed)
