@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import sys
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -25,3 +28,17 @@ def resave(path: str, edit, new_path: str | None = None, new_uid: bool = False, 
     target = new_path or path
     ds.save_as(target, enforce_file_format=True, **save_kwargs)
     return target
+
+
+def dcm2niix_executable() -> str | None:
+    """The dcm2niix binary: on PATH, beside the running interpreter (the ``dcm2niix`` pip package installs it into
+    the venv's bin folder), or the package's own copy; None when there is none."""
+    found = shutil.which("dcm2niix") or shutil.which("dcm2niix", path=os.path.dirname(sys.executable))
+    if found:
+        return found
+    try:
+        import dcm2niix  # optional: the PyPI package ships the binary
+    except ImportError:
+        return None
+    path = getattr(dcm2niix, "bin", None) or getattr(dcm2niix, "bin_path", None)
+    return str(path) if path and os.path.isfile(path) else None

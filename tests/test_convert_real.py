@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -17,7 +15,7 @@ from pydicom.pixels import apply_modality_lut
 
 import voxelpipe
 
-from helpers import sha_key
+from helpers import dcm2niix_executable, sha_key
 
 ATOL_MM = 1e-4
 
@@ -112,16 +110,6 @@ def test_geometry_equals_simpleitk(ct_pet, name):
 # ----------------------------------------------------------------------------------------------------------
 # affine against dcm2niix
 # ----------------------------------------------------------------------------------------------------------
-def dcm2niix_executable() -> str | None:
-    found = shutil.which("dcm2niix")
-    if found:
-        return found
-    try:
-        import dcm2niix  # PyPI package `dcm2niix` ships the binary
-    except ImportError:
-        return None
-    path = getattr(dcm2niix, "bin", None) or getattr(dcm2niix, "bin_path", None)
-    return str(path) if path and os.path.isfile(path) else None
 
 
 def read_nifti(path: Path) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:

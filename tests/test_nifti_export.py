@@ -31,7 +31,7 @@ from voxelpipe.dicom.bids import read_bids_sidecar
 from voxelpipe.stores.writer import writer_for
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
-from helpers import resave
+from helpers import dcm2niix_executable, resave
 
 nib = pytest.importorskip("nibabel")
 sitk = pytest.importorskip("SimpleITK")
@@ -51,18 +51,6 @@ ORIENTATIONS = {
     "coronal": ([1, 0, 0, 0, 0, -1], None),
     "oblique": ([0.9659258, 0.258819, 0, -0.0225576, 0.0841860, -0.9961947], None),  # 15° about z, 5° tilt
 }
-
-
-def dcm2niix_executable() -> str | None:
-    found = shutil.which("dcm2niix") or (shutil.which("dcm2niix", path=os.path.dirname(sys.executable)))
-    if found:
-        return found
-    try:
-        import dcm2niix  # the PyPI package ships the binary
-    except ImportError:
-        return None
-    path = getattr(dcm2niix, "bin", None) or getattr(dcm2niix, "bin_path", None)
-    return str(path) if path and os.path.isfile(path) else None
 
 
 def write_oriented(folder: Path, name: str, spec: SeriesSpec, tags: dict | None = None) -> list[str]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pydicom
@@ -33,6 +31,8 @@ from voxelpipe.testing.scanner_series import (
     write_uneven_series,
 )
 
+from helpers import dcm2niix_executable
+
 GEOMETRY_TOL_MM = 1e-3
 UNEVEN_Z = [0.0, 2.5, 5.0, 7.5, 10.0, 11.25, 12.5, 15.0, 17.5, 20.0, 27.5, 30.0, 32.5]  # 1.25 and 7.5 mm steps
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -41,8 +41,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def dcm2niix_output(folder: str, out: str, suffix: str):
     """Run the dcm2niix binary on ``folder`` and load its ``<name><suffix>.nii`` (nibabel image)."""
     nib = pytest.importorskip("nibabel")
-    # on PATH, else beside the running interpreter (the dcm2niix pip package installs it into the venv)
-    binary = shutil.which("dcm2niix") or shutil.which("dcm2niix", path=os.path.dirname(sys.executable))
+    binary = dcm2niix_executable()
     if binary is None:
         pytest.skip("dcm2niix binary not found on PATH or beside the interpreter (pip install dcm2niix)")
     os.makedirs(out, exist_ok=True)
