@@ -25,7 +25,7 @@ from voxelpipe.cli import (
     scan,
     suv,
 )
-from voxelpipe.cli.options import EXIT_BAD_REQUEST, FALSE_WORDS, TRUE_WORDS, exit_epilog, with_default
+from voxelpipe.cli.options import EXIT_BAD_REQUEST, exit_epilog, with_default, yes_no
 from voxelpipe.core.errors import VoxelpipeError
 
 log = logging.getLogger("voxelpipe")
@@ -93,10 +93,10 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, st
             continue
         text = environ[name]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            lowered = text.strip().lower()
-            if lowered not in TRUE_WORDS | FALSE_WORDS:
+            try:
+                value = yes_no(text) == isinstance(action, argparse._StoreTrueAction)
+            except ValueError:
                 parser.error(f"{name}={text!r}: expected one of 1/0, true/false, yes/no, on/off")
-            value = (lowered in TRUE_WORDS) == isinstance(action, argparse._StoreTrueAction)
         elif action.nargs in ("+", "*"):
             value = [_convert(parser, action, name, part) for part in text.split(os.pathsep) if part]
         else:

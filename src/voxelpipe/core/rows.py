@@ -15,7 +15,7 @@ from voxelpipe.core.errors import failure_reason, lost_task_reason
 from voxelpipe.core.types import Status
 
 __all__ = ["ALREADY_COMPLETE", "done_row", "skipped_row", "failed_row", "lost_row", "count_statuses", "format_counts",
-           "has_failures", "warn_if_failed"]
+           "warn_if_failed"]
 
 log = logging.getLogger("voxelpipe")
 
@@ -58,11 +58,6 @@ def count_statuses(rows: Iterable[Mapping[str, object]]) -> dict[Status, int]:
 def format_counts(counts: Mapping[Status, int]) -> str:
     """``"3 done, 1 skipped, 0 failed"`` (every status, in the order of :class:`Status`)."""
     return ", ".join(f"{counts.get(status, 0)} {status}" for status in Status)
-
-
-def has_failures(rows: Iterable[Mapping[str, object]]) -> bool:
-    """True when some row failed."""
-    return any(row["status"] == Status.FAILED for row in rows)
 
 
 def warn_if_failed(row: Mapping[str, object], label: str, key: str, *, reason_key: str = "reason") -> None:

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from voxelpipe.core.errors import DicomReadError
 
 CSA_IMAGE_TAG = 0x00291010  # CSA Image Header Info (block 10 of the "SIEMENS CSA HEADER" private creator)
-CSA_SERIES_TAG = 0x00291020
 CSA_CREATOR = "SIEMENS CSA HEADER"
 _SV10 = b"SV10"
-_NAME_BYTES = 64
 _TAG_HEADER = struct.Struct("<64si4siii")
 _ITEM_HEADER = struct.Struct("<4i")
 _MAX_TAGS = 1000

@@ -36,7 +36,7 @@ def volume_path(task) -> str:
     """Final output path of a series task (``SeriesTask``: 3-D volume or 2-D instances; the HDF5 per-series
     file is merged into the run file afterwards)."""
     return registry_volume_path(os.path.join(task.out, "data"), task.key, task.fmt, task.store,
-                                getattr(task, "nifti_gzip", True))
+                                task.nifti_gzip)
 
 
 def convert_instances(task) -> dict:

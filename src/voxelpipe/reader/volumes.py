@@ -19,9 +19,8 @@ from zarr.core.sync import sync
 from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader
 from voxelpipe.stores.masks import MASKS_GROUP
+from voxelpipe.stores.registry import ZARR_SUFFIXES
 from voxelpipe.stores.zarr_store import open_volume_group
-
-ZARR_SUFFIXES = (".zarr", ".zarr.zip", ".zarr.sqlite")
 
 
 def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:

@@ -300,10 +300,11 @@ class NiftiVolumeWriter(InMemoryVolume):
         nib = self.nib
         geometry = Geometry.from_attrs(self.attrs)
         sidecar = self.attrs.get("sidecar")
-        image = nib.Nifti1Image(to_nifti_order(self.image), dicom_affine_ras(geometry))
+        affine = dicom_affine_ras(geometry)
+        image = nib.Nifti1Image(to_nifti_order(self.image), affine)
         image.set_data_dtype(self.image.dtype)
         repetition_time = sidecar.get("RepetitionTime") if isinstance(sidecar, dict) else None
-        set_nifti_geometry(image, dicom_affine_ras(geometry), repetition_time=repetition_time)
+        set_nifti_geometry(image, affine, repetition_time=repetition_time)
         image.header["scl_slope"] = 1.0  # values are stored as they are (dcm2niix writes slope 1, intercept 0)
         image.header["scl_inter"] = 0.0
         partial = self._partial()
@@ -315,7 +316,7 @@ class NiftiVolumeWriter(InMemoryVolume):
         else:
             image.to_filename(partial)
         if isinstance(sidecar, dict):
-            write_json(self.stem + ".json", json.loads(json.dumps(sidecar, default=json_default)))
+            write_json(sidecar_path(self.path), json.loads(json.dumps(sidecar, default=json_default)))
         os.replace(partial, self.path)
         self.image = None
         return os.path.getsize(self.path)
@@ -371,7 +372,7 @@ def write_nifti_masks(volume_path: str | os.PathLike, masks: list[Mask], replace
         image.header["descrip"] = b"voxelpipe mask"
         with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             fh.write(_compressed(image.to_bytes(), target.endswith(".gz")))
-        write_json(nifti_stem(target) + ".json", json.loads(json.dumps(mask.attrs, default=json_default)))
+        write_json(sidecar_path(target), json.loads(json.dumps(mask.attrs, default=json_default)))
         written.append(target)
     return written
 

@@ -26,6 +26,7 @@ from voxelpipe.apps.contours.records import (
     Problem,
 )
 from voxelpipe.apps.contours.write import write_npz_pairs, write_zarr_patient
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.types import Format
@@ -41,7 +42,8 @@ PATIENTS_PER_WORKER = 4
 
 
 def convert_contours(link: str | os.PathLike, dicom_dir: str | os.PathLike, contour_dir: str | os.PathLike,
-                     out: str | os.PathLike, kinds: str | tuple[str, ...] = ("i", "o"), fmt: Format | str = "npz",
+                     out: str | os.PathLike, kinds: str | tuple[str, ...] = defaults.CONTOUR_KINDS,
+                     fmt: Format | str = defaults.CONTOUR_FORMAT,
                      overlay: bool = False, workers: int | None = None, progress: bool = True,
                      overwrite: bool = False) -> ContoursResult:
     """Pair every contour file with its image, fill the masks and write the pairs.

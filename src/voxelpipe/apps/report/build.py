@@ -20,6 +20,7 @@ from voxelpipe.apps.report.checks import is_flagged, number, regrid_flagged
 from voxelpipe.apps.report.html import ReportData, render
 from voxelpipe.apps.report.runs import Run, load_runs, load_unreadable, manifest_paths
 from voxelpipe.apps.report.sections import build_section
+from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.types import Status
@@ -28,13 +29,13 @@ from voxelpipe.stores.tables import atomic_path, read_csv
 log = logging.getLogger("voxelpipe")
 
 MAX_UNREADABLE_GROUPS = 50
-LEGACY_DONE = "converted"  # the success word of summaries written before the statuses became done/skipped/failed
 PATH_PATTERN = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?(?:[\\/][^\\/\s:,;'\"()]+)+[\\/]?")
 
 
 def is_done(status: str) -> bool:
-    """True for a series converted by its run: ``Status.DONE`` (or the older summaries' ``converted``)."""
-    return status == Status.DONE or status == LEGACY_DONE
+    """True for a series converted by its run (older summaries' ``converted`` is read as done, see
+    :func:`voxelpipe.apps.report.runs.read_summary`)."""
+    return status == Status.DONE
 
 
 def _int(text: object) -> int:
@@ -142,7 +143,8 @@ def choose_series(rows: list[dict], manifest_rows: dict[str, dict], samples: int
     return chosen
 
 
-def build_report(out: str | os.PathLike, samples: int = 8, seed: int = 0, progress: bool = True) -> ReportData:
+def build_report(out: str | os.PathLike, samples: int = defaults.REPORT_SAMPLES, seed: int = defaults.REPORT_SEED,
+                 progress: bool = True) -> ReportData:
     """Everything the page shows, read from the convert output folder ``out``.
 
     Args:
@@ -193,7 +195,8 @@ def write_html(data: ReportData, path: str) -> str:
     return path
 
 
-def write_report(out: str, html: str | None = None, samples: int = 8, seed: int = 0, progress: bool = True) -> str:
+def write_report(out: str, html: str | None = None, samples: int = defaults.REPORT_SAMPLES,
+                 seed: int = defaults.REPORT_SEED, progress: bool = True) -> str:
     """Write the HTML report of the convert output folder ``out``.
 
     Args:
@@ -210,5 +213,5 @@ def write_report(out: str, html: str | None = None, samples: int = 8, seed: int 
     return write_html(data, html or os.path.join(os.fspath(out), "report.html"))
 
 
-__all__ = ["LEGACY_DONE", "MAX_UNREADABLE_GROUPS", "build_report", "choose_series", "is_done", "write_html",
+__all__ = ["MAX_UNREADABLE_GROUPS", "build_report", "choose_series", "is_done", "write_html",
            "write_report"]

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from voxelpipe.core.errors import InputError
+from voxelpipe.core.types import Status
 from voxelpipe.pipelines.convert import merge_summaries, unreadable_csv
 from voxelpipe.stores.tables import read_csv
 
@@ -36,6 +37,18 @@ class Run:
     info: dict | None
 
 
+LEGACY_DONE = "converted"  # the success word of summaries written before the statuses became done/skipped/failed
+
+
+def read_summary(path: str) -> list[dict]:
+    """The rows of a summary CSV, with an older summary's ``converted`` read as :attr:`Status.DONE`."""
+    rows = read_csv(path)
+    for row in rows:
+        if row.get("status") == LEGACY_DONE:
+            row["status"] = Status.DONE
+    return rows
+
+
 def load_runs(out: str) -> tuple[list[dict], list[Run], str]:
     """The summary rows of the output folder ``out``.
 
@@ -51,9 +64,9 @@ def load_runs(out: str) -> tuple[list[dict], list[Run], str]:
     merged = os.path.join(out, ALL_SUMMARY)
     if not paths and not os.path.isfile(merged):
         raise InputError(f"{out}: no summary_*.csv here: not an output folder of convert")
-    runs = [Run(p, read_csv(p), read_json(p[:-len(".csv")] + ".json")) for p in paths]
+    runs = [Run(p, read_summary(p), read_json(p[:-len(".csv")] + ".json")) for p in paths]
     if os.path.isfile(merged) and all(os.path.getmtime(merged) >= os.path.getmtime(p) for p in paths):
-        return sorted(read_csv(merged), key=lambda r: r["series_key"]), runs, ALL_SUMMARY
+        return sorted(read_summary(merged), key=lambda r: r["series_key"]), runs, ALL_SUMMARY
     if os.path.isfile(merged):
         log.warning("report: %s is older than a shard summary; merging the shard summaries instead", merged)
     return merge_summaries([(run.csv, run.rows) for run in runs]), runs, ", ".join(os.path.basename(p) for p in paths)
