@@ -256,16 +256,27 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
         _unpack_mosaic(path, row, record, ipp, iop)
 
 
+def pixel_spacing_mm(record: FileRecord) -> tuple[tuple[float, float], str]:
+    """(row spacing, column spacing) in mm and where it came from; 1 mm, said so, when PixelSpacing is absent."""
+    text = record.pixel_spacing
+    if not text:
+        return (1.0, 1.0), "default 1 mm: PixelSpacing (0028,0030) absent"
+    try:
+        values = [float(v) for v in text.split("\\")[:2]]
+    except ValueError:
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "not numbers") from None
+    if len(values) == 1:
+        values.append(values[0])
+    if min(values) <= 0:
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "spacing must be positive")
+    return (values[0], values[1]), "PixelSpacing (0028,0030)"
+
+
 def _unpack_mosaic(path: str, row: dict[str, str], record: FileRecord, ipp: tuple[float, float, float],
                    iop: tuple[float, ...]) -> None:
     """Make a MOSAIC file's record describe its tiles: one slice (frame) per tile, tile rows and columns."""
     info = mosaic_info(path, row, record.rows, record.columns, iop)
-    try:
-        spacing = [float(v) for v in record.pixel_spacing.split("\\")[:2]] if record.pixel_spacing else [1.0, 1.0]
-    except ValueError:
-        raise BadTagValueError(path, "PixelSpacing (0028,0030)", record.pixel_spacing, "not numbers") from None
-    if len(spacing) == 1:
-        spacing.append(spacing[0])
+    spacing = list(pixel_spacing_mm(record)[0])
     record.mosaic = info
     record.rows, record.columns, record.frames = info.tile_rows, info.tile_columns, info.n_images
     record.slices = [Slice(p, iop, record.slope, record.intercept, record.scale_slope)

@@ -26,7 +26,7 @@ from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
 from voxelpipe.core import defaults
-from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, ValuesDoNotFitError
+from voxelpipe.core.errors import DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
 from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
@@ -35,7 +35,7 @@ from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.philips import applied_pair, is_philips
 from voxelpipe.dicom.pixels import PixelFormat, decode_into
-from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record
+from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record, pixel_spacing_mm
 from voxelpipe.ops.regrid import regrid
 from voxelpipe.ops.rescale import output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
@@ -146,7 +146,7 @@ def plan_series(paths: list[str], records: list[FileRecord] | None = None,
     first = ordered[0]
     fmt = first.fmt
     ipps = np.array([f.ipp for f in ordered[:n_slices]])  # frame-major order: the first n_slices are frame 0
-    pixel_spacing, spacing_source = _pixel_spacing(first.record)
+    pixel_spacing, spacing_source = pixel_spacing_mm(first.record)
     geometry = geometry_from_slices(ipps, first.record.slices[0].iop, pixel_spacing,
                                     (n_slices, fmt.rows, fmt.columns))
     slopes = np.array([f.slope for f in ordered])
@@ -273,22 +273,6 @@ def _stored_range(fmt: PixelFormat) -> tuple[int, int]:
     if fmt.pixel_representation == 1:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
-
-
-def _pixel_spacing(record: FileRecord) -> tuple[tuple[float, float], str]:
-    """(row spacing, column spacing) in mm and where it came from; 1 mm, said so, when PixelSpacing is absent."""
-    text = record.pixel_spacing
-    if not text:
-        return (1.0, 1.0), "default 1 mm: PixelSpacing (0028,0030) absent"
-    try:
-        values = [float(v) for v in text.split("\\")[:2]]
-    except ValueError:
-        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "not numbers") from None
-    if len(values) == 1:
-        values.append(values[0])
-    if min(values) <= 0:
-        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "spacing must be positive")
-    return (values[0], values[1]), "PixelSpacing (0028,0030)"
 
 
 def _records(paths: list[str], known: list[FileRecord] | None):
