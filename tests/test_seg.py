@@ -527,7 +527,7 @@ def test_segment_without_frames_and_selection(tmp_path):
     segments = SEGMENTS + [{"number": 3, "label": "Tumour A"}]  # no frames, label repeats segment 1's
     path = _write_seg(tmp_path / "sel.dcm", [{"segment": 1, "pixels": _blob(51), "ipp": _ipp(0)}], segments)
     masks, report = read_seg_masks(path, _geometry(), taken=["Tumour_A"])
-    assert [m.name for m in masks] == ["Tumour_A_2", "Tumour_B", "Tumour_A_3"]
+    assert [m.name for m in masks] == ["Tumour_A_1", "Tumour_B", "Tumour_A_3"]  # a repeated label: _<number>
     assert [r["status"] for r in report] == ["done", "done", "done"]
     assert "segment has no frames" in report[2]["note"] and not masks[2].array.any()
     masks, report = read_seg_masks(path, _geometry(), segments=["tumour/b"], volume="v.zarr")

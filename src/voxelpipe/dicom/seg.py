@@ -27,7 +27,8 @@ slice are combined (OR; the maximum for scaled fractions) and counted in the not
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,10 +144,11 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
         fractional: ``"threshold"`` (default: mask = 1 where value / MaximumFractionalValue >= ``threshold``) or
             ``"scaled"`` (uint8 0..255 = fraction × 255, rounded).
         threshold: see ``fractional``.
-        taken: mask names already used (new names get ``_2``, ... suffixes).
+        taken: mask names already used on the volume (a name in it gets a further ``_2``, ``_3``, ... suffix).
 
     Returns:
-        One :class:`Mask` per selected segment (empty ones included; overlapping segments stay separate masks),
+        One :class:`Mask` per selected segment (empty ones included; overlapping segments stay separate masks;
+        names by :func:`segment_mask_names`),
         and one :class:`PlacedRoi` per segment of the SEG (``mask`` None for a segment left out; ``contours``
         counts the segment's frames placed on a slice).
 
@@ -225,7 +227,8 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
 
     voxel_ml = abs(float(np.linalg.det(geometry.affine[:3, :3]))) / 1000.0
     common = _common_attrs(path, ds, seg_type, fractional, threshold, max_fraction)
-    used_names = set(taken)
+    names = segment_mask_names([(s.number, s.label) for s in seg_list], taken,
+                               selected=[s.number for s in seg_list if s.selected])
     masks: list[Mask] = []
     placed: list[PlacedRoi] = []
     for s in seg_list:
@@ -237,8 +240,7 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
             placed.append(PlacedRoi(os.path.abspath(path), "SEG", s.label, s.number, contours_skipped=frame_count,
                                     notes=seg_notes))
             continue
-        name = mask_array_name(s.label or f"segment_{s.number}", used_names)
-        used_names.add(name)
+        name = names[s.number]
         voxels = int(np.count_nonzero(s.mask))
         attrs = dict(common)
         attrs.update(_segment_attrs(s))
@@ -264,6 +266,39 @@ def read_seg_masks(seg_path: str | os.PathLike, geometry: Geometry, slice_uids: 
                                 contours_unmatched=s.unmatched, contours_skipped=0, voxels=voxels,
                                 volume_ml=attrs["volume_ml"], notes=seg_notes))
     return masks, placed
+
+
+def segment_mask_names(segments: Sequence[tuple[int, str]], taken: Iterable[str] = (),
+                       selected: Iterable[int] | None = None) -> dict[int, str]:
+    """Mask names of a SEG's segments, tied to their segment numbers where labels repeat.
+
+    A segment's base name is its SegmentLabel made store-safe (:func:`voxelpipe.core.masks.mask_array_name`;
+    ``segment_<number>`` when the label is empty). Segments whose base names are equal ignoring case (counted over
+    every segment of the SEG, asked for or not, so a name never depends on the selection) are each named
+    ``<base>_<SegmentNumber>``: segments 2 and 3 labelled ``Neoplasm Secondary`` give ``Neoplasm_Secondary_2``
+    and ``Neoplasm_Secondary_3``. A name already in ``taken`` (or given to an earlier segment) gets a further
+    ``_2``, ``_3``, ... .
+
+    Args:
+        segments: (SegmentNumber, SegmentLabel) of every segment, in SegmentSequence order.
+        taken: Mask names already used on the volume.
+        selected: The segment numbers that get a mask (default: all).
+
+    Returns:
+        SegmentNumber -> mask name, for the selected segments.
+    """
+    bases = {number: mask_array_name(label or f"segment_{number}") for number, label in segments}
+    repeats = Counter(base.casefold() for base in bases.values())
+    wanted = set(bases) if selected is None else set(selected)
+    used = set(taken)
+    names: dict[int, str] = {}
+    for number, base in bases.items():
+        if number not in wanted:
+            continue
+        name = mask_array_name(f"{base}_{number}" if repeats[base.casefold()] > 1 else base, used)
+        used.add(name)
+        names[number] = name
+    return names
 
 
 def _check_frame_of_reference(path: str, ds, volume_for: str | None, notes: list[str]) -> None:
@@ -626,5 +661,6 @@ def _common_attrs(path: str, ds, seg_type: str, fractional: str, threshold: floa
     return attrs
 
 
-__all__ = ["read_seg_masks", "dicom_lab_to_rgb", "NotSegError", "SegMissingTagError", "SegTagValueError",
-           "SegGridError", "FrameOfReferenceMismatchError", "IN_PLANE_TOLERANCE_PX", "SEG_SOP_CLASSES"]
+__all__ = ["read_seg_masks", "segment_mask_names", "dicom_lab_to_rgb", "NotSegError", "SegMissingTagError",
+           "SegTagValueError", "SegGridError", "FrameOfReferenceMismatchError", "IN_PLANE_TOLERANCE_PX",
+           "SEG_SOP_CLASSES"]

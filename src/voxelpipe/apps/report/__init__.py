@@ -6,7 +6,7 @@ scan), ``pictures`` (planes, MIP, overlays), ``sections`` (one series), ``build`
 """
 from voxelpipe.apps.report.build import build_report, choose_series, write_html, write_report
 from voxelpipe.apps.report.checks import is_flagged, series_checks
-from voxelpipe.apps.report.html import Picture, ReportData, SeriesSection, render
+from voxelpipe.apps.report.html import Picture, ReportData, SeriesSection, render, visible
 from voxelpipe.apps.report.pictures import (
                                             CT_WINDOW,
                                             MAX_SIDE,
@@ -16,8 +16,9 @@ from voxelpipe.apps.report.pictures import (
                                             read_plane,
                                             square_pixels,
                                             view_plan,
+                                            view_plans,
 )
 
 __all__ = ["CT_WINDOW", "MAX_SIDE", "Picture", "ReportData", "SeriesSection", "ViewPlan", "build_report",
            "choose_series", "display_size", "is_flagged", "mask_centroid", "read_plane", "render", "series_checks",
-           "square_pixels", "view_plan", "write_html", "write_report"]
+           "square_pixels", "view_plan", "view_plans", "visible", "write_html", "write_report"]

@@ -7,6 +7,10 @@ at most ``MAX_SIDE`` pixels long. MIP: anterior (``voxelpipe.ops.projection.proj
 percentile). Overlays (Zarr volumes with masks): one axial plane through each mask's centroid with the outlines
 of every mask (``overlay_rgb``). 4-D volumes show frame 0 (``lead``).
 
+Thin volumes: a view whose picture would be 1 voxel across (an array axis in its plane has extent 1, as the
+coronal and sagittal views of a one-slice axial volume) is left out with a note; the plane across that axis (the
+slice itself) is shown instead, overlays are drawn on it, and the MIP, a strip too, is left out with a note.
+
 Memory: slices are read one plane at a time (zarr and h5py index lazily; an NPZ volume is loaded whole); a mask's
 centroid is summed one chunk slab at a time; the MIP reads the whole volume, strided by the smallest integer step
 on every axis that leaves at most ``MIP_MAX_VOXELS`` voxels.
@@ -159,21 +163,55 @@ def _caption(plan: ViewPlan, index: int, n: int, shape: tuple[int, ...], extra: 
             f"{shape[1]}×{shape[0]} px")
 
 
-def view_pictures(volume: Volume, lead: tuple, window) -> list[Picture]:
-    """The middle plane across each patient axis (axial, coronal, sagittal).
+def is_strip(plan: ViewPlan, shape: tuple[int, ...]) -> bool:
+    """True when the view ``plan`` of a (slice, row, column) array of ``shape`` is 1 voxel across."""
+    return shape[plan.row_axis] == 1 or shape[plan.col_axis] == 1
+
+
+def _thin_note(shape: tuple[int, ...], left_out: list[str], shown: str) -> str:
+    thin = [a for a in range(3) if shape[a] == 1]
+    axes = " and ".join(f"array axis {a}" for a in thin)
+    what = " (one slice)" if thin == [0] else ""
+    return (f"{' and '.join(left_out)} view{'s' if len(left_out) > 1 else ''} left out: the volume is 1 voxel thick "
+            f"along {axes}{what}, so {'they' if len(left_out) > 1 else 'it'} would be 1-voxel strips; the {shown} "
+            "view is the plane itself")
+
+
+def view_plans(geometry: Geometry, shape: tuple[int, ...]) -> tuple[list[ViewPlan], list[str]]:
+    """The views drawn of a (slice, row, column) array of ``shape``, and the ones left out as 1-voxel strips.
+
+    Every view of ``VIEWS`` is drawn unless :func:`is_strip`; when all are strips (two axes of extent 1) the one
+    with the most voxels is kept.
+
+    Returns:
+        (plans drawn in ``VIEWS`` order, names of the views left out).
+    """
+    shape = tuple(shape[-3:])
+    plans = [view_plan(geometry, view) for view in VIEWS]
+    kept = [p for p in plans if not is_strip(p, shape)]
+    if not kept:
+        kept = [max(plans, key=lambda p: shape[p.row_axis] * shape[p.col_axis])]
+    return kept, [p.view for p in plans if p not in kept]
+
+
+def view_pictures(volume: Volume, lead: tuple, window, notes: list[str] | None = None) -> list[Picture]:
+    """The middle plane across each patient axis (axial, coronal, sagittal), less those 1 voxel across.
 
     Args:
         volume: A 3-D or 4-D volume (``lead`` selects the frame of a 4-D one).
         lead: Indices of leading axes.
         window: (centre, width) or None for the 1st-99th percentile.
+        notes: Where a note saying which views were left out (:func:`view_plans`) is appended.
     """
     pictures = []
-    for view in VIEWS:
-        plan = view_plan(volume.geometry, view)
+    plans, left_out = view_plans(volume.geometry, volume.shape)
+    if left_out and notes is not None:
+        notes.append(_thin_note(tuple(volume.shape[-3:]), left_out, plans[0].view))
+    for plan in plans:
         n = volume.shape[-3:][plan.axis]
         index = n // 2
         image = square_pixels(read_plane(volume.array, plan, index, lead), plan.spacing)
-        pictures.append(Picture(view, _caption(plan, index, n, image.shape), window_to_uint8(image, window)))
+        pictures.append(Picture(plan.view, _caption(plan, index, n, image.shape), window_to_uint8(image, window)))
     return pictures
 
 
@@ -192,9 +230,14 @@ def mip_picture(volume: Volume, lead: tuple) -> Picture:
     closest to A/P instead, laid out like the coronal view.
 
     Raises:
-        InputError: ``project`` refuses the volume for a reason other than obliquity.
+        InputError: The projection would be 1 voxel across (the volume is 1 voxel thick along the array axis
+            closest to S or to L/R, as a one-slice axial volume), or ``project`` refuses the volume for a reason
+            other than obliquity.
     """
     shape = volume.shape[-3:]
+    if is_strip(view_plan(volume.geometry, "coronal"), shape):
+        raise InputError(f"the volume ({'×'.join(map(str, shape))}) is 1 voxel thick across the anterior view: "
+                         "its projection would be a 1-voxel strip")
     step = 1
     while math.prod(-(-n // step) for n in shape) > MIP_MAX_VOXELS:
         step += 1
@@ -256,7 +299,8 @@ def _colors(masks: dict) -> dict[str, tuple[int, int, int]]:
 
 
 def overlay_pictures(volume: Volume, masks: dict, lead: tuple, window, section: SeriesSection) -> list[Picture]:
-    """One axial plane through each mask's centroid (up to ``MAX_OVERLAYS``) with every mask's outline.
+    """One axial plane through each mask's centroid (up to ``MAX_OVERLAYS``) with every mask's outline; the
+    first view of :func:`view_plans` instead when the axial one is 1 voxel across.
 
     Adds every mask to ``section.legend`` (name, RGB, voxel count) and a note when masks were left out.
 
@@ -266,7 +310,8 @@ def overlay_pictures(volume: Volume, masks: dict, lead: tuple, window, section: 
         window: (centre, width) or None for the 1st-99th percentile.
         section: The series section the legend and notes go to.
     """
-    plan = view_plan(volume.geometry, "axial")
+    plans, _ = view_plans(volume.geometry, volume.shape)
+    plan = next((p for p in plans if p.view == "axial"), plans[0])
     palette = _colors(masks)
     n = volume.shape[-3:][plan.axis]
     pictures = []
@@ -287,5 +332,5 @@ def overlay_pictures(volume: Volume, masks: dict, lead: tuple, window, section: 
 
 
 __all__ = ["CT_WINDOW", "LETTERS", "MAX_OVERLAYS", "MAX_SIDE", "MIP_MAX_VOXELS", "VIEWS", "ViewPlan",
-           "display_size", "mask_centroid", "mip_picture", "orient_plane", "overlay_pictures", "read_plane",
-           "square_pixels", "view_pictures", "view_plan", "window_of"]
+           "display_size", "is_strip", "mask_centroid", "mip_picture", "orient_plane", "overlay_pictures",
+           "read_plane", "square_pixels", "view_pictures", "view_plan", "view_plans", "window_of"]

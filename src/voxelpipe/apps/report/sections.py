@@ -137,10 +137,10 @@ def build_section(out: str, row: dict, manifest_row: dict | None, roles: list[st
             raise InputError(f"{path}: image array has {volume.array.ndim} dimensions, expected 3 or 4")
         lead = (0,) * (volume.array.ndim - 3)
         window = window_of(volume.attrs)
-        section.pictures = view_pictures(volume, lead, window)
+        section.pictures = view_pictures(volume, lead, window, section.notes)
         try:
             section.pictures.append(mip_picture(volume, lead))
-        except InputError as exc:  # oblique to S, fewer than 2 voxels across: said, not a problem
+        except InputError as exc:  # 1 voxel thick, fewer than 2 voxels across: said, not a problem
             section.notes.append(f"no MIP: {exc}")
         if not path.endswith((".npz", *HDF5_SUFFIXES)):
             masks = open_masks(path)
