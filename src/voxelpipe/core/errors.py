@@ -14,6 +14,7 @@ that are natural built-in errors too also inherit that built-in, so ``except Val
         ContourParseError             [apps.contours.pipeline]
       DicomReadError (ValueError)                  a file cannot be used as DICOM (names the file)
         NotDicomError                              no DICOM dataset in the file
+        TruncatedFileError            [dicom.files]  a whole header, then the file ends too soon
         MissingTagError                            a needed tag is absent or empty
           NoGeometryError                          an image without position / orientation
           SegMissingTagError          [dicom.seg]

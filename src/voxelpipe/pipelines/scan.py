@@ -22,7 +22,7 @@ from voxelpipe._version import __version__
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
 from voxelpipe.core.progress import Progress
-from voxelpipe.dicom.files import iter_files, read_header
+from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
@@ -68,7 +68,10 @@ def _scan_one(path: str) -> tuple[str, dict | None, FileRecord | None, str]:
     except DicomReadError as exc:
         return "unreadable", None, None, exc.reason
     try:
+        check_whole(header)
         return "ok", header.row, make_record(header), ""
+    except TruncatedFileError as exc:  # the header was read whole: its metadata row is kept
+        return "unreadable", header.row, None, exc.reason
     except NoGeometryError as exc:
         return "no_geometry", header.row, None, exc.reason
     except DicomReadError as exc:

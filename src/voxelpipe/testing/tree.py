@@ -35,10 +35,11 @@ LOCALIZER_ONLY_FILES = 2
 # rescale kinds: (name, probability, unsigned 12-bit, slope, intercept)
 RESCALES = (("int16", 0.55, False, 1.0, 0.0), ("uint12", 0.25, True, 1.0, -1024.0),
             ("slope2", 0.10, False, 2.0, -1000.0), ("fractional", 0.10, False, 0.5, -1024.25))
-# broken files: name -> the kind scan's unreadable_files.csv gives it (README, `scan`)
+# broken files: name -> the kind scan's unreadable_files.csv gives it (README, `scan`); a CT Image Storage file
+# without pixel data cannot be told from one cut before them: `unreadable` (truncated)
 BROKEN_KINDS = {"empty.dcm": "not_dicom", "notes.txt": "not_dicom", "random.bin": "not_dicom",
                 "truncated_pixels.dcm": "unreadable", "truncated_header.dcm": "unreadable",
-                "no_pixels.dcm": "unusable", "no_position.dcm": "no_geometry"}
+                "no_pixels.dcm": "unreadable", "no_position.dcm": "no_geometry"}
 # fixed widths of InstanceNumber, of each ImagePositionPatient value and of SliceLocation
 _WIDTH_IS, _WIDTH_DS, _WIDTH_LOCATION = 6, 11, 12
 
