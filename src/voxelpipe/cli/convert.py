@@ -22,7 +22,7 @@ from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
            "chunks", "clevel", "summary_suffix", "executor", "scheduler", "uneven", "tilt", "philips_scaling",
-           "nifti_gzip")
+           "nifti_gzip", "max_frame_bytes")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -69,6 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--nifti-gzip", type=yes_no, default=argparse.SUPPRESS, metavar="yes|no",
                         help=with_default("with --format nifti: .nii.gz (yes) or .nii (no)",
                                           "yes" if defaults.NIFTI_GZIP else "no"))
+    parser.add_argument("--max-frame-bytes", type=positive_int, default=argparse.SUPPRESS, metavar="BYTES",
+                        help=with_default("a series with a frame larger than this (Rows x Columns x SamplesPerPixel "
+                                          "x BitsAllocated / 8) fails before any pixel is decoded",
+                                          defaults.CONVERT_MAX_FRAME_BYTES))
     add_executor(parser, "per-series")
     return parser
 

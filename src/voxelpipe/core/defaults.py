@@ -25,6 +25,10 @@ CONVERT_UNEVEN = UnevenPolicy.RESAMPLE  # uneven slice steps: resample onto a un
 CONVERT_TILT = TiltPolicy.CORRECT  # gantry tilt: resample onto an orthogonal grid (dcm2niix's _Tilt)
 CONVERT_PHILIPS_SCALING = PhilipsScaling.PRECISE  # dcm2niix's default (-p y)
 NIFTI_GZIP = True  # --format nifti writes .nii.gz (False: .nii)
+# largest frame (Rows x Columns x SamplesPerPixel x BitsAllocated / 8) convert decodes: 512 MiB, 10x the largest
+# real single frames (a 16-bit 5355 x 4915 mammogram is 53 MB; whole-slide pathology is stored in tiles of 256 to
+# 4096 pixels); a header claiming more is refused before anything is allocated
+CONVERT_MAX_FRAME_BYTES = 512 * 1024 * 1024
 CONVERT_VERIFY_SLICES = 2  # slices per series checked by MD5 against pydicom's decode; 0 = off
 
 # resample / project (converted volumes) and project-2d (petct subject files)

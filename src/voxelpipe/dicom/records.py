@@ -6,8 +6,12 @@ per-frame functional groups through pydicom.
 """
 from __future__ import annotations
 
+import math
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from voxelpipe.core.errors import BadTagValueError, DicomReadError, MissingTagError, NoGeometryError
@@ -15,7 +19,8 @@ from voxelpipe.dicom.files import Header
 from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
 from voxelpipe.dicom.mosaic import MosaicInfo, is_mosaic, mosaic_info, tile_positions
 from voxelpipe.dicom.philips import MANUFACTURER_TAG, enhanced_scale_slope, scale_tags
-from voxelpipe.dicom.pixels import NATIVE_SYNTAXES, PixelFormat
+from voxelpipe.dicom.pixels import EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, NATIVE_SYNTAXES, PixelFormat
+from voxelpipe.dicom.rawheader import VALID_VRS
 
 # Modalities of non-image objects: listed in objects.csv, never made into volumes.
 OBJECT_MODALITIES = frozenset(
@@ -45,6 +50,12 @@ _ENCAPSULATED_MIN = 8
 PER_FRAME_PREFIX = "Per-Frame Functional Groups Sequence_"
 SHARED_PREFIX = "Shared Functional Groups Sequence_"
 PIXEL_MEASURES_PREFIX = "Pixel Measures Sequence_"
+# Geometry values convert accepts: lengths (PixelSpacing, ImagePositionPatient) up to 1 km in magnitude, and
+# ImageOrientationPatient row and column cosines of unit length (within UNIT_TOLERANCE) and orthogonal (|row .
+# column| within ORTHOGONALITY_TOLERANCE, 0.057 degrees: real scanners write 1e-7 or less).
+MAX_MM = 1e6
+UNIT_TOLERANCE = 0.01
+ORTHOGONALITY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -234,7 +245,7 @@ def _fill_image(header: Header, row: dict[str, str], record: FileRecord, require
     record.gantry_tilt = cell_values(row.get(COLUMN["GantryDetectorTilt"], ""))[0].strip()
     _check_pixel_length(header, row, record)
     try:
-        record.pixel_format = PixelFormat.from_row(row, header.transfer_syntax, path)
+        record.pixel_format = PixelFormat.from_row(row, pixel_transfer_syntax(header), path)
     except DicomReadError:
         record.pixel_format = None  # convert reads the header again and reports the reason
     if record.frames > 1 and any(key.startswith(PER_FRAME_PREFIX) for key in row):
@@ -267,9 +278,74 @@ def pixel_spacing_mm(record: FileRecord) -> tuple[tuple[float, float], str]:
         raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "not numbers") from None
     if len(values) == 1:
         values.append(values[0])
+    if not all(math.isfinite(v) for v in values):
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "spacing must be a finite number")
     if min(values) <= 0:
         raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text, "spacing must be positive")
+    if max(values) > MAX_MM:
+        raise BadTagValueError(record.path, "PixelSpacing (0028,0030)", text,
+                               f"spacing above {MAX_MM:g} mm is not an image's")
     return (values[0], values[1]), "PixelSpacing (0028,0030)"
+
+
+def pixel_transfer_syntax(header: Header) -> str:
+    """The transfer syntax the pixel data of ``header`` is encoded in: the file meta's, or for a file without
+    file meta the encoding its first data element shows (as pydicom's ``force=True`` reading guesses it)."""
+    if header.transfer_syntax:
+        return header.transfer_syntax
+    try:
+        with open(header.path, "rb") as fp:
+            data = fp.read(140)
+    except OSError:
+        return ""
+    pos = 132 if data[128:132] == b"DICM" else 0
+    if len(data) < pos + 8 or struct.unpack_from("<H", data, pos)[0] == 0x0002:
+        return ""  # file meta without a transfer syntax: nothing to go by
+    implicit = data[pos + 4:pos + 6].decode("latin-1") not in VALID_VRS
+    little = struct.unpack_from("<H", data, pos)[0] in (0x0008, 0x0004, 0x0010)
+    if implicit:
+        return IMPLICIT_LE if little else ""
+    return EXPLICIT_LE if little else EXPLICIT_BE
+
+
+def _values_text(values: Sequence[float]) -> str:
+    return "\\".join(f"{v:g}" for v in values)
+
+
+def check_geometry(paths: Sequence[str], slices: Sequence[Slice]) -> None:
+    """Refuse geometry no volume can have: ImagePositionPatient not finite or beyond ``MAX_MM``,
+    ImageOrientationPatient not finite, not unit vectors or not orthogonal (``ORTHOGONALITY_TOLERANCE``).
+    ``slices[i]`` comes from the file ``paths[i]``; checked together (numpy), once per series.
+
+    Raises:
+        BadTagValueError: Naming the first offending file, the tag and its values.
+    """
+    ipps = np.array([s.ipp for s in slices], dtype=np.float64).reshape(-1, 3)
+    iops = np.array([s.iop for s in slices], dtype=np.float64).reshape(-1, 6)
+    with np.errstate(invalid="ignore", over="ignore"):
+        bad = ~np.all(np.isfinite(ipps) & (np.abs(ipps) <= MAX_MM), axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            why = "not a finite number" if not np.all(np.isfinite(ipps[i])) else f"beyond {MAX_MM:g} mm"
+            raise BadTagValueError(paths[i], "ImagePositionPatient (0020,0032)", _values_text(ipps[i]),
+                                   f"a position is {why}")
+        row, column = iops[:, :3], iops[:, 3:]
+        finite = np.all(np.isfinite(iops), axis=1)
+        unit = (np.abs(np.linalg.norm(row, axis=1) - 1) <= UNIT_TOLERANCE) & \
+            (np.abs(np.linalg.norm(column, axis=1) - 1) <= UNIT_TOLERANCE)
+        dot = np.abs(np.sum(row * column, axis=1))
+        orthogonal = dot <= ORTHOGONALITY_TOLERANCE
+    bad = ~(finite & unit & orthogonal)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        if not finite[i]:
+            why = "direction cosines are not finite numbers"
+        elif not unit[i]:
+            why = "direction cosines are not unit vectors"
+        else:
+            why = (f"row and column directions are not orthogonal (|row . column| = {dot[i]:.3g}, more than "
+                   f"{ORTHOGONALITY_TOLERANCE:g})")
+        raise BadTagValueError(paths[i], "ImageOrientationPatient (0020,0037)", _values_text(iops[i]), why)
 
 
 def _unpack_mosaic(path: str, row: dict[str, str], record: FileRecord, ipp: tuple[float, float, float],
@@ -313,6 +389,10 @@ def _check_pixel_length(header: Header, row: dict[str, str], record: FileRecord)
         if pixel.available < _ENCAPSULATED_MIN:
             raise DicomReadError(path, f"truncated: encapsulated PixelData (7FE0,0010) has only "
                                        f"{pixel.available} bytes")
+        if record.frames > pixel.available // _ENCAPSULATED_MIN:  # each frame needs an item (8-byte header)
+            raise BadTagValueError(path, f"NumberOfFrames {_tag_text('NumberOfFrames')}", record.frames,
+                                   f"the encapsulated PixelData (7FE0,0010) of {pixel.available} bytes holds at "
+                                   f"most {pixel.available // _ENCAPSULATED_MIN} items")
         return
     if pixel.available < pixel.value_length:
         raise DicomReadError(path, f"truncated: PixelData (7FE0,0010) declares {pixel.value_length} bytes, "

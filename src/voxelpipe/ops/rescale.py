@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from voxelpipe.core.errors import InputError, ValuesDoNotFitError
+from voxelpipe.core.errors import BadTagValueError, InputError, ValuesDoNotFitError
 from voxelpipe.kernels.rescale import rescale_into
 
-__all__ = ["rescale", "output_dtype"]
+__all__ = ["rescale", "output_dtype", "check_rescale"]
 
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
@@ -42,6 +42,37 @@ def output_dtype(
     if ends.size and (ends.min() < info.min or ends.max() > info.max):
         return FLOAT32
     return INT16
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+SLOPE_TAG = "RescaleSlope (0028,1053)"
+INTERCEPT_TAG = "RescaleIntercept (0028,1052)"
+
+
+def check_rescale(stored_range: tuple[float, float], pairs: Sequence[tuple[float, float]],
+                  paths: Sequence[str]) -> None:
+    """Refuse rescale values no float32 volume can hold: a slope or intercept that is not finite, or a pair
+    whose ``stored * slope + intercept`` exceeds float32's range for the stored values ``stored_range``
+    (min, max, from BitsStored and PixelRepresentation). ``pairs[i]`` (slope, intercept) comes from ``paths[i]``.
+
+    Raises:
+        BadTagValueError: Naming the first offending file, the tag and its value.
+    """
+    values = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    slopes, intercepts = values[:, 0], values[:, 1]
+    for column, tag in ((slopes, SLOPE_TAG), (intercepts, INTERCEPT_TAG)):
+        bad = ~np.isfinite(column)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise BadTagValueError(paths[i], tag, f"{column[i]:g}", "not a finite number")
+    lo, hi = float(stored_range[0]), float(stored_range[1])
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = np.abs(np.stack([lo * slopes + intercepts, hi * slopes + intercepts]))
+    bad = ~np.all(np.isfinite(ends) & (ends <= FLOAT32_MAX), axis=0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise BadTagValueError(paths[i], f"{SLOPE_TAG} / {INTERCEPT_TAG}", f"{slopes[i]:g} / {intercepts[i]:g}",
+                               f"stored values {lo:g}..{hi:g} rescale beyond float32's range ({FLOAT32_MAX:.4g})")
 
 
 def _per_slice(name: str, value: PerSlice, nz: int) -> np.ndarray:

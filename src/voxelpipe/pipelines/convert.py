@@ -77,7 +77,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
             clevel: int = defaults.VOLUME_CLEVEL, uneven: str = defaults.CONVERT_UNEVEN,
             tilt: str = defaults.CONVERT_TILT, philips_scaling: str = defaults.CONVERT_PHILIPS_SCALING,
-            nifti_gzip: bool = defaults.NIFTI_GZIP,
+            nifti_gzip: bool = defaults.NIFTI_GZIP, max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES,
             summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
             scheduler: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
@@ -123,6 +123,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                         store=store,
                         chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
                         uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
+                        max_frame_bytes=max_frame_bytes,
                         options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
              for r in rows]
     run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")

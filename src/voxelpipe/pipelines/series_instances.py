@@ -21,8 +21,8 @@ from voxelpipe.core.keys import series_key as hash_key
 from voxelpipe.core.types import Format
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile_format
-from voxelpipe.dicom.pixels import PixelFormat, decode_into
-from voxelpipe.dicom.records import make_record
+from voxelpipe.dicom.pixels import PixelFormat, check_frame_bytes, decode_into
+from voxelpipe.dicom.records import make_record, pixel_transfer_syntax
 from voxelpipe.ops.rescale import rescale
 from voxelpipe.stores.hdf5_store import write_attrs
 from voxelpipe.stores.registry import volume_path as registry_volume_path
@@ -49,7 +49,7 @@ def convert_instances(task) -> dict:
     sink = _Sink(task, partial)
     try:
         for source in task.paths:
-            array, attrs = _read_instance(source)
+            array, attrs = _read_instance(source, task.max_frame_bytes)
             name = hash_key(attrs["sop_instance_uid"] or source)
             if name in sink.names:  # two files with one SOPInstanceUID (copies): keep both, told apart by path
                 name = hash_key(f"{attrs['sop_instance_uid']}|{source}")
@@ -69,12 +69,13 @@ def convert_instances(task) -> dict:
             "bytes_out": disk_size(path), "verification": "not verified (2d)"}
 
 
-def _read_instance(path: str) -> tuple[np.ndarray, dict]:
+def _read_instance(path: str, max_frame_bytes: int) -> tuple[np.ndarray, dict]:
     header = read_header(path)
     record = make_record(header, require_geometry=False)
     if record.kind != "image":
         raise DicomReadError(path, f"not an image ({record.modality or record.sop_class_uid})")
-    fmt = PixelFormat.from_row(header.row, header.transfer_syntax, path)
+    fmt = PixelFormat.from_row(header.row, pixel_transfer_syntax(header), path)
+    check_frame_bytes(path, fmt, max_frame_bytes)  # before the frames are allocated
     if record.mosaic is not None:  # Siemens MOSAIC: one frame per tile, like its 3-D volume
         mosaic_fmt, fmt = fmt, tile_format(fmt, record.mosaic)
         stored = np.empty((fmt.frames, *fmt.frame_shape), dtype=fmt.stored_dtype)

@@ -3,8 +3,14 @@ a store. Runs inside a pool worker (one series per task) or in the calling proce
 
 Repeated positions (cine phases, echoes, dynamics): when every position holds the same number k > 1 of
 images, the volume is 4-D ``(frame, slice, row, column)`` with frames ordered by the tag that varies
-(``frame_tag`` in the attrs); other irregular repeats fail the series with the reason. Exact duplicate files
-(same SOPInstanceUID) are dropped and counted.
+(``frame_tag`` in the attrs); other irregular repeats fail the series with the reason. Files sharing a
+SOPInstanceUID are compared by their pixel data (SHA-256 of the Pixel Data value, read only for such files):
+exact duplicates are dropped and counted (``duplicate_files_dropped`` in the attrs, a note in the summary's
+reason); copies with different pixel data fail the series, naming the UID and both files.
+
+Before any pixel is decoded the plan refuses what no volume can be made of: a frame larger than
+``max_frame_bytes`` (``convert --max-frame-bytes``), non-finite or absurd geometry (``check_geometry``,
+``pixel_spacing_mm``) and rescale values that are not finite or overflow float32 (``check_rescale``).
 
 Uneven slice steps and gantry tilt (``convert --uneven`` / ``--tilt``, decided by ``series_regrid.decide``): a
 series kept as acquired streams as above with a geometry that says so (``uniform: false`` / ``sheared: true``); a
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_modality_lut
 
 from voxelpipe._version import __version__
@@ -34,10 +41,10 @@ from voxelpipe.dicom.bids import read_bids_sidecar
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.philips import applied_pair, is_philips
-from voxelpipe.dicom.pixels import PixelFormat, decode_into
-from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, make_record, pixel_spacing_mm
+from voxelpipe.dicom.pixels import PixelFormat, check_frame_bytes, decode_into
+from voxelpipe.dicom.records import PHASE_TAGS, FileRecord, check_geometry, make_record, pixel_spacing_mm
 from voxelpipe.ops.regrid import regrid
-from voxelpipe.ops.rescale import output_dtype, rescale
+from voxelpipe.ops.rescale import check_rescale, output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
 from voxelpipe.pipelines.series_regrid import GeometryDecision, decide
 from voxelpipe.stores.tables import atomic_path, write_json
@@ -46,6 +53,8 @@ from voxelpipe.stores.writer import VolumeWriter, writer_for
 INT16 = np.dtype(np.int16)
 FLOAT32 = np.dtype(np.float32)
 DEFAULT_CHUNKS = defaults.VOLUME_CHUNKS
+DUPLICATES_NOTE = "{} exact duplicate file(s) dropped (same SOPInstanceUID and pixel data)"
+HASH_PIECE = 1 << 20  # bytes read at a time when hashing pixel data
 
 
 @dataclass
@@ -66,6 +75,7 @@ class SeriesTask:
     tilt: TiltPolicy = defaults.CONVERT_TILT
     philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING
     nifti_gzip: bool = defaults.NIFTI_GZIP
+    max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES  # larger frames fail the series before decoding
     options: dict | None = None  # recorded in provenance
     records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)
 
@@ -94,7 +104,10 @@ def convert_series(task: SeriesTask) -> dict:
             row = skipped_row(base, ALREADY_COMPLETE)
         else:
             result = convert_instances(task) if task.mode == "2d" else _convert(task)
+            dropped = result.pop("dropped", 0)
             row = done_row(base, **result)
+            if dropped:
+                row["reason"] = DUPLICATES_NOTE.format(dropped)
             row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
     except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
         row = failed_row(base, exc)
@@ -138,10 +151,18 @@ class SeriesPlan:
 
 
 def plan_series(paths: list[str], records: list[FileRecord] | None = None,
-                philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING) -> SeriesPlan:
+                philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING,
+                max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES) -> SeriesPlan:
     """Read the headers of one series, order its frames and work out its geometry and output dtype
-    (``philips_scaling``: display or precise values for Philips MR, see :mod:`voxelpipe.dicom.philips`)."""
-    frames, dropped = _read_frames(paths, records, philips_scaling)
+    (``philips_scaling``: display or precise values for Philips MR, see :mod:`voxelpipe.dicom.philips`).
+
+    Raises (before any pixel is decoded) for a frame larger than ``max_frame_bytes`` (Rows x Columns x
+    SamplesPerPixel x BitsAllocated / 8), duplicate SOPInstanceUIDs with different pixel data, geometry or
+    rescale values no volume can have."""
+    frames, dropped = _read_frames(paths, records, philips_scaling, max_frame_bytes)
+    check_geometry([f.record.path for f in frames], [f.record.slices[f.frame] for f in frames])
+    stored_range = _stored_range(frames[0].fmt)
+    check_rescale(stored_range, [(f.slope, f.intercept) for f in frames], [f.record.path for f in frames])
     ordered, n_frames, n_slices, frame_tag = _layout(frames)
     first = ordered[0]
     fmt = first.fmt
@@ -152,7 +173,7 @@ def plan_series(paths: list[str], records: list[FileRecord] | None = None,
     slopes = np.array([f.slope for f in ordered])
     intercepts = np.array([f.intercept for f in ordered])
     shape = (n_slices, fmt.rows, fmt.columns) if n_frames == 1 else (n_frames, n_slices, fmt.rows, fmt.columns)
-    exact = output_dtype(*_stored_range(fmt), slopes, intercepts)
+    exact = output_dtype(*stored_range, slopes, intercepts)
     integral = bool(np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)))
     dtypes = [INT16, FLOAT32] if exact == FLOAT32 and integral else [exact]
     return SeriesPlan(ordered, n_frames, n_slices, frame_tag, dropped, geometry, shape, spacing_source, dtypes,
@@ -189,12 +210,12 @@ def series_attrs(task: SeriesTask, plan: SeriesPlan) -> dict:
 
 
 def _convert(task: SeriesTask) -> dict:
-    plan = plan_series(task.paths, task.records, task.philips_scaling)
+    plan = plan_series(task.paths, task.records, task.philips_scaling, task.max_frame_bytes)
     decision = _geometry_decision(task, plan)  # uneven steps / gantry tilt: keep, fail or regrid (whole stack)
     attrs = dict(series_attrs(task, plan), **decision.attrs)
     if decision.regrid is not None:
-        return dict(_write_regridded(task, plan, decision, attrs), **decision.row)
-    return dict(_convert_streamed(task, plan, attrs), **decision.row)
+        return dict(_write_regridded(task, plan, decision, attrs), **decision.row, dropped=plan.dropped)
+    return dict(_convert_streamed(task, plan, attrs), **decision.row, dropped=plan.dropped)
 
 
 def _geometry_decision(task: SeriesTask, plan: SeriesPlan) -> GeometryDecision:
@@ -286,10 +307,12 @@ def _records(paths: list[str], known: list[FileRecord] | None):
 
 
 def _read_frames(paths: list[str], known: list[FileRecord] | None = None,
-                 philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING) -> tuple[list[Frame], int]:
-    """Headers of every file as frames; exact duplicate files (same SOPInstanceUID) dropped and counted."""
+                 philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING,
+                 max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES) -> tuple[list[Frame], int]:
+    """Headers of every file as frames; exact duplicate files (same SOPInstanceUID and pixel data) dropped and
+    counted, a frame above ``max_frame_bytes`` refused."""
     frames: list[Frame] = []
-    seen: set[str] = set()
+    seen: dict[str, FileRecord] = {}
     dropped = 0
     reference: tuple | None = None
     for path, record in _records(paths, known):
@@ -298,12 +321,14 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None,
         if record.is_localizer or record.is_screen_capture:
             continue
         if record.sop_instance_uid and record.sop_instance_uid in seen:
+            check_same_pixels(seen[record.sop_instance_uid], record)
             dropped += 1
             continue
-        seen.add(record.sop_instance_uid)
+        seen[record.sop_instance_uid] = record
         fmt = record.pixel_format
         if fmt is None:
             fmt = PixelFormat.from_row(read_header(path).row, record.transfer_syntax, path)  # raises the reason
+        check_frame_bytes(path, fmt, max_frame_bytes)  # before any buffer is allocated or byte decoded
         if record.mosaic is not None:
             fmt = tile_format(fmt, record.mosaic)  # frames are the tiles
         signature = (fmt.rows, fmt.columns, fmt.samples_per_pixel, fmt.bits_allocated, fmt.pixel_representation)
@@ -322,6 +347,35 @@ def _read_frames(paths: list[str], known: list[FileRecord] | None = None,
     if not frames:
         raise InputError(f"series has no image to convert ({len(paths)} files, localizers only?)")
     return frames, dropped
+
+
+def pixel_digest(record: FileRecord) -> str:
+    """SHA-256 of the Pixel Data value of ``record``'s file (to its end when the length is undefined; the whole
+    file when the value has no byte offset, as in deflated files)."""
+    digest = hashlib.sha256()
+    start = max(record.pixel_offset, 0)
+    with open(record.path, "rb") as fp:
+        fp.seek(start)
+        left = record.pixel_length if record.pixel_offset >= 0 and record.pixel_length >= 0 else -1
+        while left != 0:
+            piece = fp.read(HASH_PIECE if left < 0 else min(left, HASH_PIECE))
+            if not piece:
+                break
+            digest.update(piece)
+            left = left - len(piece) if left > 0 else left
+    return digest.hexdigest()
+
+
+def check_same_pixels(kept: FileRecord, other: FileRecord) -> None:
+    """Accept ``other`` as an exact duplicate of ``kept`` (same SOPInstanceUID) when its pixel data is the same.
+
+    Raises:
+        InputError: The pixel data differ; naming the UID and both files.
+    """
+    if pixel_digest(kept) == pixel_digest(other):
+        return
+    raise InputError(f"SOPInstanceUID (0008,0018) {kept.sop_instance_uid} is shared by {kept.path} and "
+                     f"{other.path} with different pixel data: no copy can be trusted; no volume written")
 
 
 def _phase_key(record: FileRecord) -> tuple:
@@ -483,7 +537,10 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
     picks = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
     for index in picks:
         f = ordered[index]
-        ds = pydicom.dcmread(f.record.path)
+        ds = pydicom.dcmread(f.record.path, force=True)  # force: files without preamble or file meta too
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):  # no file meta: the encoding read from the file
+            ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = f.fmt.transfer_syntax
         pixels = ds.pixel_array
         if f.record.mosaic is not None:
             pixels = tile(pixels, f.record.mosaic, f.frame)

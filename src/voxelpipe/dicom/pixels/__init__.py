@@ -22,7 +22,7 @@ Modules: :mod:`.syntaxes` (transfer syntax UIDs), :mod:`.format` (:class:`PixelF
 import sys
 
 from voxelpipe.dicom.pixels.decode import decode_into
-from voxelpipe.dicom.pixels.format import PixelFormat
+from voxelpipe.dicom.pixels.format import PixelFormat, check_frame_bytes
 from voxelpipe.dicom.pixels.imagecodecs_decoder import IMAGECODECS_FUNCTIONS, IMAGECODECS_MIN_VERSION
 from voxelpipe.dicom.pixels.raw import PIXEL_DATA_TAG
 from voxelpipe.dicom.pixels.registry import DECODERS, Decoder, available_decoders, decoder_for
@@ -57,5 +57,5 @@ __all__ = ["DECODERS", "DEFLATED_LE", "Decoder", "EXPLICIT_BE", "EXPLICIT_LE", "
            "HTJ2K_LOSSLESS_RPCL", "IMAGECODECS_FUNCTIONS", "IMAGECODECS_MIN_VERSION", "IMPLICIT_LE", "JPEG2000",
            "JPEG2000_LOSSLESS", "JPEG2000_SYNTAXES", "JPEGLS_LOSSLESS", "JPEGLS_NEAR_LOSSLESS", "JPEGLS_SYNTAXES",
            "JPEG_BASELINE", "JPEG_EXTENDED", "JPEG_LOSSLESS", "JPEG_LOSSLESS_SV1", "JPEG_SYNTAXES",
-           "NATIVE_SYNTAXES", "PIXEL_DATA_TAG", "PixelFormat", "RLE_LOSSLESS", "available_decoders", "decode_into",
-           "decoder_for", "syntax_name"]
+           "NATIVE_SYNTAXES", "PIXEL_DATA_TAG", "PixelFormat", "RLE_LOSSLESS", "available_decoders",
+           "check_frame_bytes", "decode_into", "decoder_for", "syntax_name"]

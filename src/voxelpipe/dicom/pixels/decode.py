@@ -9,10 +9,11 @@ import numpy as np
 
 from voxelpipe.core.errors import DicomReadError, InputError
 from voxelpipe.dicom.files import read_header
+from voxelpipe.dicom.pixels.encapsulated import truncation
 from voxelpipe.dicom.pixels.format import PixelFormat
 from voxelpipe.dicom.pixels.job import DecodeJob, DecoderDeclined
 from voxelpipe.dicom.pixels.registry import DECODERS, FALLBACK, decoder_for
-from voxelpipe.dicom.pixels.syntaxes import syntax_name
+from voxelpipe.dicom.pixels.syntaxes import DEFLATED_LE, NATIVE_SYNTAXES, syntax_name
 
 log = logging.getLogger("voxelpipe")
 
@@ -50,8 +51,13 @@ def decode_into(path: str, fmt: PixelFormat, out: np.ndarray, pixel_offset: int 
                              f"with {fmt.samples_per_pixel} sample(s) per pixel here")
     except InputError as exc:
         raise DicomReadError(path, str(exc)) from None
+    encapsulated = fmt.transfer_syntax not in NATIVE_SYNTAXES and fmt.transfer_syntax != DEFLATED_LE
     if DECODERS[name].needs_offset and pixel_offset < 0:
         pixel_offset = find_pixel_offset(path)
+    if encapsulated:  # cut-short data is named as such, not left to a decoder's puzzling error
+        why = truncation(path, pixel_offset)
+        if why:
+            raise DicomReadError(path, why)
     job = DecodeJob(path, fmt, out, pixel_offset, wanted)
     try:
         DECODERS[name].decode(job)

@@ -1,6 +1,7 @@
 """Reading the encoded frames of encapsulated (compressed) pixel data from a file."""
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ from voxelpipe.core.errors import DicomReadError
 from voxelpipe.dicom.pixels.job import DecodeJob
 
 ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian: the first item of encapsulated pixel data
+SEQUENCE_DELIMITER_TAG = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD): the end of encapsulated pixel data
 
 
 def encoded_frames(job: DecodeJob) -> Iterator[tuple[int, bytes]]:
@@ -47,6 +49,39 @@ def encoded_frames(job: DecodeJob) -> Iterator[tuple[int, bytes]]:
             raise DicomReadError(job.path, f"corrupt or truncated encapsulated pixel data: {exc}") from None
 
 
+def truncation(path: str, pixel_offset: int) -> str | None:
+    """Why the encapsulated pixel data of ``path`` at ``pixel_offset`` is cut short, or None when every item
+    it declares is present in the file (only the item headers are read).
+
+    Returns:
+        ``"truncated pixel data: ..."`` naming the bytes of encapsulated data present and the item cut short.
+    """
+    if pixel_offset < 0:
+        return None
+    with open(path, "rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        present = size - pixel_offset
+        pos, index = pixel_offset, 0
+        while pos < size:
+            fp.seek(pos)
+            head = fp.read(8)
+            if len(head) < 8:
+                return (f"truncated pixel data: the encapsulated Pixel Data (7FE0,0010) holds {present} bytes from "
+                        f"byte {pixel_offset}; the header of item {index} at byte {pos} is cut short")
+            if head[:4] == SEQUENCE_DELIMITER_TAG:
+                return None
+            if head[:4] != ITEM_TAG:
+                return None  # not an item: corrupt rather than cut short, the decoder says so
+            length = struct.unpack_from("<I", head, 4)[0]
+            if pos + 8 + length > size:
+                return (f"truncated pixel data: the encapsulated Pixel Data (7FE0,0010) holds {present} bytes from "
+                        f"byte {pixel_offset}; item {index} at byte {pos} declares {length} bytes, "
+                        f"{size - pos - 8} present")
+            pos += 8 + length
+            index += 1
+    return None
+
+
 def extended_offsets(path: str):
     """(ExtendedOffsetTable, ExtendedOffsetTableLengths) of the file, or None when it has not both."""
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -55,4 +90,4 @@ def extended_offsets(path: str):
     return None
 
 
-__all__ = ["encoded_frames", "extended_offsets"]
+__all__ = ["encoded_frames", "extended_offsets", "truncation"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voxelpipe.core.errors import BadTagValueError, InputError, MissingTagError
+from voxelpipe.core.errors import BadTagValueError, DicomReadError, InputError, MissingTagError
 from voxelpipe.dicom.flatten import DUPLICATE_PREFIX, column_name
 
 TAGS = {
@@ -140,4 +140,19 @@ class PixelFormat:
         return length
 
 
-__all__ = ["COLUMNS", "EXTENDED_OFFSETS_COLUMN", "PixelFormat", "TAGS"]
+def check_frame_bytes(path: str, fmt: PixelFormat, max_frame_bytes: int) -> None:
+    """Refuse a frame of more than ``max_frame_bytes`` bytes (Rows x Columns x SamplesPerPixel x BitsAllocated
+    / 8, as declared; a MOSAIC is one frame) before anything is allocated or decoded.
+
+    Raises:
+        DicomReadError: Naming the file, the tags, their values and the limit.
+    """
+    frame_bytes = fmt.rows * fmt.columns * fmt.samples_per_pixel * fmt.bits_allocated // 8
+    if frame_bytes > max_frame_bytes:
+        raise DicomReadError(path, f"frame too large: Rows (0028,0010) {fmt.rows} x Columns (0028,0011) "
+                                   f"{fmt.columns} x SamplesPerPixel (0028,0002) {fmt.samples_per_pixel} x "
+                                   f"BitsAllocated (0028,0100) {fmt.bits_allocated} / 8 = {frame_bytes} bytes, "
+                                   f"more than --max-frame-bytes {max_frame_bytes}")
+
+
+__all__ = ["COLUMNS", "EXTENDED_OFFSETS_COLUMN", "PixelFormat", "TAGS", "check_frame_bytes"]
