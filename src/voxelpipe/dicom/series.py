@@ -103,8 +103,10 @@ def _group(key: str, uid: str, members: list[FileRecord], note: str) -> list[Ser
 
 def _degenerate_capture(records: list[FileRecord]) -> bool:
     """DERIVED\\SECONDARY images (screen captures such as an exam summary) that cannot be a volume: several
-    files, every one at the same position."""
-    if len(records) < 2 or not all(is_derived_secondary(r.image_type) for r in records):
+    instances (distinct SOPInstanceUIDs: copies of one instance are not several captures, and convert compares
+    them), every one at the same position."""
+    distinct = {r.sop_instance_uid or r.path for r in records}
+    if len(distinct) < 2 or not all(is_derived_secondary(r.image_type) for r in records):
         return False
     first = np.asarray(records[0].slices[0].ipp)
     return all(np.allclose(np.asarray(s.ipp), first, atol=1e-3) for r in records for s in r.slices)
