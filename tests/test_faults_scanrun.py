@@ -37,8 +37,6 @@ from voxelpipe.stores.tables import RowSpool, atomic_path
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
-MANIFEST_FILES = ("metadata.csv", "series_all.csv", "series_files.csv", "objects.csv", "unreadable_files.csv",
-                  "scan.json")
 
 
 def uid_bytes_key(uid: str, secret: str | None = None) -> str:
@@ -304,7 +302,7 @@ def _kill_scan(command: list[str], out: str, rng: random.Random, at_first_tempor
             while process.poll() is None and not leftovers(out):
                 time.sleep(0.0005)
         else:
-            time.sleep(rng.uniform(0.3, 2.0))
+            time.sleep(rng.uniform(0.2, 1.2))
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
