@@ -4,21 +4,35 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
 
 SECRET_ENV = "VOXELPIPE_KEY_SECRET"
 KEY_LENGTH = 16  # hex characters
+Name = TypeVar("Name", bound=Hashable)
 
 
 def series_key(series_uid: str, secret: str | None = None) -> str:
-    """Hex key of a SeriesInstanceUID: SHA-256, or HMAC-SHA-256 keyed with ``secret``
-    (default: the ``VOXELPIPE_KEY_SECRET`` environment variable) for pseudonymisation."""
+    """Hex key of a SeriesInstanceUID: the first 16 hex digits of SHA-256 of its exact UTF-8 bytes, or of
+    HMAC-SHA-256 keyed with ``secret`` (default: the ``VOXELPIPE_KEY_SECRET`` environment variable) for
+    pseudonymisation.
+
+    A valid UID is ASCII, and its UTF-8 bytes are its ASCII bytes. A UID that is not (a non-ASCII character, a
+    lone surrogate from undecodable bytes) is hashed exactly too, so two UIDs that differ anywhere get different
+    keys (up to the truncation to 16 hex digits; :func:`key_clashes` finds those)."""
     secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
-    data = series_uid.encode("ascii", "replace")
+    data = text_bytes(series_uid)
     if secret:
-        digest = hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+        digest = hmac.new(text_bytes(secret), data, hashlib.sha256).hexdigest()
     else:
         digest = hashlib.sha256(data).hexdigest()
     return digest[:KEY_LENGTH]
+
+
+def text_bytes(text: str) -> bytes:
+    """The UTF-8 bytes of ``text``; a lone surrogate (Python's stand-in for an undecodable byte) is encoded as
+    its own 3-byte sequence, which no valid character has, so different strings always give different bytes."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def series_number_key(series_uid: str, series_number: str, secret: str | None = None) -> str:
@@ -26,6 +40,15 @@ def series_number_key(series_uid: str, series_number: str, secret: str | None = 
     of ``"<SeriesInstanceUID>\\<SeriesNumber>"`` (a backslash cannot occur in a UID, so no other series can
     get it)."""
     return series_key(f"{series_uid}\\{series_number}", secret)
+
+
+def key_clashes(keys: Mapping[Name, str]) -> dict[str, list[Name]]:
+    """The keys that more than one name gets: ``keys`` maps each name (a SeriesInstanceUID; a UID and a
+    SeriesNumber) to its key; returns ``{key: [its names, in the order given]}`` for every key shared by several."""
+    names_of: dict[str, list[Name]] = {}
+    for name, key in keys.items():
+        names_of.setdefault(key, []).append(name)
+    return {key: names for key, names in names_of.items() if len(names) > 1}
 
 
 SUBJECT_PATIENT_HEX = 7

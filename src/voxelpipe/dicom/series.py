@@ -6,6 +6,8 @@ keyed by :func:`~voxelpipe.core.keys.series_number_key`. LOCALIZER / SCOUT / TOP
 captures (Secondary Capture SOP class; or DERIVED\\SECONDARY images all at one position) are left out and
 counted; a series of nothing else gets a row with no slices and ``not_volume_reason`` saying why. Slices are
 ordered by ImagePositionPatient projected on the slice normal, ascending, then InstanceNumber, then path.
+Two SeriesInstanceUIDs (or SeriesNumbers) that get the same key are never merged: neither becomes a series
+(:class:`KeyClash`, its reason naming both).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxelpipe.core.geometry import Steps, cluster_positions, orientation_label, signed_tilt_degrees, slice_normal
-from voxelpipe.core.keys import series_key, series_number_key
+from voxelpipe.core.keys import key_clashes, series_key, series_number_key
 from voxelpipe.dicom.records import FileRecord, is_derived_secondary
 
 ORIENTATION_TOLERANCE = 1e-3  # max difference of direction cosines within one orientation
@@ -48,23 +50,54 @@ class Series:
     file_rows: list[dict[str, object]] = field(default_factory=list)
 
 
-def group_series(records: list[FileRecord], secret: str | None = None) -> list[Series]:
-    """Group image records by SeriesInstanceUID, split by orientation/size, and check every part."""
+@dataclass
+class KeyClash:
+    """The files of one SeriesInstanceUID (or of one SeriesNumber inside it) whose series key another one of the
+    same scan gets too: they are never merged into that series; none of them becomes a series."""
+
+    key: str
+    series_uid: str
+    records: list[FileRecord]
+    reason: str
+
+
+def group_series(records: list[FileRecord], secret: str | None = None) -> tuple[list[Series], list[KeyClash]]:
+    """Group image records by SeriesInstanceUID, split by orientation/size, and check every part.
+
+    Returns the series and the key clashes: when two SeriesInstanceUIDs (or SeriesNumbers of one) get the same
+    key, neither becomes a series; each is returned as a :class:`KeyClash` whose reason names both."""
     by_uid: dict[str, list[FileRecord]] = defaultdict(list)
     for record in records:
         by_uid[record.series_uid].append(record)
-    result: list[Series] = []
+    # (uid, SeriesNumber or None) -> its key, files and split note; sorted by UID, then SeriesNumber
+    parts: dict[tuple[str, str | None], tuple[str, list[FileRecord], str]] = {}
     for uid in sorted(by_uid):
         members = sorted(by_uid[uid], key=lambda r: r.path)
         numbers = sorted({r.series_number for r in members}, key=_number_order)
         if len(numbers) == 1:
-            result.extend(_group(series_key(uid, secret), uid, members, ""))
+            parts[(uid, None)] = (series_key(uid, secret), members, "")
             continue
         note = f"SeriesInstanceUID holds {len(numbers)} SeriesNumbers ({', '.join(n or '?' for n in numbers)})"
         for number in numbers:
             group = [r for r in members if r.series_number == number]
-            result.extend(_group(series_number_key(uid, number, secret), uid, group, note))
-    return result
+            parts[(uid, number)] = (series_number_key(uid, number, secret), group, note)
+    clashes = key_clashes({name: key for name, (key, _, _) in parts.items()})
+    result: list[Series] = []
+    failed: list[KeyClash] = []
+    for name, (key, members, note) in parts.items():
+        if key in clashes:
+            others = ", ".join(_source_text(other) for other in clashes[key] if other != name)
+            reason = (f"series key {key} of {_source_text(name)} is also the key of {others}: neither is used "
+                      "(a key names one series)")
+            failed.append(KeyClash(key, name[0], members, reason))
+        else:
+            result.extend(_group(key, name[0], members, note))
+    return result, failed
+
+
+def _source_text(name: tuple[str, str | None]) -> str:
+    uid, number = name
+    return f"SeriesInstanceUID {uid}" + (f" SeriesNumber {number or '?'}" if number is not None else "")
 
 
 def _number_order(number: str) -> tuple:

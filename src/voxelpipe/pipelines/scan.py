@@ -8,6 +8,10 @@ MANIFEST/
   unreadable_files.csv         path, kind and reason of every file that could not be used
   shards/series_shard_XX.csv   the series split into N shards balanced by bytes
   scan.json                    counts and options; written last (the manifest is complete when it exists)
+
+A scan owns its manifest folder while it runs: it starts by removing the scan.json and the temporary files an
+earlier, interrupted scan of that folder left. An output that cannot be written (disk full, no permission) raises
+:class:`~voxelpipe.stores.tables.OutputWriteError` naming the file, and leaves no temporary file behind.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, N
 from voxelpipe.core.progress import Progress
 from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
-from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
+from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
-from voxelpipe.stores.tables import RowSpool, write_csv, write_json
+from voxelpipe.stores.tables import RowSpool, output_errors, remove_temporaries, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
 
@@ -38,6 +42,10 @@ OBJECT_COLUMNS = [
 UNREADABLE_COLUMNS = ["path", "kind", "reason"]
 METADATA_LEADING = ["path", "series_key"]
 FILES_PER_TASK = 32
+KEY_CLASH = "key_clash"  # kind in unreadable_files.csv of the files of series whose keys clash
+MANIFEST_FILES = ("metadata.csv", "metadata.parquet", "series_all.csv", "series_files.csv", "objects.csv",
+                  "unreadable_files.csv", "scan.json")
+SHARDS_FOLDER = "shards"
 
 
 @dataclass
@@ -114,8 +122,8 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
 
     out = os.fspath(out) if out is not None else None
-    if out and os.path.exists(os.path.join(out, "scan.json")):
-        os.remove(os.path.join(out, "scan.json"))  # the manifest is incomplete until this run finishes
+    if out:
+        prepare_manifest_folder(out)
     spool = RowSpool(out, METADATA_LEADING) if out else None
     metadata: list[dict] = []
     metadata_columns: dict[str, None] = dict.fromkeys(METADATA_LEADING)
@@ -140,7 +148,8 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                 bar.update(len(results))
 
         images = [r for r in records if r.kind == "image"]
-        series = group_series(images, secret)
+        series, clashes = group_series(images, secret)
+        unreadable.extend(_clash_rows(clashes))
         objects = _object_rows([r for r in records if r.kind == "object"], series, secret)
         key_of_path = {r.path: s.key for s in series for r in s.records}
         shard_rows = balance([s.row for s in series], shards)
@@ -165,10 +174,33 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                         seconds=seconds, out=out, metadata=metadata,
                         records={s.key: s.records for s in series})
     if out:
-        write_json(os.path.join(out, "scan.json"), _summary(result, paths, shards, workers, table_format))
+        with output_errors(os.path.join(out, "scan.json")):
+            write_json(os.path.join(out, "scan.json"), _summary(result, paths, shards, workers, table_format))
     log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),
              len(unreadable), len(files), seconds)
     return result
+
+
+def prepare_manifest_folder(out: str) -> None:
+    """Make the manifest folder ready for a new scan: create it, remove scan.json (the manifest is incomplete until
+    the scan finishes) and the temporary files an interrupted scan left (tables not yet renamed, named row spools
+    of earlier versions). The caller owns the folder for the whole scan."""
+    with output_errors(out):
+        os.makedirs(out, exist_ok=True)
+        summary = os.path.join(out, "scan.json")
+        if os.path.exists(summary):
+            os.remove(summary)
+        remove_temporaries(out, MANIFEST_FILES)
+        remove_temporaries(os.path.join(out, SHARDS_FOLDER), [".csv"])
+
+
+def _clash_rows(clashes: list[KeyClash]) -> list[dict]:
+    """unreadable_files.csv rows of the files of series whose keys clash (every file, with the reason)."""
+    rows = []
+    for clash in clashes:
+        log.warning("scan: %d file(s) not used: %s", len(clash.records), clash.reason)
+        rows.extend({"path": r.path, "kind": KEY_CLASH, "reason": clash.reason} for r in clash.records)
+    return rows
 
 
 def _object_rows(objects: list[FileRecord], series: list[Series], secret: str | None) -> list[dict]:
@@ -216,17 +248,22 @@ def shard_name(index: int, shards: int) -> str:
 
 def _write_manifest(out: str, series_rows: list[dict], file_rows: list[dict], objects: list[dict],
                     unreadable: list[dict], shard_rows: list[list[dict]]) -> None:
-    write_csv(os.path.join(out, "series_all.csv"), series_rows, SERIES_COLUMNS)
-    write_csv(os.path.join(out, "series_files.csv"), file_rows, FILE_COLUMNS)
-    write_csv(os.path.join(out, "objects.csv"), objects, OBJECT_COLUMNS)
-    write_csv(os.path.join(out, "unreadable_files.csv"), unreadable, UNREADABLE_COLUMNS)
-    shard_dir = os.path.join(out, "shards")
-    os.makedirs(shard_dir, exist_ok=True)
-    for name in os.listdir(shard_dir):  # a rerun with fewer shards must not leave stale ones behind
-        if name.startswith("series_shard_"):
-            os.remove(os.path.join(shard_dir, name))
+    """Write the manifest tables; an ``OSError`` becomes an OutputWriteError naming the file."""
+    tables = [("series_all.csv", series_rows, SERIES_COLUMNS), ("series_files.csv", file_rows, FILE_COLUMNS),
+              ("objects.csv", objects, OBJECT_COLUMNS), ("unreadable_files.csv", unreadable, UNREADABLE_COLUMNS)]
+    for name, rows, columns in tables:
+        with output_errors(os.path.join(out, name)):
+            write_csv(os.path.join(out, name), rows, columns)
+    shard_dir = os.path.join(out, SHARDS_FOLDER)
+    with output_errors(shard_dir):
+        os.makedirs(shard_dir, exist_ok=True)
+        for name in os.listdir(shard_dir):  # a rerun with fewer shards must not leave stale ones behind
+            if name.startswith("series_shard_"):
+                os.remove(os.path.join(shard_dir, name))
     for index, rows in enumerate(shard_rows):
-        write_csv(os.path.join(shard_dir, shard_name(index, len(shard_rows))), rows, SERIES_COLUMNS)
+        path = os.path.join(shard_dir, shard_name(index, len(shard_rows)))
+        with output_errors(path):
+            write_csv(path, rows, SERIES_COLUMNS)
 
 
 def _summary(result: ScanResult, paths, shards: int, workers: int, table_format: str) -> dict:

@@ -1,31 +1,95 @@
-"""Writing tables: CSV (always) and Parquet (optional, pyarrow), atomically (temporary name, then rename)."""
+"""Writing tables: CSV (always) and Parquet (optional, pyarrow), atomically (temporary name, then rename).
+
+A temporary file is readable by its owner only (0600) while it exists, since tables may hold patient data; the
+final file gets the usual permissions. The row spool of :class:`RowSpool` has no name at all.
+"""
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from voxelpipe.core.errors import InputError
+from voxelpipe.core.errors import InputError, VoxelpipeError
+
+log = logging.getLogger("voxelpipe")
+
+TEMPORARY_PREFIX = ".tmp-"  # atomic_path's temporary files: TEMPORARY_PREFIX + random + final name
+SPOOL_PREFIX = ".spool-"  # named row spools of earlier versions: SPOOL_PREFIX + random + SPOOL_SUFFIX
+SPOOL_SUFFIX = ".jsonl"
+
+
+class OutputWriteError(VoxelpipeError, OSError):
+    """An output file or folder could not be written (disk full, file too large, no permission): the message names
+    the path and the OS error. Also an ``OSError``, with the original ``errno``."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError, what: str = ""):
+        self.path = os.fspath(path)
+        code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+        reason = exc.strerror or str(exc)
+        self.message = f"{self.path}: cannot write{what}: {reason}" + (f" ({code})" if code else "")
+        super().__init__(self.message)
+        self.errno = exc.errno
+
+    def __str__(self) -> str:  # OSError's own would show only "[Errno N] ..." once errno is set
+        return self.message
+
+
+@contextmanager
+def output_errors(path: str | os.PathLike, what: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` raised in the block into :class:`OutputWriteError` naming ``path`` (``what``: words
+    after "cannot write", e.g. " the row spool")."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError(path, exc, what) from exc
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only when the block succeeds."""
+    """Yield a temporary path beside ``path`` (mode 0600); give it the usual permissions and rename it to ``path``
+    only when the block succeeds, else remove it."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=os.path.basename(path), dir=folder)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the output gets the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Remove what writers killed before they finished left in ``folder``: :func:`atomic_path`'s temporary files
+    of the final ``names``, and named row spools of earlier versions. Only for a folder this process owns (another
+    writer's temporaries would go too). Returns the removed paths."""
+    folder = os.fspath(folder)
+    try:
+        entries = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    suffixes = tuple(names)
+    removed = []
+    for name in entries:
+        stale = ((name.startswith(TEMPORARY_PREFIX) and name.endswith(suffixes))
+                 or (name.startswith(SPOOL_PREFIX) and name.endswith(SPOOL_SUFFIX)))
+        path = os.path.join(folder, name)
+        if stale and os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", len(removed), folder)
+    return removed
 
 
 def _umask() -> int:
@@ -63,25 +127,33 @@ def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
 
 class RowSpool:
     """Rows with varying columns streamed to a temporary JSON-lines file, then written as one table whose
-    columns are the union over all rows (first-seen order). Memory stays flat however many rows come."""
+    columns are the union over all rows (first-seen order). Memory stays flat however many rows come.
+
+    The file has no name (it is removed from ``folder`` as it is created), so it is never visible to other users
+    and nothing is left behind when the process is killed. An ``OSError`` while spooling (disk full) is raised as
+    :class:`OutputWriteError` naming ``folder``."""
 
     def __init__(self, folder: str | os.PathLike, leading: list[str]):
-        os.makedirs(folder, exist_ok=True)
-        self._fh = tempfile.NamedTemporaryFile("w+", encoding="utf-8", dir=folder, prefix=".spool-",
-                                               suffix=".jsonl", delete=False)
+        self.folder = os.fspath(folder)
+        with output_errors(self.folder, " the temporary row spool"):
+            os.makedirs(self.folder, exist_ok=True)
+            self._fh = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.folder, prefix=SPOOL_PREFIX,
+                                              suffix=SPOOL_SUFFIX)
         self.columns: dict[str, None] = dict.fromkeys(leading)
         self.count = 0
 
     def add(self, row: dict[str, str]) -> None:
         """Append one row (its new columns join the table's columns)."""
+        with output_errors(self.folder, " the temporary row spool"):
+            self._fh.write(json.dumps(row, ensure_ascii=False))
+            self._fh.write("\n")
         self.columns.update(dict.fromkeys(row))
-        self._fh.write(json.dumps(row, ensure_ascii=False))
-        self._fh.write("\n")
         self.count += 1
 
     def _rows(self, extra: dict[str, dict[str, str]] | None, key: str) -> Iterator[dict[str, str]]:
-        self._fh.flush()
-        self._fh.seek(0)
+        with output_errors(self.folder, " the temporary row spool"):
+            self._fh.flush()
+            self._fh.seek(0)
         for line in self._fh:
             row = json.loads(line)
             if extra:
@@ -90,18 +162,21 @@ class RowSpool:
 
     def write(self, csv_path: str, parquet_path: str | None = None,
               extra: dict[str, dict[str, str]] | None = None, key: str = "path") -> None:
-        """Write the CSV (and Parquet); ``extra[row[key]]`` adds cells to a row on the way out."""
+        """Write the CSV (and Parquet); ``extra[row[key]]`` adds cells to a row on the way out. An ``OSError`` is
+        raised as :class:`OutputWriteError` naming the table."""
         columns = list(self.columns)
-        write_csv(csv_path, self._rows(extra, key), columns)
+        with output_errors(csv_path):
+            write_csv(csv_path, self._rows(extra, key), columns)
         if parquet_path:
-            write_parquet(parquet_path, self._rows(extra, key), columns)
+            with output_errors(parquet_path):
+                write_parquet(parquet_path, self._rows(extra, key), columns)
 
     def close(self) -> None:
-        """Close and delete the temporary file."""
-        name = self._fh.name
-        self._fh.close()
-        if os.path.exists(name):
-            os.remove(name)
+        """Close (and so delete) the temporary file; rows not yet written to disk are dropped, never an error."""
+        try:
+            self._fh.close()
+        except OSError:  # flushing the last rows failed (disk full): the file goes all the same
+            pass
 
 
 def write_parquet(path: str, rows: Iterable[dict], columns: list[str], batch_rows: int = 5000) -> None:
