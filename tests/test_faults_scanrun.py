@@ -27,6 +27,7 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
+import voxelpipe
 import voxelpipe.dicom.series as series_module
 import voxelpipe.stores.tables as tables_module
 from voxelpipe import scan
@@ -329,3 +330,32 @@ def test_kill_during_scan_leaves_temporaries_that_a_rerun_removes(many_small, tm
         assert all(mode == 0o600 for mode in left.values()), left
         assert not [p for p in left if os.path.basename(p).startswith(".spool-")], left
     assert seen, "no kill left a temporary file: the test did not exercise the cleanup"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names that are not UTF-8 exist only on Linux-like systems")
+def test_file_names_that_are_not_utf8_are_listed_and_converted(tmp_path, capsys):
+    """A DICOM file and a non-DICOM file whose names are not valid UTF-8 (bytes 0xFF 0xFE): scan lists both,
+    convert converts the image to pydicom's voxels, and every path in the tables opens the file it names."""
+    from pydicom.data import get_testdata_file
+
+    folder = os.path.join(os.fsencode(tmp_path), b"d")
+    os.makedirs(folder)
+    image = os.path.join(folder, b"bad\xff\xfe.dcm")
+    shutil.copy(get_testdata_file("CT_small.dcm"), image)
+    other = os.path.join(folder, b"notes\xff.txt")
+    with open(other, "wb") as fh:
+        fh.write(b"not dicom")
+    out = str(tmp_path / "out")
+    assert main(["--no-progress", "convert", os.fsdecode(folder), "--out", out]) == 0
+    capsys.readouterr()
+    files = list(csv.DictReader(open(os.path.join(out, "manifest", "series_files.csv"), newline="",
+                                     encoding="utf-8", errors="surrogateescape")))
+    assert [os.fsencode(r["path"]) for r in files] == [image]
+    unreadable = list(csv.DictReader(open(os.path.join(out, "manifest", "unreadable_files.csv"), newline="",
+                                          encoding="utf-8", errors="surrogateescape")))
+    assert [os.fsencode(r["path"]) for r in unreadable] == [other]
+    summary = list(csv.DictReader(open(os.path.join(out, "summary_run.csv"), newline="", encoding="utf-8")))
+    assert [r["status"] for r in summary] == ["done"], summary
+    ds = pydicom.dcmread(os.fsdecode(image))
+    volume = np.asarray(voxelpipe.open_volume(summary[0]["path"]).array)
+    np.testing.assert_array_equal(volume[0], apply_modality_lut(ds.pixel_array, ds))

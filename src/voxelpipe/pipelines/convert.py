@@ -42,7 +42,7 @@ from voxelpipe.pipelines.series_regrid import REGRID_COLUMNS
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
 from voxelpipe.stores.hdf5_store import keys_in, merge_into
 from voxelpipe.stores.nifti import require_nibabel
-from voxelpipe.stores.tables import read_csv, write_csv, write_json
+from voxelpipe.stores.tables import PATH_BYTES, read_csv, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
 
@@ -64,7 +64,7 @@ def load_manifest(manifest: str) -> tuple[list[dict], dict[str, list[str]]]:
     if files_csv is None:
         raise InputError(f"{manifest}: no series_files.csv beside it or one folder up")
     files: dict[str, list[str]] = defaultdict(list)
-    with open(files_csv, newline="", encoding="utf-8") as fh:
+    with open(files_csv, newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
         for row in csv.DictReader(fh):
             files[row["series_key"]].append(row["path"])
     return rows, files

@@ -44,7 +44,7 @@ from voxelpipe.execution import check_executor, default_workers, imap, init_work
 from voxelpipe.stores.masks import write_masks
 from voxelpipe.stores.nifti import write_nifti_masks
 from voxelpipe.stores.registry import NIFTI_SUFFIXES
-from voxelpipe.stores.tables import read_csv, write_csv
+from voxelpipe.stores.tables import PATH_BYTES, read_csv, write_csv
 from voxelpipe.stores.volumes import open_volume
 from voxelpipe.stores.zarr_store import STORE_SUFFIXES
 
@@ -115,7 +115,7 @@ def load_slice_uids(volume_path: str | os.PathLike) -> list[str] | None:
     slices_csv = os.path.join(meta, f"{key}.slices.csv")
     if not os.path.isfile(slices_csv):
         return None
-    with open(slices_csv, newline="", encoding="utf-8") as fh:
+    with open(slices_csv, newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
         rows = list(csv.DictReader(fh))
     n_slices = len(rows)
     series_json = os.path.join(meta, f"{key}.series.json")

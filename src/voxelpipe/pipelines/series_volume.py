@@ -47,7 +47,7 @@ from voxelpipe.ops.regrid import regrid
 from voxelpipe.ops.rescale import check_rescale, output_dtype, rescale
 from voxelpipe.pipelines.series_instances import convert_instances, volume_path
 from voxelpipe.pipelines.series_regrid import GeometryDecision, decide
-from voxelpipe.stores.tables import atomic_path, write_json
+from voxelpipe.stores.tables import PATH_BYTES, atomic_path, write_json
 from voxelpipe.stores.writer import VolumeWriter, writer_for
 
 INT16 = np.dtype(np.int16)
@@ -568,5 +568,6 @@ def _write_meta(task: SeriesTask, attrs: dict, ordered: list[Frame]) -> None:
     for i, f in enumerate(ordered):
         writer.writerow([i, f.record.sop_instance_uid, f.record.instance_number, f.frame, round(f.position, 4),
                          f.slope, f.intercept, f.record.path])
-    with atomic_path(os.path.join(meta, f"{task.key}.slices.csv")) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_path(os.path.join(meta, f"{task.key}.slices.csv")) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
         fh.write(buffer.getvalue())

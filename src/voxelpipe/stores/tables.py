@@ -39,6 +39,11 @@ class OutputWriteError(VoxelpipeError, OSError):
         return self.message
 
 
+# File names that are not valid UTF-8 (bytes the OS hands Python as lone surrogates) are written to the tables as
+# their raw bytes and read back the same way, so every path in a table opens the file it names.
+PATH_BYTES = "surrogateescape"
+
+
 @contextmanager
 def output_errors(path: str | os.PathLike, what: str = "") -> Iterator[None]:
     """Turn an ``OSError`` raised in the block into :class:`OutputWriteError` naming ``path`` (``what``: words
@@ -100,7 +105,7 @@ def _umask() -> int:
 
 def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str]) -> None:
     """Write ``rows`` (dicts; missing keys left empty) as CSV with a header, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -108,7 +113,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str])
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of strings."""
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
         return list(csv.DictReader(fh))
 
 
@@ -121,7 +126,7 @@ def write_json(path: str | os.PathLike, data: object) -> None:
 
 def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     """Write ``lines`` as UTF-8 text, one per line (``\n`` endings), atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors=PATH_BYTES, newline="\n") as fh:
         fh.writelines(line + "\n" for line in lines)
 
 
@@ -137,8 +142,8 @@ class RowSpool:
         self.folder = os.fspath(folder)
         with output_errors(self.folder, " the temporary row spool"):
             os.makedirs(self.folder, exist_ok=True)
-            self._fh = tempfile.TemporaryFile("w+", encoding="utf-8", dir=self.folder, prefix=SPOOL_PREFIX,
-                                              suffix=SPOOL_SUFFIX)
+            self._fh = tempfile.TemporaryFile("w+", encoding="utf-8", errors=PATH_BYTES, dir=self.folder,
+                                              prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX)
         self.columns: dict[str, None] = dict.fromkeys(leading)
         self.count = 0
 
