@@ -34,7 +34,9 @@ COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, suv, p
             project_2d, lung, report, demo)
 ENV_PREFIX = "VOXELPIPE_"
 LOG_LEVEL = "INFO"
-# errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path
+# errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path; any
+# other OSError that stops a run (a full disk while the summary is written, a file it may not write) is also
+# reported in one line with exit 2: a run either records its failures in its summary or stops that way
 BAD_REQUEST_ERRORS = (VoxelpipeError, FileNotFoundError, NotADirectoryError)
 
 
@@ -144,7 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     except BAD_REQUEST_ERRORS as exc:
         log.error("%s: %s", args.command, exc)
         return EXIT_BAD_REQUEST
+    except OSError as exc:  # the run could not write (disk full, permissions, another process's file lock)
+        log.error("%s: %s", args.command, os_error_text(exc))
+        return EXIT_BAD_REQUEST
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an OS error that stopped a run: what failed, on which file, and that nothing more was done."""
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    return f"{where}: {what} ({type(exc).__name__}); the run stopped" if where else \
+        f"{what} ({type(exc).__name__}); the run stopped"
 
 
 __all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions",
-           "subcommands", "main", "COMMANDS", "ENV_PREFIX"]
+           "subcommands", "main", "os_error_text", "COMMANDS", "ENV_PREFIX"]

@@ -26,6 +26,7 @@ from voxelpipe.dicom.files import iter_files, read_header
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.stores.lock import locks_output
 from voxelpipe.stores.tables import RowSpool, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
@@ -87,6 +88,7 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
     return results
 
 
+@locks_output("scan")  # one run per manifest folder
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
          table_format: str = defaults.SCAN_TABLE_FORMAT, secret: str | None = None,
