@@ -5,6 +5,7 @@ bytes and mtimes of files outside the output folder, and the exit status / stder
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -465,3 +466,71 @@ def test_shards_share_an_output_folder_but_a_shard_runs_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("command", ["scan", "masks", "resample", "project"])
+def test_other_commands_writing_a_folder_refuse_a_busy_one(tmp_path, caplog, command):
+    """scan --out, masks --manifest, resample and project hold the output folder's lock too: beside a running
+    convert they exit 2 naming the folder and its holder."""
+    out = tmp_path / "out"
+    holder = _hold(out, "", tmp_path / "ready")
+    source = str(tmp_path / "missing")
+    argv = {"scan": ["scan", source, "--out", str(out)],
+            "masks": ["masks", "--manifest", source, "--out", str(out)],
+            "resample": ["resample", source, "--out", str(out), "--spacing", "1,1,1"],
+            "project": ["project", source, "--out", str(out)]}[command]
+    try:
+        with caplog.at_level(logging.ERROR, logger="voxelpipe"):
+            assert main(["--no-progress", *argv]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(out) in caplog.text and f"pid {holder.pid}" in caplog.text
+
+
+def test_disk_full_before_the_summary_stops_with_one_line(study, tmp_path):
+    """A write error that stops the run itself (here: no file may exceed 512 bytes, so even the scan tables
+    cannot be written) ends with exit 2 and one line naming the file, never a traceback."""
+    folder, _ = study
+    out = tmp_path / "out"
+    result = cli(["convert", str(folder), "--out", str(out), "--workers", "1"], preexec_fn=_limit_file_size(512))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and str(out) in errors[0] and "File too large" in errors[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def mixed_study(tmp_path_factory) -> Path:
+    """A plain CT series and a cine series (two phases per position, 4-D)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    write_series(folder / "ct", SeriesSpec(n_slices=5, rows=16, columns=18, seed=61))
+    first = SeriesSpec(n_slices=4, rows=16, columns=18, spacing=(3.0, 0.5, 0.6), seed=62)
+    for phase, spec in enumerate((first, dataclasses.replace(first, seed=63))):
+        for path in write_series(folder / "cine", spec, names="shuffled"):
+            ds = pydicom.dcmread(path)
+            ds.TriggerTime = str(40 * phase)
+            ds.InstanceNumber = ds.InstanceNumber + 100 * phase
+            ds.save_as(path)
+    return folder
+
+
+OUTPUT_KINDS = {"zarr-dir": dict(fmt="zarr"), "zarr-zip": dict(fmt="zarr", store="zip"),
+                "zarr-sqlite": dict(fmt="zarr", store="sqlite"), "npz": dict(fmt="npz"), "nifti": dict(fmt="nifti"),
+                "nifti-plain": dict(fmt="nifti", nifti_gzip=False), "zarr-2d": dict(fmt="zarr", mode="2d"),
+                "npz-2d": dict(fmt="npz", mode="2d")}
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_complete_outputs_pass_the_completeness_check(mixed_study, tmp_path, kind):
+    """The completeness check never takes a complete output for a broken one: 3-D, 4-D and 2-D mode outputs of
+    every format and store are all skipped on a rerun, none listed as incomplete."""
+    options = OUTPUT_KINDS[kind]
+    if options["fmt"] == "nifti":
+        pytest.importorskip("nibabel")
+    out = tmp_path / "out"
+    first = voxelpipe.convert([str(mixed_study)], out=str(out), workers=1, progress=False, **options)
+    assert {r["status"] for r in first} == {"done"} and len(first) == 2, first
+    rerun = voxelpipe.convert([str(mixed_study)], out=str(out), workers=1, progress=False, **options)
+    assert {r["status"] for r in rerun} == {"skipped"}
+    assert "incomplete_outputs" not in json.loads((out / "summary_run.json").read_text())

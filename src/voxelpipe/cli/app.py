@@ -147,16 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", args.command, exc)
         return EXIT_BAD_REQUEST
     except OSError as exc:  # the run could not write (disk full, permissions, another process's file lock)
-        log.error("%s: %s", args.command, os_error_text(exc))
+        log.error("%s: %s", args.command, os_error_text(exc, getattr(args, "out", None)))
         return EXIT_BAD_REQUEST
 
 
-def os_error_text(exc: OSError) -> str:
-    """One line for an OS error that stopped a run: what failed, on which file, and that nothing more was done."""
-    where = exc.filename if exc.filename is not None else ""
-    what = exc.strerror or str(exc)
-    return f"{where}: {what} ({type(exc).__name__}); the run stopped" if where else \
-        f"{what} ({type(exc).__name__}); the run stopped"
+def os_error_text(exc: OSError, folder: str | None = None) -> str:
+    """One line for an OS error that stopped a run: the file (else the output ``folder``), what failed, and that
+    the run stopped there."""
+    what = f"{exc.strerror or exc} ({type(exc).__name__}); the run stopped"
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return f"writing into {folder}: {what}" if folder else what
 
 
 __all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions",

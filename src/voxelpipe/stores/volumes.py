@@ -267,8 +267,8 @@ def _nifti_problem(path: str, key: str | None) -> str:
         return f"{meta}: {problem}"
     header = nib.load(path).header
     nifti_shape = tuple(int(n) for n in header.get_data_shape())
-    shape = tuple(reversed(nifti_shape[:3])) + ((nifti_shape[3],) if len(nifti_shape) > 3 else ())
-    problem = _array_problem(shape[-3:] if len(shape) == 4 else shape, header.get_data_dtype(), attrs)
+    spatial = tuple(reversed(nifti_shape[:3]))  # NIfTI (column, row, slice[, frame]) of a converted volume
+    problem = _array_problem(spatial, header.get_data_dtype(), attrs)
     if problem:
         return problem
     # vox_offset 0 means the data follow the 348-byte header, the 4-byte extension flag and the extensions
