@@ -31,7 +31,7 @@ import voxelpipe
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import StoreError
 from voxelpipe.core.keys import check_series_key, is_series_key, series_key, series_number_key
-from voxelpipe.stores.lock import OutputBusyError, output_lock
+from voxelpipe.stores.lock import OutputBusyError, holds_alone, output_lock
 from voxelpipe.stores.registry import volume_path
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
@@ -109,10 +109,9 @@ def test_broken_hdf5_run_file_is_set_aside_and_rebuilt(study, tmp_path, overwrit
     assert [entry["path"] for entry in summary["broken_run_files"]] == [str(aside[0])]
 
 
-def test_per_series_files_are_kept_until_the_run_file_holds_them(study, tmp_path):
-    """The per-series ``<key>.h5`` files are deleted only after the run file that holds them is in place: a run
-    file garbled after the run (as a kill mid-merge garbles it) never loses a series, the rerun converts again
-    whatever the set-aside file held."""
+def test_garbled_hdf5_run_file_is_rebuilt_without_leftovers(study, tmp_path):
+    """A run file whose superblock is garbled is set aside and every series it held is converted again into a
+    new run file; no per-series file is left in data/."""
     folder, keys = study
     out = tmp_path / "out"
     voxelpipe.convert([str(folder)], out=str(out), fmt="hdf5", workers=1, progress=False)
@@ -351,7 +350,8 @@ def _limit_file_size(limit: int):
 
 def test_disk_full_during_hdf5_merge_gives_failed_rows_and_a_summary(study, tmp_path):
     """Writes failing with EFBIG while the run file is merged: exit 1, no traceback, summary csv/json written with
-    the failed rows and the OS error; the rerun with room completes every series equal to pydicom's pixels."""
+    the failed rows and the OS error, each failed series kept in its per-series file; the rerun with room
+    completes every series equal to pydicom's pixels."""
     folder, keys = study
     reference = tmp_path / "reference"
     voxelpipe.convert([str(folder)], out=str(reference), fmt="hdf5", workers=1, progress=False)
@@ -368,6 +368,8 @@ def test_disk_full_during_hdf5_merge_gives_failed_rows_and_a_summary(study, tmp_
     failed = [r for r in summary if r["status"] == "failed"]
     assert failed and all("File too large" in r["reason"] or "No space" in r["reason"] for r in failed), failed
     assert json.loads((out / "summary_run.json").read_text())["counts"]["failed"] == len(failed)
+    for row in failed:  # the converted series waits in its own file, not lost
+        assert (out / "data" / f"{row['series_key']}.h5").is_file()
     rerun = cli(["convert", "--manifest", str(manifest), "--out", str(out), "--format", "hdf5", "--workers", "1"])
     assert rerun.returncode == 0, rerun.stderr
     assert_run_file_holds(out / "data" / "volumes_run.h5", keys)
@@ -534,3 +536,15 @@ def test_complete_outputs_pass_the_completeness_check(mixed_study, tmp_path, kin
     rerun = voxelpipe.convert([str(mixed_study)], out=str(out), workers=1, progress=False, **options)
     assert {r["status"] for r in rerun} == {"skipped"}
     assert "incomplete_outputs" not in json.loads((out / "summary_run.json").read_text())
+
+
+def test_holds_alone_only_under_a_whole_run_lock(tmp_path):
+    """Leftovers of dead runs may be cleaned only by a process holding the folder (or one around it) as a whole
+    run: not under a shard's shared lock, not without a lock."""
+    out = tmp_path / "out"
+    assert not holds_alone(out / "manifest")
+    with output_lock(out, "convert"):
+        assert holds_alone(out) and holds_alone(out / "manifest")
+    with output_lock(out, "convert", "shard00of02"):
+        assert not holds_alone(out / "manifest")
+    assert not holds_alone(out)

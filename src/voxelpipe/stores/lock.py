@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from voxelpipe.core.errors import InputError
 
-__all__ = ["LOCK_NAME", "OutputBusyError", "OutputNotWritableError", "locks_output", "output_lock",
+__all__ = ["LOCK_NAME", "OutputBusyError", "OutputNotWritableError", "holds_alone", "locks_output", "output_lock",
            "prepare_output_folder"]
 
 log = logging.getLogger("voxelpipe")
@@ -203,3 +203,11 @@ def locks_output(command: str, parameter: str = "out") -> Callable[[F], F]:
         return locked  # type: ignore[return-value]
 
     return decorate
+
+
+def holds_alone(folder: str | os.PathLike) -> bool:
+    """True when this process holds ``folder``, or a folder around it, exclusively (a whole run's lock, not a
+    shard's): nobody else is writing there, so leftovers of dead runs in it (temporary spool files) may go."""
+    real = os.path.realpath(os.fspath(folder))
+    return any(shard is None and pid == os.getpid() and (real == path or real.startswith(path + os.sep))
+               for (path, shard), pid in _HELD.items())
