@@ -251,9 +251,9 @@ def _scan_as_nobody(argv: list[str]) -> tuple[int, list[str]]:
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() != 0, reason="needs root to drop to another user")
-def test_unwritable_manifest_folder_exits_1_naming_it(tmp_path):
-    """A manifest folder the user may not create (EACCES) is reported like a full disk: exit 1, one error naming the
-    folder and the OS error."""
+def test_unwritable_manifest_folder_exits_2_naming_it(tmp_path):
+    """A manifest folder the user may not create (EACCES) is refused before anything is read: exit 2, one error
+    naming the folder and the OS error."""
     data = tempfile.mkdtemp(prefix="vp-data-")
     locked = tempfile.mkdtemp(prefix="vp-locked-")
     try:
@@ -262,7 +262,7 @@ def test_unwritable_manifest_folder_exits_1_naming_it(tmp_path):
         write_series(os.path.join(data, "s"), SeriesSpec(n_slices=3, rows=8, columns=8))
         out = os.path.join(locked, "manifest")
         status, errors = _scan_as_nobody(["--no-progress", "scan", data, "--out", out, "--workers", "1"])
-        assert status == 1, errors
+        assert status == 2, errors
         assert len(errors) == 1 and out in errors[0] and "Permission denied" in errors[0], errors
         assert not os.path.exists(out)
     finally:

@@ -25,8 +25,8 @@ from voxelpipe.cli import (
     scan,
     suv,
 )
-from voxelpipe.cli.options import EXIT_BAD_REQUEST, exit_epilog, with_default, yes_no
-from voxelpipe.core.errors import VoxelpipeError
+from voxelpipe.cli.options import EXIT_BAD_REQUEST, EXIT_ITEMS_FAILED, exit_epilog, with_default, yes_no
+from voxelpipe.core.errors import OutputWriteError, VoxelpipeError
 
 log = logging.getLogger("voxelpipe")
 
@@ -34,7 +34,9 @@ COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, suv, p
             project_2d, lung, report, demo)
 ENV_PREFIX = "VOXELPIPE_"
 LOG_LEVEL = "INFO"
-# errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path
+# errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path; any
+# other OSError that stops a run (a full disk while the summary is written, a file it may not write) is also
+# reported in one line with exit 2: a run either records its failures in its summary or stops that way
 BAD_REQUEST_ERRORS = (VoxelpipeError, FileNotFoundError, NotADirectoryError)
 
 
@@ -131,8 +133,10 @@ def _convert(parser: argparse.ArgumentParser, action: argparse.Action, name: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the command and return its exit status: 0 ok, 1 some items
-    failed, 2 bad request (argparse's usage errors exit 2 through ``SystemExit``)."""
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command and return its exit status: 0 ok; 1 some items
+    failed, or the run stopped because an output could not be written (disk full); 2 bad request, refused before
+    anything was written (argparse's usage errors exit 2 through ``SystemExit``; a busy or non-writable output
+    folder)."""
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)
@@ -141,10 +145,25 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     try:
         return args.run(args)
+    except OutputWriteError as exc:  # not a bad request: the same command can succeed once there is room
+        log.error("%s: %s", args.command, exc)
+        return EXIT_ITEMS_FAILED
     except BAD_REQUEST_ERRORS as exc:
         log.error("%s: %s", args.command, exc)
         return EXIT_BAD_REQUEST
+    except OSError as exc:  # the run could not write (disk full, file too large) and stopped
+        log.error("%s: %s", args.command, os_error_text(exc, getattr(args, "out", None)))
+        return EXIT_ITEMS_FAILED
+
+
+def os_error_text(exc: OSError, folder: str | None = None) -> str:
+    """One line for an OS error that stopped a run: the file (else the output ``folder``), what failed, and that
+    the run stopped there."""
+    what = f"{exc.strerror or exc} ({type(exc).__name__}); the run stopped"
+    if exc.filename is not None:
+        return f"{exc.filename}: {what}"
+    return f"writing into {folder}: {what}" if folder else what
 
 
 __all__ = ["build_parser", "apply_env_defaults", "flags_win_in_groups", "env_name", "long_option", "settable_actions",
-           "subcommands", "main", "COMMANDS", "ENV_PREFIX"]
+           "subcommands", "main", "os_error_text", "COMMANDS", "ENV_PREFIX"]

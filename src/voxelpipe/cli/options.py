@@ -93,9 +93,11 @@ def with_default(text: str, value: Any) -> str:
 def exit_epilog(failed: str | None) -> str:
     """The exit-status paragraph of a command's ``--help``; ``failed``: what makes it exit 1 (None: it never
     does)."""
-    one = f"1 = the run finished but {failed}; " if failed else ""
-    return (f"Exit status: 0 = everything ok; {one}2 = bad request (usage error, invalid option or environment "
-            "value, missing or unusable input). Every option can also be set through the environment variable "
+    one = f"1 = the run finished but {failed}, or it stopped because an output could not be written (disk full); "
+    one = one if failed else "1 = the run stopped because an output could not be written (disk full); "
+    return (f"Exit status: 0 = everything ok; {one}2 = bad request, refused before anything was written (usage "
+            "error, invalid option or environment value, missing or unusable input, an output folder another run "
+            "holds or that cannot be written). Every option can also be set through the environment variable "
             "VOXELPIPE_<LONG OPTION> (upper case, dashes as underscores, e.g. --table-format -> "
             "VOXELPIPE_TABLE_FORMAT; booleans 1/0, true/false, yes/no, on/off; lists separated by the path "
             "separator); a flag on the command line wins.")

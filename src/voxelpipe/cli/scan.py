@@ -5,7 +5,6 @@ import argparse
 import logging
 
 from voxelpipe.cli.options import (
-    EXIT_ITEMS_FAILED,
     EXIT_OK,
     add_command,
     add_executor,
@@ -19,15 +18,12 @@ from voxelpipe.core import defaults
 
 NAME = "scan"
 # what makes scan exit 1: the request was fine, the outputs could not be written
-CANNOT_WRITE = ("could not write the manifest (disk full, file too large, no permission: the message names the "
-                "file and the OS error; the manifest has no scan.json)")
-
 log = logging.getLogger("voxelpipe")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, "find DICOM files, read headers, write the metadata table and the "
-                                           "series manifest", failed=CANNOT_WRITE)
+                                           "series manifest", failed=None)
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="folders (searched at any depth) or files")
     parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest folder to write (required)")
     parser.add_argument("--shards", type=positive_int, default=argparse.SUPPRESS, metavar="N",
@@ -42,14 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from voxelpipe.pipelines.scan import scan  # lazy: see the cli package docstring
-    from voxelpipe.stores.tables import OutputWriteError  # lazy with the pipeline
 
-    try:
-        result = scan(args.dirs, out=args.out, progress=progress(args),
-                      **given(args, ("shards", "workers", "table_format", "executor", "scheduler")))
-    except OutputWriteError as exc:  # not a bad request: the same command may succeed with room on the disk
-        log.error("%s: %s", NAME, exc)
-        return EXIT_ITEMS_FAILED
+    result = scan(args.dirs, out=args.out, progress=progress(args),
+                  **given(args, ("shards", "workers", "table_format", "executor", "scheduler")))
     print(f"scan: {result.n_files} files in {result.seconds:.1f} s: {len(result.series)} series, "
           f"{len(result.objects)} objects, {len(result.unreadable)} unreadable -> {args.out}")
     return EXIT_OK

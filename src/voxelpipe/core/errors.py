@@ -27,6 +27,12 @@ that are natural built-in errors too also inherit that built-in, so ``except Val
             UnsupportedUnitsError, NegativeUptakeError
         RtstructError                 [dicom.rtstruct]  an RTSTRUCT that cannot be read
         SuvError                      [dicom.suv]  SUV cannot be computed for a file
+        OutputBusyError               [stores.lock]  another run holds the output folder (exit 2)
+        OutputNotWritableError        [stores.lock]  the output folder cannot be created or written (exit 2)
+      StoreError (ValueError, TypeError)           a store used against its contract (wrong type, unknown kind,
+                                                   a file that is not the store its name says)
+      OutputWriteError (OSError)                   an output could not be written mid-run: disk full, file too
+                                                   large, no permission (names the path; exit 1)
       MergeError (RuntimeError)       [apps.petct.merge]    a merged subject file does not hold what was planned
       ModelError (RuntimeError)       [apps.lung.nodules]   a user nodule model failed
       DemoStepError                   [apps.demo]           a demo stage did not do its job
@@ -39,6 +45,7 @@ item's row (see :mod:`voxelpipe.core.rows`).
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 
@@ -49,6 +56,22 @@ class VoxelpipeError(Exception):
 
 class InputError(VoxelpipeError, ValueError):
     """Bad input to a library call (wrong shape, dtype, option value)."""
+
+
+class OutputWriteError(VoxelpipeError, OSError):
+    """An output file or folder could not be written (disk full, file too large, no permission): the message names
+    the path and the OS error. Also an ``OSError``, with the original ``errno``."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError, what: str = ""):
+        self.path = os.fspath(path)
+        code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+        reason = exc.strerror or str(exc)
+        self.message = f"{self.path}: cannot write{what}: {reason}" + (f" ({code})" if code else "")
+        super().__init__(self.message)
+        self.errno = exc.errno
+
+    def __str__(self) -> str:  # OSError's own would show only "[Errno N] ..." once errno is set
+        return self.message
 
 
 class PathNotFoundError(InputError, FileNotFoundError):

@@ -4,8 +4,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Hashable, Mapping
 from typing import TypeVar
+
+from voxelpipe.core.errors import InputError
 
 SECRET_ENV = "VOXELPIPE_KEY_SECRET"
 KEY_LENGTH = 16  # hex characters
@@ -69,3 +72,31 @@ def subject_id(patient: str, study_uid: str, secret: str | None = None) -> str:
     cannot be recomputed from a patient list without the secret."""
     secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
     return _digest(str(patient), secret)[:SUBJECT_PATIENT_HEX] + _digest(str(study_uid), secret)[-SUBJECT_STUDY_HEX:]
+
+
+SERIES_KEY_PATTERN = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}(_[1-9][0-9]*)?")
+"""Every series key voxelpipe builds: :func:`series_key` / :func:`series_number_key` (``KEY_LENGTH`` lowercase
+hex), optionally ``_<N>`` (N from 1) for the parts of a series split by orientation or size."""
+
+
+def is_series_key(text: object) -> bool:
+    """True when ``text`` is a series key of a form voxelpipe builds (see :data:`SERIES_KEY_PATTERN`): the only
+    names that may become a file name in an output folder."""
+    return isinstance(text, str) and SERIES_KEY_PATTERN.fullmatch(text) is not None
+
+
+def check_series_key(text: object, where: str = "") -> str:
+    """``text`` when it is a series key (:func:`is_series_key`).
+
+    Args:
+        text: the value to check (e.g. a ``series_key`` cell of a manifest).
+        where: where the value was read, for the message (``"series_all.csv row 3"``).
+
+    Raises:
+        InputError: not a series key; the message names ``where`` and the value.
+    """
+    if not is_series_key(text):
+        place = f"{where}: " if where else ""
+        raise InputError(f"{place}series key {text!r} is not a voxelpipe series key ({KEY_LENGTH} lowercase hex "
+                         "digits, optionally _N for a part of a split series)")
+    return text

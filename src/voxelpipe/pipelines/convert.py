@@ -12,18 +12,27 @@ OUT/
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import logging
 import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from voxelpipe.core import defaults
-from voxelpipe.core.errors import InputError, VoxelpipeError
-from voxelpipe.core.keys import series_key
+from voxelpipe.core.errors import InputError, VoxelpipeError, failure_reason
+from voxelpipe.core.keys import check_series_key, series_key
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.rows import ALREADY_COMPLETE, count_statuses, format_counts, skipped_row, warn_if_failed
+from voxelpipe.core.rows import (
+    ALREADY_COMPLETE,
+    count_statuses,
+    failed_row,
+    format_counts,
+    skipped_row,
+    warn_if_failed,
+)
 from voxelpipe.core.types import (
     Executor,
     Format,
@@ -39,10 +48,14 @@ from voxelpipe.dicom.records import COLUMN
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
 from voxelpipe.pipelines.scan import balance, scan
 from voxelpipe.pipelines.series_regrid import REGRID_COLUMNS
-from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, volume_path
-from voxelpipe.stores.hdf5_store import keys_in, merge_into
+from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, series_row, volume_path
+from voxelpipe.stores.hdf5_store import RunFile, keys_in, run_file_problem, set_aside
+from voxelpipe.stores.lock import output_lock
 from voxelpipe.stores.nifti import require_nibabel
+from voxelpipe.stores.registry import is_plain_name
 from voxelpipe.stores.tables import PATH_BYTES, read_csv, write_csv, write_json
+from voxelpipe.stores.volumes import volume_problem
+from voxelpipe.stores.zarr_store import remove
 
 log = logging.getLogger("voxelpipe")
 
@@ -97,75 +110,173 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     tilt = member_of(TiltPolicy, tilt, "tilt")
     philips_scaling = member_of(PhilipsScaling, philips_scaling, "philips-scaling")
     check_executor(executor, scheduler)
-    records: dict = {}
-    if manifest is None:
-        if not inputs:
-            raise InputError("give DICOM folders or --manifest")
-        scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
-                       shards=1, workers=workers, progress=progress,
-                       executor=executor, scheduler=scheduler)
-        manifest = os.path.join(out, "manifest", "series_all.csv")
-        records = scanned.records  # headers already read: workers need not parse them again
-    rows, files = load_manifest(manifest)
-    not_volumes = [r for r in rows if int(r.get("n_slices") or 0) <= 0]
-    rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
-    if mode == "2d":  # screen captures are images too: one array per file
-        rows += [r for r in not_volumes if files.get(r["series_key"])]
-        not_volumes = [r for r in not_volumes if not files.get(r["series_key"])]
-        rows = _add_images_without_geometry(manifest, rows, files)
-    if num_shards:
-        rows = balance(rows, num_shards)[shard_id]
-    suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
-    options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "uneven": uneven,
-               "tilt": tilt, "philips_scaling": philips_scaling,
-               "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
-    tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
-                        store=store,
-                        chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
-                        uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
-                        max_frame_bytes=max_frame_bytes,
-                        options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
-             for r in rows]
-    run_h5 = os.path.join(out, "data", f"volumes_{suffix}.h5")
-    if fmt == Format.HDF5 and not overwrite:  # reruns append: skip series already in the run file
-        for task in tasks:  # complete per-series files left by a run killed before it merged them
-            if os.path.exists(volume_path(task)) and task.key not in keys_in(run_h5):
-                merge_into(run_h5, volume_path(task), task.key, whole_file=mode == "2d")
-        present = keys_in(run_h5)
-        summary = [_skipped(t, run_h5) for t in tasks if t.key in present]
-        tasks = [t for t in tasks if t.key not in present]
-    else:
-        summary = []
-    workers = default_workers() if workers is None else max(1, workers)
-    if executor == Executor.POOL and (workers == 1 or len(tasks) <= 1):
-        # in this process: give its kernels and Blosc every core
-        init_worker(threads_per_worker(1))
-    log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
-             f"/{store}" if fmt == Format.ZARR else "", workers, scheduler or executor)
-    with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
-        for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler,
-                        on_error=lost_series):
-            if fmt == Format.HDF5 and row["status"] == Status.DONE:
-                merge_into(run_h5, row["path"], row["series_key"], whole_file=mode == "2d", replace=overwrite)
-                row["path"] = run_h5
-            warn_if_failed(row, "convert", "series_key")
-            summary.append(row)
-            bar.update()
-    if not shard_id:  # the series the scan found that hold no volume: one skipped row each, in one shard only
-        converted = {row["series_key"] for row in summary}
-        summary.extend(not_volume_row(r) for r in not_volumes if r["series_key"] not in converted)
-    unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
-    if unreadable:
-        log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
-                    "see %s", len(unreadable), unreadable_csv(manifest))
-    write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
-    counts = count_statuses(summary)
-    write_json(os.path.join(out, f"summary_{suffix}.json"),
-               {"series": summary, "counts": {status: n for status, n in counts.items() if n}, "options": options,
-                "unreadable_files": len(unreadable), "unreadable_list": unreadable_csv(manifest),
-                "seconds": round(time.perf_counter() - started, 3)})
+    if summary_suffix is not None and not is_plain_name(summary_suffix):
+        raise InputError(f"--summary-suffix must be a plain name (no path separator), got {summary_suffix!r}")
+    shard = _shard_name(manifest, shard_id, num_shards, summary_suffix)
+    # one run per output folder, or per shard of it (released by the OS however the run ends)
+    with output_lock(out, "convert", shard):
+        records: dict = {}
+        if manifest is None:
+            if not inputs:
+                raise InputError("give DICOM folders or --manifest")
+            scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
+                           shards=1, workers=workers, progress=progress,
+                           executor=executor, scheduler=scheduler)
+            manifest = os.path.join(out, "manifest", "series_all.csv")
+            records = scanned.records  # headers already read: workers need not parse them again
+        rows, files = load_manifest(manifest)
+        rows, bad_keys = split_bad_keys(rows, manifest, files)
+        not_volumes = [r for r in rows if int(r.get("n_slices") or 0) <= 0]
+        rows = [r for r in rows if int(r.get("n_slices") or 0) > 0]
+        if mode == "2d":  # screen captures are images too: one array per file
+            rows += [r for r in not_volumes if files.get(r["series_key"])]
+            not_volumes = [r for r in not_volumes if not files.get(r["series_key"])]
+            rows = _add_images_without_geometry(manifest, rows, files)
+        if num_shards:
+            rows = balance(rows, num_shards)[shard_id]
+        suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
+        options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "uneven": uneven,
+                   "tilt": tilt, "philips_scaling": philips_scaling,
+                   "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
+        tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
+                            store=store,
+                            chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
+                            uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
+                            max_frame_bytes=max_frame_bytes,
+                            options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
+                 for r in rows]
+        summary: list[dict] = []
+        extra: dict = {}
+        run_file = None
+        if fmt == Format.HDF5:
+            run_file = RunFile(os.path.join(out, "data", f"volumes_{suffix}.h5"), whole_file=mode == "2d",
+                               replace=overwrite)
+            tasks, summary, extra["broken_run_files"] = _prepare_run_file(run_file, tasks, overwrite)
+        elif not overwrite:
+            extra["incomplete_outputs"] = _redo_incomplete(tasks)
+        workers = default_workers() if workers is None else max(1, workers)
+        if executor == Executor.POOL and (workers == 1 or len(tasks) <= 1):
+            # in this process: give its kernels and Blosc every core
+            init_worker(threads_per_worker(1))
+        log.info("convert: %d series to %s (%s%s), %d worker(s), %s", len(tasks), out, fmt,
+                 f"/{store}" if fmt == Format.ZARR else "", workers, scheduler or executor)
+        waiting: dict[str, tuple[dict, str]] = {}  # HDF5: rows of the series converted, not yet in the run file
+        with Progress(len(tasks), "convert", unit="series", enabled=progress) as bar:
+            for row in imap(convert_series, tasks, workers, executor=executor, scheduler=scheduler,
+                            on_error=lost_series):
+                warn_if_failed(row, "convert", "series_key")
+                summary.append(row)
+                if run_file is not None and row["status"] == Status.DONE:
+                    key, series_file = row["series_key"], row["path"]
+                    waiting[key] = (row, series_file)
+                    row["path"] = run_file.path
+                    _merge(run_file, waiting, functools.partial(run_file.add, key, series_file))
+                bar.update()
+        if run_file is not None:
+            _merge(run_file, waiting, run_file.flush)
+        if not shard_id:  # manifest rows that hold no volume or a bad key: one row each, in one shard only
+            converted = {row["series_key"] for row in summary}
+            summary.extend(not_volume_row(r) for r in not_volumes if r["series_key"] not in converted)
+            summary.extend(bad_keys)
+        unreadable = [e for e in _unreadable_files(manifest) if not (mode == "2d" and e.get("kind") == "no_geometry")]
+        if unreadable:
+            log.warning("convert: %d file(s) found by the scan were left out (not DICOM, unreadable or unusable); "
+                        "see %s", len(unreadable), unreadable_csv(manifest))
+        write_csv(os.path.join(out, f"summary_{suffix}.csv"), summary, SUMMARY_COLUMNS)
+        counts = count_statuses(summary)
+        write_json(os.path.join(out, f"summary_{suffix}.json"),
+                   {"series": summary, "counts": {status: n for status, n in counts.items() if n}, "options": options,
+                    "unreadable_files": len(unreadable), "unreadable_list": unreadable_csv(manifest),
+                    **{name: value for name, value in extra.items() if value},
+                    "seconds": round(time.perf_counter() - started, 3)})
     log.info("convert: %s in %.1f s", format_counts(counts), time.perf_counter() - started)
     return summary
+
+
+def split_bad_keys(rows: list[dict], manifest: str, files: dict[str, list[str]]) -> tuple[list[dict], list[dict]]:
+    """The manifest rows whose ``series_key`` is a series key (:func:`~voxelpipe.core.keys.is_series_key`), and
+    a failed summary row for each other one: a key is used as a file name, so a manifest edited to hold
+    ``../x`` or ``/x`` never leads a write outside the output folder. The reason names the manifest, the row
+    (1 = the first row under the header) and the value."""
+    good, bad = [], []
+    for number, row in enumerate(rows, start=1):
+        key = row.get("series_key") or ""
+        try:
+            check_series_key(key, f"{manifest}, row {number}")
+        except InputError as exc:
+            log.warning("convert: %s", exc)
+            bad.append(failed_row({"series_key": key, "n_files": len(files.get(key, [])), "bytes_in": 0,
+                                   "bytes_out": 0, "shape": "", "dtype": "", "ratio": "", "seconds": 0.0,
+                                   "verification": "", "path": ""}, exc))
+        else:
+            good.append(row)
+    return good, bad
+
+
+def _prepare_run_file(run_file: RunFile, tasks: list[SeriesTask],
+                      overwrite: bool) -> tuple[list[SeriesTask], list[dict], list[dict]]:
+    """Before an HDF5 run: set an unreadable run file aside (it is rebuilt), merge the complete per-series files
+    a killed run left, and (without ``overwrite``) skip the series the run file holds. Returns the tasks left
+    to convert, the rows already known and the run files set aside (path and reason)."""
+    broken = []
+    problem = run_file_problem(run_file.path)
+    if problem:
+        aside = set_aside(run_file.path)
+        log.warning("convert: %s is unreadable (%s); set aside as %s, its series are converted again",
+                    run_file.path, problem, aside)
+        broken.append({"path": aside, "reason": problem})
+    if overwrite:
+        return tasks, [], broken
+    present = keys_in(run_file.path)
+    left = []
+    for task in tasks:
+        if task.key in present:  # merged by a run killed before it deleted the per-series file
+            remove(volume_path(task))
+        elif os.path.exists(volume_path(task)):  # converted by a run killed before it merged it
+            run_file.pending.append((task.key, volume_path(task)))
+            left.append(task)
+    rows = []
+    try:
+        run_file.flush()
+    except Exception as exc:  # noqa: BLE001 - recorded in each row; the per-series files stay for a rerun
+        rows = [failed_row(series_row(t), f"merging into {run_file.path} failed: {failure_reason(exc)}")
+                for t in left]
+        tasks = [t for t in tasks if t not in left]
+    present = keys_in(run_file.path)
+    rows += [_skipped(t, run_file.path) for t in tasks if t.key in present]
+    return [t for t in tasks if t.key not in present], rows, broken
+
+
+def _merge(run_file: RunFile, waiting: dict[str, tuple[dict, str]], step: Callable[[], list[tuple[str, str]]]) -> None:
+    """Run ``step`` (``run_file.add`` or ``flush``); the rows of the series it merged leave ``waiting``. When it
+    fails, every row still waiting fails with the reason (its per-series file stays: a rerun merges it)."""
+    try:
+        merged = step()
+    except Exception as exc:  # noqa: BLE001 - disk full, permissions: the rows say so and the run goes on
+        for row, series_file in waiting.values():
+            row.update(failed_row(row, f"merging into {run_file.path} failed: {failure_reason(exc)} (the series "
+                                       f"stays in {series_file}; a rerun merges it)", path=series_file))
+            warn_if_failed(row, "convert", "series_key")
+        waiting.clear()
+        return
+    for key, _ in merged:
+        waiting.pop(key, None)
+
+
+def _redo_incomplete(tasks: list[SeriesTask]) -> list[dict]:
+    """Outputs present under their final name but not complete (:func:`~voxelpipe.stores.volumes.volume_problem`)
+    are converted again: their task gets ``overwrite``. Returns one entry (series_key, path, problem) each."""
+    redone = []
+    for task in tasks:
+        path = volume_path(task)
+        if not os.path.exists(path):
+            continue
+        problem = volume_problem(path, task.key if task.mode == "3d" else None)
+        if problem:
+            log.warning("convert: %s is not complete (%s); converting it again", path, problem)
+            task.overwrite = True
+            redone.append({"series_key": task.key, "path": path, "problem": problem})
+    return redone
 
 
 def not_volume_row(row: dict) -> dict:
@@ -175,6 +286,18 @@ def not_volume_row(row: dict) -> dict:
     skipped = int(row.get("localizers_skipped") or 0) + int(row.get("screen_captures_skipped") or 0)
     return skipped_row({"series_key": row["series_key"], "n_files": skipped, "bytes_in": 0, "bytes_out": 0, "shape": "",
                         "dtype": "", "ratio": "", "seconds": 0.0, "verification": "", "path": ""}, reason)
+
+
+def _shard_name(manifest: str | None, shard_id: int | None, num_shards: int | None,
+                summary_suffix: str | None) -> str | None:
+    """The shard a run writes (its summary suffix) when it converts a shard (``--shard-id`` or a scan shard
+    file), else None: shards of one output folder run side by side, whole runs alone."""
+    sharded = num_shards is not None or (manifest is not None and _is_shard_file(manifest))
+    return (summary_suffix or _default_suffix(manifest, shard_id, num_shards)) if sharded else None
+
+
+def _is_shard_file(manifest: str) -> bool:
+    return re.fullmatch(r"series_shard_(\d+)\.csv", os.path.basename(manifest)) is not None
 
 
 def _default_suffix(manifest: str, shard_id: int | None, num_shards: int | None) -> str:

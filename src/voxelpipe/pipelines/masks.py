@@ -41,6 +41,7 @@ from voxelpipe.core.types import Executor, Status
 from voxelpipe.dicom.rtstruct import RTSTRUCT_SOP_CLASS, iter_rtstruct_masks
 from voxelpipe.dicom.seg import SEG_SOP_CLASSES, read_seg_masks
 from voxelpipe.execution import check_executor, default_workers, imap, init_worker, threads_per_worker
+from voxelpipe.stores.lock import locks_output
 from voxelpipe.stores.masks import write_masks
 from voxelpipe.stores.nifti import write_nifti_masks
 from voxelpipe.stores.registry import NIFTI_SUFFIXES
@@ -335,6 +336,7 @@ def plan_manifest(manifest: str | os.PathLike, out: str | os.PathLike,
     return [tasks[v] for v in sorted(tasks)], rows
 
 
+@locks_output("masks")  # writes into the convert output folder: not beside a convert or another masks run
 def add_masks_from_manifest(manifest: str | os.PathLike, out: str | os.PathLike, *,
                             rois: Sequence[str] | None = None, workers: int | None = None,
                             report: str | os.PathLike | None = None, progress: bool = True,

@@ -11,7 +11,7 @@ MANIFEST/
 
 A scan owns its manifest folder while it runs: it starts by removing the scan.json and the temporary files an
 earlier, interrupted scan of that folder left. An output that cannot be written (disk full, no permission) raises
-:class:`~voxelpipe.stores.tables.OutputWriteError` naming the file, and leaves no temporary file behind.
+:class:`~voxelpipe.core.errors.OutputWriteError` naming the file, and leaves no temporary file behind.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, r
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.stores.lock import holds_alone, locks_output
 from voxelpipe.stores.tables import RowSpool, output_errors, remove_temporaries, write_csv, write_json
 
 log = logging.getLogger("voxelpipe")
@@ -98,6 +99,7 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
     return results
 
 
+@locks_output("scan")  # one run per manifest folder
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
          table_format: str = defaults.SCAN_TABLE_FORMAT, secret: str | None = None,
@@ -184,14 +186,16 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
 def prepare_manifest_folder(out: str) -> None:
     """Make the manifest folder ready for a new scan: create it, remove scan.json (the manifest is incomplete until
     the scan finishes) and the temporary files an interrupted scan left (tables not yet renamed, named row spools
-    of earlier versions). The caller owns the folder for the whole scan."""
+    of earlier versions) when this process holds the folder as a whole run. The caller owns the folder for the whole
+    scan."""
     with output_errors(out):
         os.makedirs(out, exist_ok=True)
         summary = os.path.join(out, "scan.json")
         if os.path.exists(summary):
             os.remove(summary)
-        remove_temporaries(out, MANIFEST_FILES)
-        remove_temporaries(os.path.join(out, SHARDS_FOLDER), [".csv"])
+        if holds_alone(out):  # shards of one convert may scan into one manifest side by side: keep theirs
+            remove_temporaries(out, MANIFEST_FILES)
+            remove_temporaries(os.path.join(out, SHARDS_FOLDER), [".csv"])
 
 
 def _clash_rows(clashes: list[KeyClash]) -> list[dict]:

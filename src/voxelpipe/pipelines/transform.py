@@ -25,6 +25,7 @@ from voxelpipe.core.volume import Volume
 from voxelpipe.ops.projection import project
 from voxelpipe.ops.reorient import reorient
 from voxelpipe.ops.resample import resample, resample_to
+from voxelpipe.stores.lock import locks_output
 from voxelpipe.stores.masks import open_masks
 from voxelpipe.stores.tables import write_csv
 from voxelpipe.stores.volumes import open_volume, save_volume
@@ -86,6 +87,7 @@ def _for_each_volume(paths: list[str], out: str, label: str,
     return rows
 
 
+@locks_output("resample")  # one run per output folder
 def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
                      order: str = defaults.RESAMPLE_ORDER, orientation: str | None = None, key: str | None = None,
                      progress: bool = True) -> list[dict]:
@@ -109,6 +111,7 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
     return _for_each_volume(find_volumes(source, key), out, "resample", one, progress)
 
 
+@locks_output("project")  # one run per output folder
 def project_volumes(source: str, out: str, *, angles: list[float], axis: str = defaults.PROJECTION_AXIS,
                     kind: str = defaults.PROJECTION_KIND,
                     with_masks: bool = False, key: str | None = None, progress: bool = True) -> list[dict]:

@@ -1,13 +1,17 @@
 """Volumes in HDF5: one file per run/shard with one dataset per series key, geometry in its attrs.
 
 Each series is first written by its worker into its own ``<key>.h5.partial`` (one writer per file), renamed
-to ``<key>.h5`` when complete, and the run's main process then copies it into the run file
-(``volumes_<suffix>.h5``) and removes it. Reruns append new series and skip those already present.
+to ``<key>.h5`` when complete, and the run's main process then merges such files in batches into the run file
+(``volumes_<suffix>.h5``) through a copy renamed over it (:class:`RunFile`), so a kill never leaves a broken run
+file, and removes them. Reruns append new series and skip those already present; a run file found unreadable is
+set aside (:func:`set_aside`) and rebuilt.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import h5py
 import numpy as np
@@ -113,20 +117,139 @@ class Hdf5VolumeWriter:
             remove(self.partial)
 
 
-def merge_into(run_file: str, series_file: str, key: str, whole_file: bool = False, replace: bool = False) -> bool:
-    """Copy dataset ``image`` of ``series_file`` into ``run_file`` as ``key`` (compressed chunks copied as they
-    are), or with ``whole_file`` every dataset of it as a group ``key`` (2-D mode: one dataset per instance);
-    then delete ``series_file``. Returns False when ``key`` was already present and kept (``replace`` False)."""
-    with h5py.File(run_file, "a") as run, h5py.File(series_file, "r") as single:
-        if key in run and replace:
-            del run[key]
-        if key in run:
-            present = True
-        else:
-            single.copy(single if whole_file else single["image"], run, name=key)
-            present = False
-    os.remove(series_file)
-    return not present
+MERGE_BATCH_BYTES = 256 << 20
+"""Per-series bytes waiting before the run file is rewritten (at least; more once the run file is bigger)."""
+
+
+class RunFile:
+    """The HDF5 file of a run (``volumes_<suffix>.h5``, one dataset or group per series key), fed with complete
+    per-series files (``<key>.h5``) in batches, so that the file under its name is always a complete HDF5 file.
+
+    A batch is merged into a copy of the run file (``<run>.partial``), which is flushed to disk and renamed over
+    the run file; only then are the per-series files of the batch deleted. A kill at any moment leaves the old
+    or the new run file, and every converted series not in it still has its per-series file (a rerun merges
+    those first). A batch is merged when its files hold at least as many bytes as the run file (and at least
+    ``batch_bytes``) and at the end of the run, so the copies cost at most about twice the run file's final
+    size in all, at the price of disk room for the copy while it is made.
+
+    Args:
+        path: the run file.
+        whole_file: 2-D mode: copy every dataset of a per-series file as a group ``key`` (else its ``image``).
+        replace: a key already in the run file is replaced (else kept).
+        batch_bytes: the least bytes a batch waits for before :meth:`add` merges it.
+    """
+
+    def __init__(self, path: str, whole_file: bool = False, replace: bool = False,
+                 batch_bytes: int = MERGE_BATCH_BYTES):
+        self.path = path
+        self.whole_file = whole_file
+        self.replace = replace
+        self.batch_bytes = batch_bytes
+        self.pending: list[tuple[str, str]] = []
+        self.pending_bytes = 0
+
+    def add(self, key: str, series_file: str) -> list[tuple[str, str]]:
+        """Queue a complete per-series file; merges the queue when it is big enough (see the class).
+
+        Returns:
+            The ``(key, series_file)`` pairs merged now ([] when the batch still waits).
+
+        Raises:
+            OSError: the merge failed (disk full, permissions); the run file and the per-series files of the
+                batch are left as they were, the queue is emptied.
+        """
+        self.pending.append((key, series_file))
+        self.pending_bytes += _size(series_file)
+        if self.pending_bytes >= max(self.batch_bytes, _size(self.path)):
+            return self.flush()
+        return []
+
+    def flush(self) -> list[tuple[str, str]]:
+        """Merge every queued file now (see :meth:`add`); returns the pairs merged."""
+        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        if batch:
+            merge_batch(self.path, batch, self.whole_file, self.replace)
+        return batch
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def merge_batch(run_file: str, items: list[tuple[str, str]], whole_file: bool = False,
+                replace: bool = False) -> None:
+    """Copy dataset ``image`` of each per-series file into ``run_file`` as its key (compressed chunks copied as
+    they are), or with ``whole_file`` every dataset of it as a group ``key`` (2-D mode: one dataset per
+    instance), in a copy of ``run_file`` renamed over it when complete; then delete the per-series files. A key
+    already present is kept unless ``replace``.
+
+    Raises:
+        OSError: writing failed; ``run_file`` and the per-series files are left as they were.
+    """
+    partial = run_file + PARTIAL
+    remove(partial)
+    try:
+        if os.path.exists(run_file):
+            shutil.copyfile(run_file, partial)
+        with h5py.File(partial, "a") as run:
+            for key, series_file in items:
+                if key in run:
+                    if not replace:
+                        continue
+                    del run[key]
+                with h5py.File(series_file, "r") as single:
+                    single.copy(single if whole_file else single["image"], run, name=key)
+        _fsync(partial)
+        os.replace(partial, run_file)
+    except BaseException:
+        remove(partial)
+        raise
+    _fsync(os.path.dirname(os.path.abspath(run_file)))
+    for _, series_file in items:
+        remove(series_file)
+
+
+def _fsync(path: str) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_file_problem(run_file: str) -> str:
+    """Why ``run_file`` cannot be used ('' when it is readable or absent): it must open with h5py and every
+    top-level dataset or group must open (a file cut short or garbled by a kill mid-write of an older version,
+    or by a full disk, does not)."""
+    if not os.path.exists(run_file):
+        return ""
+    try:
+        with h5py.File(run_file, "r") as run:
+            for key in run:
+                item = run[key]
+                if isinstance(item, h5py.Dataset):
+                    _ = item.shape, item.dtype, item.id.get_storage_size()
+                else:
+                    _ = list(item.keys())
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... for a broken file
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def set_aside(path: str) -> str:
+    """Rename ``path`` to ``<path>.broken-<UTC time>`` (``-N`` added when taken); returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = f"{path}.broken-{stamp}"
+    number = 1
+    while os.path.exists(target):
+        number += 1
+        target = f"{path}.broken-{stamp}-{number}"
+    os.replace(path, target)
+    return target
 
 
 def keys_in(run_file: str) -> set[str]:

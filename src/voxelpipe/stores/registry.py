@@ -29,6 +29,8 @@ __all__ = [
     "SUBJECT_SUFFIXES",
     "VOLUME_SUFFIXES",
     "ZARR_SUFFIXES",
+    "inside",
+    "is_plain_name",
     "is_volume_path",
     "store_kind",
     "subject_file_format",
@@ -123,8 +125,33 @@ def volume_suffix(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR, nift
 def volume_path(folder: str | os.PathLike, key: str, fmt: Format | str, kind: StoreKind | str = StoreKind.DIR,
                 nifti_gzip: bool = True) -> str:
     """``<folder>/<key><suffix>``: where a volume of series ``key`` is written as ``fmt`` (and ``kind``, or
-    ``nifti_gzip``)."""
-    return os.path.join(os.fspath(folder), key + volume_suffix(fmt, kind, nifti_gzip))
+    ``nifti_gzip``).
+
+    Raises:
+        StoreError: ``key`` would name a path outside ``folder`` (a separator, ``..``, an absolute path).
+    """
+    return inside(folder, key + volume_suffix(fmt, kind, nifti_gzip))
+
+
+def is_plain_name(name: str) -> bool:
+    """True when ``name`` can only name an entry of the folder it is joined to: not empty, not ``.`` or ``..``,
+    no path separator (``/`` or ``\\``) and no NUL."""
+    return name not in ("", ".", "..") and not any(c in name for c in ("/", "\\", "\0", os.sep))
+
+
+def inside(folder: str | os.PathLike, name: str) -> str:
+    """``<folder>/<name>`` for a plain file name ``name``: the guard of every output path built from a key.
+
+    Raises:
+        StoreError: ``name`` holds a path separator or a NUL, is ``.`` / ``..`` or would resolve outside
+            ``folder``.
+    """
+    folder = os.fspath(folder)
+    path = os.path.join(folder, name)
+    if not is_plain_name(name) or os.path.dirname(os.path.abspath(path)) != os.path.abspath(folder):
+        raise StoreError(f"{name!r}: refusing to write outside {folder} (an output name must be a plain file name; "
+                         "a series key read from an edited manifest?)")
+    return path
 
 
 def subject_file_format(path: str | os.PathLike) -> Format:

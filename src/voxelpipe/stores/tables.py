@@ -6,7 +6,6 @@ final file gets the usual permissions. The row spool of :class:`RowSpool` has no
 from __future__ import annotations
 
 import csv
-import errno
 import json
 import logging
 import os
@@ -14,29 +13,13 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from voxelpipe.core.errors import InputError, VoxelpipeError
+from voxelpipe.core.errors import InputError, OutputWriteError
 
 log = logging.getLogger("voxelpipe")
 
 TEMPORARY_PREFIX = ".tmp-"  # atomic_path's temporary files: TEMPORARY_PREFIX + random + final name
 SPOOL_PREFIX = ".spool-"  # named row spools of earlier versions: SPOOL_PREFIX + random + SPOOL_SUFFIX
 SPOOL_SUFFIX = ".jsonl"
-
-
-class OutputWriteError(VoxelpipeError, OSError):
-    """An output file or folder could not be written (disk full, file too large, no permission): the message names
-    the path and the OS error. Also an ``OSError``, with the original ``errno``."""
-
-    def __init__(self, path: str | os.PathLike, exc: OSError, what: str = ""):
-        self.path = os.fspath(path)
-        code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
-        reason = exc.strerror or str(exc)
-        self.message = f"{self.path}: cannot write{what}: {reason}" + (f" ({code})" if code else "")
-        super().__init__(self.message)
-        self.errno = exc.errno
-
-    def __str__(self) -> str:  # OSError's own would show only "[Errno N] ..." once errno is set
-        return self.message
 
 
 # File names that are not valid UTF-8 (bytes the OS hands Python as lone surrogates) are written to the tables as

@@ -1,21 +1,26 @@
-"""Open and save converted volumes: ``open_volume`` reads lazily, ``save_volume`` writes Zarr atomically."""
+"""Open and save converted volumes: ``open_volume`` reads lazily, ``save_volume`` writes Zarr atomically,
+``volume_problem`` tells whether an existing output is complete."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import zipfile
 
 import h5py
 import numpy as np
+import zarr
 
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
+from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.stores.hdf5_store import read_attrs
-from voxelpipe.stores.nifti import read_nifti_volume
+from voxelpipe.stores.nifti import nifti_stem, read_nifti_volume, require_nibabel
 from voxelpipe.stores.registry import HDF5_SUFFIXES, NIFTI_SUFFIXES, NPZ_SUFFIX, store_kind
 from voxelpipe.stores.writer import VolumeWriter
-from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_volume_group
+from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_store, open_volume_group
 
 
 def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
@@ -96,3 +101,185 @@ def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int,
     except BaseException:
         writer.abort()
         raise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# is a converted volume complete?
+# ----------------------------------------------------------------------------------------------------------
+VOLUME_ATTRS = ("series_key", "shape", "dtype", "spacing", "origin", "direction")
+"""Attributes every volume written by ``convert`` (3-D mode) carries."""
+
+
+def volume_problem(path: str | os.PathLike, key: str | None = None) -> str:
+    """Why the converted volume at ``path`` is not complete, or '' when it is: what ``convert`` checks before
+    it skips an existing output as already complete.
+
+    Checked without decoding the volume: the file or store opens (a zip or NPZ with its central directory, an
+    SQLite file as long as its header says, a ``.nii.gz`` whose gzip trailer gives the expected size); our
+    attributes are present (``series_key`` equal to ``key`` when given, ``shape``, ``dtype``, geometry); the array
+    has that shape and dtype; every chunk of a Zarr array is stored and its last chunk decodes. 2-D mode outputs
+    (``mode: 2d``) must hold every instance listed in ``meta/<key>.instances.csv`` (Zarr) or in their attrs
+    (NPZ). HDF5 run files are checked as a whole by :func:`voxelpipe.stores.hdf5_store.run_file_problem`.
+    """
+    path = os.fspath(path)
+    try:
+        if path.endswith(NIFTI_SUFFIXES):
+            return _nifti_problem(path, key)
+        if path.endswith(NPZ_SUFFIX):
+            return _npz_problem(path, key)
+        if path.endswith(HDF5_SUFFIXES):
+            return ""
+        return _zarr_problem(path, key)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means it is not complete
+        return f"unreadable ({type(exc).__name__}: {exc})"
+
+
+def _attrs_problem(attrs: dict, key: str | None) -> str:
+    missing = [name for name in VOLUME_ATTRS if name not in attrs]
+    if missing:
+        return f"attribute(s) {', '.join(missing)} missing"
+    if key is not None and attrs["series_key"] != key:
+        return f"attribute series_key is {attrs['series_key']!r}, expected {key!r}"
+    return ""
+
+
+def _array_problem(shape: tuple[int, ...], dtype: np.dtype, attrs: dict) -> str:
+    if len(shape) not in (3, 4) or list(shape[-3:]) != list(attrs["shape"]):
+        return f"array shape {tuple(shape)} does not match the attrs' shape {attrs['shape']}"
+    if np.dtype(dtype) != np.dtype(attrs["dtype"]):
+        return f"array dtype {np.dtype(dtype)} does not match the attrs' dtype {attrs['dtype']}"
+    return ""
+
+
+def _zarr_problem(path: str, key: str | None) -> str:
+    kind = store_kind(path)
+    if kind == StoreKind.SQLITE:
+        problem = _sqlite_size_problem(path)
+        if problem:
+            return problem
+    store = open_store(path, kind, "r")
+    try:
+        group = zarr.open_group(store=store, mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("mode") == "2d":
+            return _instances_problem(group, path, key)
+        problem = _attrs_problem(attrs, key)
+        if problem:
+            return problem
+        if "image" not in group:
+            return "no image array"
+        array = group["image"]
+        problem = _array_problem(array.shape, array.dtype, attrs)
+        if problem:
+            return problem
+        stored = array.nchunks_initialized
+        if stored != array.nchunks:
+            return f"{array.nchunks - stored} of {array.nchunks} chunks missing"
+        np.asarray(array[tuple(slice(n - 1, n) for n in array.shape)])  # the last chunk decodes
+        return ""
+    finally:
+        store.close()
+
+
+def _instances_problem(group, path: str, key: str | None) -> str:
+    """A 2-D mode Zarr store: every instance of ``meta/<key>.instances.csv`` present and its last frame read."""
+    key = key or os.path.basename(path).split(".")[0]
+    table = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "meta", f"{key}.instances.csv")
+    if not os.path.isfile(table):
+        return f"{table} missing"
+    with open(table, newline="", encoding="utf-8") as fh:
+        names = [row["instance_key"] for row in csv.DictReader(fh)]
+    present = set(group.array_keys())
+    missing = [name for name in names if name not in present]
+    if missing:
+        return f"{len(missing)} of {len(names)} instance arrays missing"
+    for name in names:
+        array = group[name]
+        np.asarray(array[tuple(slice(n - 1, n) for n in array.shape)])
+    return ""
+
+
+def _sqlite_size_problem(path: str) -> str:
+    """An SQLite file shorter than its header's page count says (cut short); '' when it is whole."""
+    if os.path.exists(path + "-wal"):
+        return ""  # the size in the header is not final while a write-ahead log exists
+    with open(path, "rb") as fh:
+        header = fh.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return "not an SQLite file"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] == header[92:96] and pages and os.path.getsize(path) < page_size * pages:
+        return f"file cut short: {os.path.getsize(path)} bytes, its header says {page_size * pages}"
+    return ""
+
+
+def _npy_member(archive: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of member ``name`` of an NPZ; ValueError when the member is shorter than they say."""
+    info = archive.getinfo(name)
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        header = fh.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{name}: object array")
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if info.file_size != expected:
+        raise ValueError(f"{name}: {info.file_size} bytes, its header says {expected}")
+    return tuple(shape), dtype
+
+
+def _npz_problem(path: str, key: str | None) -> str:
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if "attrs_json.npy" not in names:
+            return "attrs_json missing"
+        with archive.open("attrs_json.npy") as fh:
+            attrs = json.loads(str(np.lib.format.read_array(fh)))
+        if "image.npy" not in names:  # 2-D mode: one array per instance, attrs per instance
+            missing = [name for name in attrs if f"{name}.npy" not in names]
+            if missing or not attrs:
+                return f"{len(missing)} of {len(attrs)} instance arrays missing"
+            for name in attrs:
+                _npy_member(archive, f"{name}.npy")
+            return ""
+        problem = _attrs_problem(attrs, key)
+        if problem:
+            return problem
+        shape, dtype = _npy_member(archive, "image.npy")
+        return _array_problem(shape, dtype, attrs)
+
+
+def _nifti_problem(path: str, key: str | None) -> str:
+    nib = require_nibabel("checking a NIfTI volume")
+    stem = os.path.basename(nifti_stem(path))
+    meta = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "meta", f"{stem}.series.json")
+    try:
+        with open(meta, encoding="utf-8") as fh:
+            attrs = json.load(fh)
+    except (OSError, ValueError) as exc:
+        return f"{meta} unreadable ({exc})"
+    problem = _attrs_problem(attrs, key)
+    if problem:
+        return f"{meta}: {problem}"
+    header = nib.load(path).header
+    nifti_shape = tuple(int(n) for n in header.get_data_shape())
+    spatial = tuple(reversed(nifti_shape[:3]))  # NIfTI (column, row, slice[, frame]) of a converted volume
+    problem = _array_problem(spatial, header.get_data_dtype(), attrs)
+    if problem:
+        return problem
+    # vox_offset 0 means the data follow the 348-byte header, the 4-byte extension flag and the extensions
+    offset = int(header.get_data_offset()) or 352 + header.extensions.get_sizeondisk()
+    expected = offset + int(np.prod(nifti_shape)) * header.get_data_dtype().itemsize
+    if path.endswith(".gz"):
+        with open(path, "rb") as fh:  # the gzip trailer ends with the uncompressed size modulo 2**32
+            fh.seek(-4, os.SEEK_END)
+            size = int.from_bytes(fh.read(4), "little")
+        if size != expected % (1 << 32):
+            return f"gzip stream cut short or garbled: trailer says {size} bytes, expected {expected}"
+    elif os.path.getsize(path) < expected:
+        return f"file cut short: {os.path.getsize(path)} bytes, expected {expected}"
+    return ""
