@@ -359,3 +359,19 @@ def test_file_names_that_are_not_utf8_are_listed_and_converted(tmp_path, capsys)
     ds = pydicom.dcmread(os.fsdecode(image))
     volume = np.asarray(voxelpipe.open_volume(summary[0]["path"]).array)
     np.testing.assert_array_equal(volume[0], apply_modality_lut(ds.pixel_array, ds))
+
+
+def test_output_folder_inside_the_input_is_not_scanned(tmp_path, capsys):
+    """`convert DIR --out DIR/out` run twice: the output folder (its lock, manifest, volumes) is never read as
+    input, so the second run lists no unreadable file and skips the series as complete."""
+    paths = write_series(str(tmp_path / "s"), SeriesSpec(n_slices=3, rows=8, columns=8))
+    out = str(tmp_path / "out")
+    for _ in range(2):
+        assert main(["--no-progress", "convert", str(tmp_path), "--out", out, "--workers", "1"]) == 0
+        capsys.readouterr()
+        with open(os.path.join(out, "manifest", "series_files.csv"), newline="") as fh:
+            assert sorted(r["path"] for r in csv.DictReader(fh)) == sorted(paths)
+        with open(os.path.join(out, "manifest", "unreadable_files.csv"), newline="") as fh:
+            assert list(csv.DictReader(fh)) == []
+    with open(os.path.join(out, "summary_run.csv"), newline="") as fh:
+        assert [r["status"] for r in csv.DictReader(fh)] == ["skipped"]

@@ -57,8 +57,10 @@ class TruncatedFileError(DicomReadError):
     any pixel data. Its header was read whole."""
 
 
-def iter_files(roots: Iterable[str | os.PathLike]) -> Iterator[str]:
+def iter_files(roots: Iterable[str | os.PathLike], exclude: Iterable[str | os.PathLike] = ()) -> Iterator[str]:
     """Yield every regular file below the given folders (or the given files), at any depth, sorted per folder.
+
+    Folders in ``exclude`` (a run's own output folder inside its input) are not entered.
 
     Also yielded, so that reading them reports why they cannot be read: a folder below the roots that cannot be
     listed, and an entry whose status cannot be read (a dangling symbolic link, a file in a folder that can be
@@ -67,6 +69,7 @@ def iter_files(roots: Iterable[str | os.PathLike]) -> Iterator[str]:
     Raises:
         PathNotFoundError: a root is neither a file nor a folder.
     """
+    skipped = {os.path.realpath(os.fspath(folder)) for folder in exclude}
     for root in roots:
         root = os.fspath(root)
         if os.path.isfile(root):
@@ -77,7 +80,7 @@ def iter_files(roots: Iterable[str | os.PathLike]) -> Iterator[str]:
         unlisted: list[OSError] = []
         for folder, dirs, names in os.walk(root, onerror=unlisted.append):
             yield from _drain(unlisted, root)
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(folder, d)) not in skipped)
             for name in sorted(names):
                 path = os.path.join(folder, name)
                 try:

@@ -121,7 +121,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                 raise InputError("give DICOM folders or --manifest")
             scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
                            shards=1, workers=workers, progress=progress,
-                           executor=executor, scheduler=scheduler)
+                           executor=executor, scheduler=scheduler, exclude=[out])
             manifest = os.path.join(out, "manifest", "series_all.csv")
             records = scanned.records  # headers already read: workers need not parse them again
         rows, files = load_manifest(manifest)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pydicom.uid import UID
@@ -103,13 +104,15 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
          table_format: str = defaults.SCAN_TABLE_FORMAT, secret: str | None = None,
-         progress: bool = True, executor: str = defaults.EXECUTOR, scheduler: str | None = None) -> ScanResult:
+         progress: bool = True, executor: str = defaults.EXECUTOR, scheduler: str | None = None,
+         exclude: Sequence[str | os.PathLike] = ()) -> ScanResult:
     """Scan folders (any depth) for DICOM files and build the manifest tables.
 
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).
     ``shards``: number of byte-balanced shard files; ``workers``: processes (1 = in this process);
     ``table_format``: ``csv`` or ``parquet`` (metadata also as Parquet); ``secret``: HMAC key for series keys.
     ``executor``/``scheduler``: where the header-reading tasks run (:func:`voxelpipe.execution.imap`).
+    ``exclude``: folders not to enter (``out`` is never entered: a manifest inside its input is not input).
     """
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
@@ -120,7 +123,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
         raise InputError(f"table format must be csv or parquet, got {table_format!r}")
     check_executor(executor, scheduler)
     workers = default_workers() if workers is None else max(1, workers)
-    files = list(iter_files(paths))
+    files = list(iter_files(paths, exclude=[*exclude, *([out] if out else [])]))
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
 
     out = os.fspath(out) if out is not None else None
