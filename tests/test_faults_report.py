@@ -28,6 +28,7 @@ from pydicom.uid import generate_uid
 import voxelpipe
 from voxelpipe.apps.report import write_report
 from voxelpipe.apps.report.html import e
+from voxelpipe.cli.app import main
 from voxelpipe.core.masks import Mask
 from voxelpipe.dicom.seg import segment_mask_names
 from voxelpipe.pipelines.masks import add_masks
@@ -392,3 +393,16 @@ def test_seg_mask_names_rule_case_and_collisions():
     assert segment_mask_names(segments, taken=["Kidney"]) == {1: "Liver_1", 2: "liver_2", 4: "segment_4",
                                                              5: "GTV_1", 7: "Kidney_2"}
     assert segment_mask_names(segments, selected=[2, 7]) == {2: "liver_2", 7: "Kidney"}
+
+
+def test_terminal_lines_show_control_characters_visibly(tmp_path, capsys):
+    """A failed series whose file name holds a terminal escape (ESC [ 2 J clears the screen) is printed by
+    `convert` with the escape written as ``\\x1b``: no raw control character reaches the terminal."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    source = get_testdata_file("CT_small.dcm")
+    resave(source, lambda ds: setattr(ds, "PixelSpacing", ["nan", "0.5"]), str(folder / "evil\x1b[2J.dcm"))
+    assert main(["--no-progress", "convert", str(folder), "--out", str(tmp_path / "out"), "--workers", "1"]) == 1
+    printed = capsys.readouterr().out
+    assert "failed" in printed and "evil\\x1b[2J.dcm" in printed, printed
+    assert not any(ch in printed for ch in "\x00\x1b\x7f"), repr(printed)

@@ -14,6 +14,7 @@ from voxelpipe.cli.options import (
     with_default,
 )
 from voxelpipe.core import defaults
+from voxelpipe.core.text import visible
 
 NAME = "report"
 
@@ -41,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"report: {len(data.sections)} series shown ({roles.count('failed')} failed, {roles.count('flagged')} "
           f"flagged, {roles.count('sampled')} sampled), {len(data.problems)} problem(s) -> {path}")
     for key, problem in data.problems:
-        print(f"  problem {key}: {problem}")
+        print(visible(f"  problem {key}: {problem}"))
     return EXIT_ITEMS_FAILED if data.problems else EXIT_OK

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from voxelpipe.cli.options import EXIT_ITEMS_FAILED, EXIT_OK
 from voxelpipe.core.rows import count_statuses, format_counts
+from voxelpipe.core.text import visible
 from voxelpipe.core.types import Status
 
 
@@ -54,7 +55,7 @@ def print_summary(command: str, rows: list[Mapping], out: str, label: str, detai
     summary = summarise(rows)
     print(f"{command}: {summary.counts()}{detail} -> {out}")
     for row in failed_rows(rows):
-        print(f"  failed {row.get(label) or '?'}: {row.get('reason', '')}")
+        print(visible(f"  failed {row.get(label) or '?'}: {row.get('reason', '')}"))
     return summary.exit_code
 
 
