@@ -338,6 +338,21 @@ def test_manifest_key_cannot_write_outside_out(study, tmp_path, fmt):
     assert {rows[k]["status"] for k in keys if k != target} == {"done"}
 
 
+
+def test_lung_refuses_a_manifest_key_that_is_not_a_key(study, tmp_path):
+    """`lung --manifest` with a series_key edited to a path is refused (exit 2, naming the manifest row and the
+    value) before anything is written."""
+    folder, keys = study
+    manifest = tmp_path / "manifest"
+    assert main(["--no-progress", "scan", str(folder), "--out", str(manifest)]) == 0
+    path = manifest / "series_all.csv"
+    text = path.read_text(encoding="utf-8")
+    assert sorted(keys)[0] in text
+    path.write_text(text.replace(sorted(keys)[0], "../../victim"), encoding="utf-8")
+    out = tmp_path / "lung"
+    assert main(["--no-progress", "lung", "--manifest", str(path), "--out", str(out), "--workers", "1"]) == 2
+    assert not out.exists() or not any(p.is_file() and p.name != ".voxelpipe.lock" for p in out.rglob("*"))
+
 # ----------------------------------------------------------------------------------------------------------
 # D. disk full, non-writable --out: failed rows plus a summary, or one line and exit 2
 # ----------------------------------------------------------------------------------------------------------

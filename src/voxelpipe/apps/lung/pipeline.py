@@ -75,7 +75,7 @@ from voxelpipe.apps.lung.segment import crop, lung_box, segment_lungs
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
-from voxelpipe.core.keys import series_key
+from voxelpipe.core.keys import check_series_key, series_key
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row, warn_if_failed
 from voxelpipe.core.types import Status
@@ -210,8 +210,8 @@ def _patient_id_of(path: str) -> str:
 def _from_manifest(manifest: str) -> list[_Candidate]:
     rows, files = load_manifest(os.fspath(manifest))
     candidates = []
-    for row in rows:
-        key = row["series_key"]
+    for number, row in enumerate(rows, start=1):  # a key names output files: an edited one is refused
+        key = check_series_key(row.get("series_key") or "", f"{manifest}, row {number}")
         paths = files.get(key, [])
         patient = ""
         if paths and not _not_a_ct_volume(row):
