@@ -1,12 +1,15 @@
 """Small helpers shared by the test modules (independent of voxelpipe's own code)."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import os
 import shutil
 import sys
 
 import pydicom
+from PIL import Image
 from pydicom.uid import generate_uid
 
 from voxelpipe.testing.synthetic import ROOT_UID
@@ -42,3 +45,13 @@ def dcm2niix_executable() -> str | None:
         return None
     path = getattr(dcm2niix, "bin", None) or getattr(dcm2niix, "bin_path", None)
     return str(path) if path and os.path.isfile(path) else None
+
+
+def decode_png_data_uri(src: str) -> Image.Image:
+    """The PNG image of a ``data:image/png;base64,...`` URI (as the HTML report embeds its pictures), loaded."""
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):], validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image

@@ -9,9 +9,7 @@ numpy, masks against the arrays encoded into the SEG.
 """
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import os
 import shutil
 from html.parser import HTMLParser
@@ -20,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -35,7 +32,7 @@ from voxelpipe.pipelines.masks import add_masks
 from voxelpipe.stores.masks import open_masks, write_masks
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
-from helpers import resave, sha_key
+from helpers import decode_png_data_uri, resave, sha_key
 
 CT_CENTRE, CT_WIDTH = 40.0, 400.0
 
@@ -108,14 +105,6 @@ def check_page(path: str | os.PathLike) -> tuple[str, StrictPage]:
     return text, page
 
 
-def decode(src: str) -> np.ndarray:
-    prefix = "data:image/png;base64,"
-    assert src.startswith(prefix), src[:40]
-    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):], validate=True)))
-    assert image.format == "PNG"
-    return np.asarray(image)
-
-
 def ct_window(x: np.ndarray) -> np.ndarray:
     """DICOM PS3.3 C.11.2.1.2.1 linear VOI function, output 0..255, W400/L40."""
     x = x.astype(np.float64)
@@ -134,7 +123,7 @@ def pictures_of(page: StrictPage, key: str) -> dict[str, list[np.ndarray]]:
     found: dict[str, list[np.ndarray]] = {}
     for attrs in page.images:
         if attrs.get("data-series") == key:
-            found.setdefault(attrs["data-kind"], []).append(decode(attrs["src"]))
+            found.setdefault(attrs["data-kind"], []).append(np.asarray(decode_png_data_uri(attrs["src"])))
     return found
 
 

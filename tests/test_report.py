@@ -9,9 +9,7 @@ numpy.
 """
 from __future__ import annotations
 
-import base64
 import csv
-import io
 import json
 import os
 import re
@@ -35,7 +33,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
 from voxelpipe.testing.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
 
-from helpers import resave, sha_key
+from helpers import decode_png_data_uri, resave, sha_key
 
 MAX_SIDE = 256  # the README's picture size rule
 CT_CENTRE, CT_WIDTH = 40.0, 400.0
@@ -153,15 +151,6 @@ def parse(path) -> tuple[str, Page]:
     return text, page
 
 
-def decode(src: str) -> Image.Image:
-    prefix = "data:image/png;base64,"
-    assert src.startswith(prefix), src[:40]
-    image = Image.open(io.BytesIO(base64.b64decode(src[len(prefix):], validate=True)))
-    assert image.format == "PNG"
-    image.load()
-    return image
-
-
 # ----------------------------------------------------------------------------------------------------------
 # independent references
 # ----------------------------------------------------------------------------------------------------------
@@ -223,7 +212,7 @@ def test_every_image_is_an_inline_png_of_the_expected_size(study):
                     "overlay": expected_size(n1, n2, s1, s2)}
         assert summary[key]["status"] == "done"
         for attrs in section["images"]:
-            image = decode(attrs["src"])
+            image = decode_png_data_uri(attrs["src"])
             assert image.size == expected[attrs["data-kind"]], (key, attrs["data-kind"])
             assert image.mode == ("RGB" if attrs["data-kind"] == "overlay" else "L")
             assert len(np.unique(np.asarray(image))) > 2  # not blank
@@ -300,7 +289,7 @@ def test_axial_mid_slice_equals_an_independent_window(study):
             frame = (0,) * (array.ndim - 3)  # 4-D volumes: frame 0
             middle = np.asarray(array[frame + (array.shape[-3] // 2,)])
             expected = ct_window(middle) if group.attrs["modality"] == "CT" else percentile_window(middle)
-            np.testing.assert_array_equal(np.asarray(decode(attrs["src"])), expected)
+            np.testing.assert_array_equal(np.asarray(decode_png_data_uri(attrs["src"])), expected)
             checked += 1
             four_d = four_d or array.ndim == 4
     assert checked == 5 and four_d
@@ -311,7 +300,8 @@ def test_overlay_is_the_plane_through_the_mask_centroid(study):
     key = next(k for k, s in page.sections.items() if any(i["data-kind"] == "overlay" for i in s["images"]))
     group, array = zarr_image(str(study["out"] / "data" / f"{key}.zarr"))
     masks = {name: np.asarray(group["masks"][name]) for name in ("Ball", "Box")}
-    overlays = [np.asarray(decode(i["src"])) for i in page.sections[key]["images"] if i["data-kind"] == "overlay"]
+    overlays = [np.asarray(decode_png_data_uri(i["src"])) for i in page.sections[key]["images"]
+                if i["data-kind"] == "overlay"]
     for name, rgb in zip(sorted(masks), overlays):  # one per mask, in name order
         z = int(round(np.argwhere(masks[name]).mean(axis=0)[0]))
         union = np.any([m[z] != 0 for m in masks.values()], axis=0)
@@ -432,7 +422,7 @@ def test_unreadable_and_missing_volumes_are_problem_rows(study, tmp_path, capsys
     assert set(problems) == {broken, gone} and "volume not found" in problems[gone]
     assert page.sections[broken]["images"] == [] and page.sections[gone]["images"] == []
     for image in page.images:
-        decode(image["src"])
+        decode_png_data_uri(image["src"])
 
 
 def test_missing_folder_or_summaries_is_an_input_error(tmp_path, caplog):
@@ -490,7 +480,7 @@ def test_hdf5_npz_and_zip_outputs(study, tmp_path, fmt):
         store = zarr.storage.ZipStore(out / "data" / f"{key}.zarr.zip", mode="r", read_only=True)
         middle = np.asarray(zarr.open_group(store=store, mode="r")["image"][20])
         store.close()
-    np.testing.assert_array_equal(np.asarray(decode(axial["src"])), ct_window(middle))
+    np.testing.assert_array_equal(np.asarray(decode_png_data_uri(axial["src"])), ct_window(middle))
     assert not page.tables.get("problems")
     converted = [r for r in read_rows(out / "summary_run.csv") if r["status"] == "done"]
     assert sum(1 for s in page.sections.values() for i in s["images"] if i["data-kind"] == "mip") == len(converted)
