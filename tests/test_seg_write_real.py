@@ -18,7 +18,7 @@ import voxelpipe
 from voxelpipe.cli.app import main
 from voxelpipe.stores.masks import open_masks
 
-pytestmark = pytest.mark.slow  # about a minute on a 2-core machine (convert, masks, masks-to-seg, convert again)
+pytestmark = pytest.mark.slow  # 20 s to a minute on a shared 2-core machine (convert twice, masks, masks-to-seg)
 
 hd = pytest.importorskip("highdicom", reason="highdicom (the seg extra) reads the SEG back")
 

@@ -239,9 +239,11 @@ def masks_to_seg(out: str | os.PathLike, key: str, path: str | os.PathLike, *, m
         :func:`write_seg`'s summary.
 
     Raises:
-        InputError: no such volume or slice table, a mask the volume lacks, a multi-frame or 4-D source, source
-            instances missing from ``dicom`` (named by SOPInstanceUID), and :func:`write_seg`'s errors.
+        InputError: highdicom missing, no such volume or slice table, a mask the volume lacks, a multi-frame or
+            4-D source, source instances missing from ``dicom`` (named by SOPInstanceUID), and :func:`write_seg`'s
+            errors.
     """
+    require_highdicom("writing a DICOM SEG")  # before any source file is read
     out = os.fspath(out)
     volume_path = find_volume(out, key)
     available = open_masks(volume_path)
