@@ -23,8 +23,8 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.stores.subject_store import open_subject_store
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
-COMMANDS = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "suv", "petct-index",
-            "petct", "merge", "project-2d", "lung", "report", "demo"]
+COMMANDS = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "masks-to-seg", "suv",
+            "petct-index", "petct", "merge", "project-2d", "lung", "report", "demo"]
 
 
 def run(argv: list[str]) -> int:
@@ -65,6 +65,7 @@ def test_missing_input_exits_2_for_every_command_with_an_input_path(tmp_path, ca
         ["project", missing, "--out", out],
         ["contours", "--link", missing, "--dicom-dir", missing, "--contour-dir", missing, "--out", out],
         ["masks", "--volume", missing + ".zarr", "--rtstruct", missing],
+        ["masks-to-seg", missing, "--key", "k", "--out", str(tmp_path / "s.dcm")],
         ["suv", missing],
         ["petct-index", missing, "--out", str(tmp_path / "i.csv")],
         ["petct", missing + ".csv", "--out", str(tmp_path / "o.h5")],

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from voxelpipe.cli import options
+from voxelpipe.cli import masks_to_seg, options
 from voxelpipe.cli.app import apply_env_defaults, build_parser, flags_win_in_groups, main
 from voxelpipe.core import defaults
 
 PARSER = build_parser()
 COMMAND_PARSERS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
-COMMAND_NAMES = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "suv", "petct-index",
-                 "petct", "merge", "project-2d", "lung", "report", "demo"]
+COMMAND_NAMES = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "masks-to-seg", "suv",
+                 "petct-index", "petct", "merge", "project-2d", "lung", "report", "demo"]
 HEAVY = ("pydicom", "numba", "zarr")
 TIMEOUT = 120
 
@@ -35,6 +35,7 @@ SAMPLES = {
     options.float_triple: ("1.5,2,3", (1.5, 2.0, 3.0)),
     options.float_pair: ("-5,7.5", (-5.0, 7.5)),
     options.yes_no: ("no", False),
+    masks_to_seg.names_list: ("GTV,Lung", ["GTV", "Lung"]),
     None: ("some-value", "some-value"),
 }
 
@@ -188,6 +189,9 @@ LIBRARY_DEFAULTS = [
     ("voxelpipe.apps.report:build_report", "seed", defaults.REPORT_SEED),
     ("voxelpipe.apps.contours:convert_contours", "kinds", defaults.CONTOUR_KINDS),
     ("voxelpipe.apps.contours:convert_contours", "fmt", defaults.CONTOUR_FORMAT),
+    ("voxelpipe.stores.dicom_seg:write_seg", "algorithm_version", defaults.SEG_ALGORITHM_VERSION),
+    ("voxelpipe.stores.dicom_seg:write_seg", "series_description", defaults.SEG_SERIES_DESCRIPTION),
+    ("voxelpipe.stores.dicom_seg:write_seg", "series_number", defaults.SEG_SERIES_NUMBER),
 ]
 
 

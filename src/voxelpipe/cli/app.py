@@ -15,6 +15,7 @@ from voxelpipe.cli import (
     demo,
     lung,
     masks,
+    masks_to_seg,
     merge,
     petct,
     petct_index,
@@ -30,8 +31,8 @@ from voxelpipe.core.errors import OutputWriteError, VoxelpipeError
 
 log = logging.getLogger("voxelpipe")
 
-COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, suv, petct_index, petct, merge,
-            project_2d, lung, report, demo)
+COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, masks_to_seg, suv, petct_index, petct,
+            merge, project_2d, lung, report, demo)
 ENV_PREFIX = "VOXELPIPE_"
 LOG_LEVEL = "INFO"
 # errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path; any

@@ -58,6 +58,11 @@ REPORT_SEED = 0  # seed of the sample
 CONTOUR_KINDS = ("i", "o")  # i = inner (endocardium), o = outer (epicardium)
 CONTOUR_FORMAT = "npz"  # npz (one file per pair) or zarr (one group per patient)
 
+# masks-to-seg
+SEG_SERIES_NUMBER = 300  # SeriesNumber of a written SEG
+SEG_SERIES_DESCRIPTION = "voxelpipe segmentation"  # SeriesDescription of a written SEG
+SEG_ALGORITHM_VERSION = "unknown"  # AlgorithmVersion when --algorithm is given without --algorithm-version
+
 # demo
 DEMO_OUT = "voxelpipe-demo"  # folder the demo writes to
 
