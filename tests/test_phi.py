@@ -3,6 +3,7 @@ any output file (bytes), and the pseudonyms are the keyed hashes computed here w
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import hmac
 import json
@@ -16,6 +17,7 @@ import zarr
 
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
+from voxelpipe.dicom.deidentify import CONFIDENTIALITY_PROFILE
 from voxelpipe.testing.synthetic import SeriesSpec, write_rtstruct, write_series
 
 SECRET = "phi-test-secret"
@@ -87,6 +89,8 @@ def leaks(out: Path, values: set[str]) -> dict[str, list[str]]:
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
+            if path.suffix == ".gz":  # NIfTI .nii.gz: its header and extensions are inside the gzip stream
+                data += gzip.decompress(data)
             for value in values:
                 if value.encode() in data:
                     found.setdefault(value, []).append(str(path.relative_to(out)))
@@ -225,3 +229,14 @@ def test_pseudonymise_needs_a_secret(study, tmp_path):
     with pytest.raises(InputError, match="VOXELPIPE_KEY_SECRET"):
         scan(study["root"], out=tmp_path / "m", phi="pseudonymise", workers=1, progress=False)
     assert cli("scan", str(study["root"]), "--out", str(tmp_path / "m2"), "--phi", "pseudonymise") == 2
+
+
+def test_profile_table_tags_and_keywords_agree_with_pydicom():
+    """The table is written by hand: each (group, element) must be the tag of its keyword in the dictionary."""
+    tags = [(group << 16) | element for group, element, _ in CONFIDENTIALITY_PROFILE]
+    assert len(set(tags)) == len(tags) > 250
+    for (_, _, keyword), tag in zip(CONFIDENTIALITY_PROFILE, tags):
+        assert pydicom.datadict.keyword_for_tag(tag) == keyword, (hex(tag), keyword)
+    assert {"PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName",
+            "AccessionNumber", "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+            "FrameOfReferenceUID"} <= {keyword for _, _, keyword in CONFIDENTIALITY_PROFILE}
