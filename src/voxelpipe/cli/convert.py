@@ -17,12 +17,12 @@ from voxelpipe.cli.options import (
 )
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
-from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
            "chunks", "clevel", "summary_suffix", "executor", "scheduler", "uneven", "tilt", "philips_scaling",
-           "nifti_gzip", "max_frame_bytes")
+           "nifti_gzip", "max_frame_bytes", "phi")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,6 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=with_default("a series with a frame larger than this (Rows x Columns x SamplesPerPixel "
                                           "x BitsAllocated / 8) fails before any pixel is decoded",
                                           defaults.CONVERT_MAX_FRAME_BYTES))
+    parser.add_argument("--phi", choices=[p.value for p in Phi], default=argparse.SUPPRESS,
+                        help="confidentiality profile attributes in the volumes' attributes, meta/ and NIfTI "
+                             "sidecars: keep, pseudonymise (needs VOXELPIPE_KEY_SECRET) or drop (default: the "
+                             "choice recorded in the manifest's scan.json; keep when it has none; DIRs are "
+                             "scanned with this choice)")
     add_executor(parser, "per-series")
     return parser
 

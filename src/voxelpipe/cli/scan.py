@@ -15,6 +15,7 @@ from voxelpipe.cli.options import (
     with_default,
 )
 from voxelpipe.core import defaults
+from voxelpipe.core.types import ColumnNames, Phi
 
 NAME = "scan"
 # what makes scan exit 1: the request was fine, the outputs could not be written
@@ -32,6 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--table-format", choices=["csv", "parquet"], default=argparse.SUPPRESS,
                         help=with_default("parquet: also write metadata.parquet (needs pyarrow)",
                                           defaults.SCAN_TABLE_FORMAT))
+    parser.add_argument("--phi", choices=[p.value for p in Phi], default=argparse.SUPPRESS,
+                        help=with_default("attributes of the DICOM confidentiality profile (names, IDs, dates, "
+                                          "institutions, UIDs, ...) in every table: keep, pseudonymise (keyed "
+                                          "hashes; needs VOXELPIPE_KEY_SECRET) or drop; file paths are kept",
+                                          defaults.SCAN_PHI))
+    parser.add_argument("--column-names", choices=[c.value for c in ColumnNames], default=argparse.SUPPRESS,
+                        help=with_default("metadata columns: name (\"Patient's Name (0010, 0010)\") or keyword "
+                                          "(PatientName)", defaults.SCAN_COLUMN_NAMES))
     add_executor(parser, "header-reading")
     return parser
 
@@ -40,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from voxelpipe.pipelines.scan import scan  # lazy: see the cli package docstring
 
     result = scan(args.dirs, out=args.out, progress=progress(args),
-                  **given(args, ("shards", "workers", "table_format", "executor", "scheduler")))
+                  **given(args, ("shards", "workers", "table_format", "executor", "scheduler", "phi",
+                                      "column_names")))
     print(f"scan: {result.n_files} files in {result.seconds:.1f} s: {len(result.series)} series, "
           f"{len(result.objects)} objects, {len(result.unreadable)} unreadable -> {args.out}")
     return EXIT_OK

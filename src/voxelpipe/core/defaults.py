@@ -6,7 +6,16 @@ for angles; shapes and chunks in array axis order (slice, row, column) unless th
 """
 from __future__ import annotations
 
-from voxelpipe.core.types import Executor, Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.core.types import (
+    ColumnNames,
+    Executor,
+    Format,
+    Phi,
+    PhilipsScaling,
+    StoreKind,
+    TiltPolicy,
+    UnevenPolicy,
+)
 
 # where per-item tasks run (voxelpipe.core.types.Executor)
 EXECUTOR = Executor.POOL
@@ -14,6 +23,8 @@ EXECUTOR = Executor.POOL
 # scan
 SCAN_SHARDS = 16  # byte-balanced shard files of the series manifest
 SCAN_TABLE_FORMAT = "csv"  # csv, or parquet (metadata also as Parquet)
+SCAN_PHI = Phi.KEEP  # confidentiality profile attributes: keep, pseudonymise (needs VOXELPIPE_KEY_SECRET), drop
+SCAN_COLUMN_NAMES = ColumnNames.NAME  # metadata columns "Name (gggg, eeee)"; keyword: DICOM keywords
 
 # convert
 CONVERT_FORMAT = Format.ZARR

@@ -100,3 +100,39 @@ def check_series_key(text: object, where: str = "") -> str:
         raise InputError(f"{place}series key {text!r} is not a voxelpipe series key ({KEY_LENGTH} lowercase hex "
                          "digits, optionally _N for a part of a split series)")
     return text
+
+
+PSEUDONYM_HEX = 32  # 128 bits of HMAC-SHA-256: text pseudonyms and the number of a pseudonymous UID
+UID_ROOT = "2.25."  # UIDs made of a 128-bit number (ISO/IEC 9834-8), as DICOM allows
+
+
+def require_secret(secret: str | None = None, what: str = "--phi pseudonymise") -> str:
+    """``secret``, else the ``VOXELPIPE_KEY_SECRET`` environment variable.
+
+    Raises:
+        InputError: neither is set: an unkeyed hash of a patient name or ID is re-identifiable by hashing a list
+            of candidate names, so pseudonyms are never made without a secret.
+    """
+    secret = secret if secret is not None else os.environ.get(SECRET_ENV) or None
+    if not secret:
+        raise InputError(f"{what} needs a secret key: set {SECRET_ENV} (a plain hash of a name or ID can be "
+                         "reversed by hashing a list of candidates)")
+    return secret
+
+
+def _keyed(text: str, secret: str) -> str:
+    return hmac.new(text_bytes(secret), text_bytes(text), hashlib.sha256).hexdigest()
+
+
+def uid_pseudonym(uid: str, secret: str) -> str:
+    """The pseudonym of a UID: ``2.25.`` followed by the decimal value of the first 128 bits of HMAC-SHA-256 of
+    the UID's UTF-8 bytes keyed with ``secret`` (at most 39 digits, so at most 44 characters, within DICOM's 64).
+    The same UID always gets the same pseudonym; the first 16 hex digits of that 128-bit number are the UID's
+    :func:`series_key` with the same secret."""
+    return UID_ROOT + str(int(_keyed(uid, secret)[:PSEUDONYM_HEX], 16))
+
+
+def text_pseudonym(text: str, secret: str) -> str:
+    """The pseudonym of a text value (a name, an ID, a date): the first 32 hex digits (128 bits) of HMAC-SHA-256
+    of its UTF-8 bytes keyed with ``secret``."""
+    return _keyed(text, secret)[:PSEUDONYM_HEX]

@@ -59,6 +59,24 @@ def member_of(kind: type[E], value: str, what: str) -> E:
         raise InputError(f"{what} must be one of {', '.join(kind)}, got {value!r}") from None
 
 
+class Phi(StrEnum):
+    """What ``scan`` and ``convert`` write of the attributes of the DICOM Basic Application Level Confidentiality
+    Profile (patient names, IDs, dates, institutions, UIDs, ...): ``keep`` them as they are, ``pseudonymise`` them
+    (keyed hashes; UIDs become ``2.25.<number>`` UIDs) or ``drop`` them (their columns and attributes left out)."""
+
+    KEEP = "keep"
+    PSEUDONYMISE = "pseudonymise"
+    DROP = "drop"
+
+
+class ColumnNames(StrEnum):
+    """Column names of ``metadata.csv`` / ``.parquet``: ``name`` = ``"Patient's Name (0010, 0010)"``,
+    ``keyword`` = ``PatientName`` (DICOM keywords; nested elements ``Sequence_Keyword``)."""
+
+    NAME = "name"
+    KEYWORD = "keyword"
+
+
 class UnevenPolicy(StrEnum):
     """What ``convert`` does with a series whose slice steps differ: resample onto a uniform grid along the
     slice normal, keep the slices as they are (``uniform: false``), or fail the series."""

@@ -5,11 +5,16 @@ Column names are ``"<Name> (gggg, eeee)"``; an element nested in a sequence is
 (a tag repeated across sequence items, or duplicated) holds ``DUPLICATE TAGS IN DICOM:v1/v2/...``.
 Multi-valued elements are joined with ``\\``; binary values longer than 16 bytes are shown by their size.
 
+``keyword_column`` gives the same column with DICOM keywords (``PatientName``, ``Sequence_Keyword`` when nested;
+a private or unknown tag keeps a tag-based name, ``Private_gggg_eeee``); ``number_type`` says which columns a
+typed table (Parquet) stores as numbers.
+
 Values are formatted from their raw bytes (``format_raw``); ``RowBuilder`` collects cells with the duplicate
 rule. ``rawheader`` feeds both straight from the file; ``flatten`` does the same for a pydicom Dataset.
 """
 from __future__ import annotations
 
+import re
 import struct
 from functools import cache
 
@@ -60,6 +65,85 @@ def dictionary_vr(tag: int) -> str:
 def column_name(tag: int, prefix: str = "") -> str:
     """``"<prefix><Name> (gggg, eeee)"`` for a tag."""
     return f"{prefix}{tag_name(tag)} ({tag >> 16:04X}, {tag & 0xFFFF:04X})"
+
+
+_COLUMN_TAG = re.compile(r"(.*)\(([0-9A-F]{4}), ([0-9A-F]{4})\)")
+INTEGER_VRS = frozenset({"US", "SS", "UL", "SL", "SV", "IS"})  # int64 in a typed table (UV may not fit)
+FLOAT_VRS = frozenset({"FL", "FD", "DS"})  # float64 in a typed table
+
+
+@cache
+def split_column(column: str) -> tuple[tuple[str, ...], int] | None:
+    """``(sequence names, tag)`` of a column named by :func:`column_name` (``((), 0x00100010)`` for
+    ``"Patient's Name (0010, 0010)"``; the names of the enclosing sequences, outermost first, for a nested one),
+    or None for a column of another form (``path``, ``series_key``)."""
+    match = _COLUMN_TAG.fullmatch(column)
+    if match is None:
+        return None
+    tag = int(match.group(2) + match.group(3), 16)
+    head = match.group(1)
+    name = tag_name(tag)
+    if not head.endswith(name + " "):
+        return None
+    prefix = head[: -len(name) - 1]
+    return tuple(prefix[:-1].split("_")) if prefix else (), tag
+
+
+@cache
+def _sequence_keywords() -> dict[str, str]:
+    """Data dictionary name -> keyword of every sequence (names of sequences are unique and hold no ``_``)."""
+    keywords: dict[str, str] = {}
+    for entry in datadict.DicomDictionary.values():
+        if entry[0] == "SQ" and entry[4]:
+            keywords.setdefault(entry[2], entry[4])
+    return keywords
+
+
+def _tag_keyword(tag: int) -> str:
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 == 1:
+        kind = "PrivateCreator" if 0x0010 <= element <= 0x00FF else "Private"
+        return f"{kind}_{group:04X}_{element:04X}"
+    keyword = datadict.keyword_for_tag(tag)  # "" when the dictionary has none; repeating groups included
+    return keyword or f"Tag_{group:04X}_{element:04X}"
+
+
+@cache
+def keyword_column(column: str) -> str:
+    """The keyword form of a column named by :func:`column_name`: ``PatientName`` for
+    ``"Patient's Name (0010, 0010)"``, ``ReferencedSeriesSequence_SeriesInstanceUID`` for a nested element; a
+    private tag ``Private_gggg_eeee`` (``PrivateCreator_gggg_00ee``), a tag without keyword ``Tag_gggg_eeee``, a
+    sequence without keyword (a private one) ``Private``. Other columns (``path``) are returned as they are."""
+    parts = split_column(column)
+    if parts is None:
+        return column
+    names, tag = parts
+    sequences = _sequence_keywords()
+    return "_".join([*(sequences.get(name, "Private") for name in names), _tag_keyword(tag)])
+
+
+@cache
+def number_type(column: str) -> str | None:
+    """``"int64"`` or ``"float64"`` for a column of a single-valued numeric element (dictionary VR US, SS, UL, SL,
+    SV, IS / FL, FD, DS and value multiplicity 1); None for every other column (text, several values such as
+    PixelSpacing, private tags, columns that are not elements)."""
+    parts = split_column(column)
+    if parts is None:
+        return None
+    tag = parts[1]
+    if tag >> 16 & 1:
+        return None
+    try:
+        if datadict.dictionary_VM(tag) != "1":
+            return None
+        vrs = set(datadict.dictionary_VR(tag).split(" or "))
+    except KeyError:  # not in the dictionary
+        return None
+    if vrs <= INTEGER_VRS:
+        return "int64"
+    if vrs <= FLOAT_VRS:
+        return "float64"
+    return None
 
 
 def encodings_for(charset: str | list[str] | None) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import functools
 import glob
+import json
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ from collections.abc import Callable
 
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError, VoxelpipeError, failure_reason
-from voxelpipe.core.keys import check_series_key, series_key
+from voxelpipe.core.keys import check_series_key, require_secret, series_key
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.rows import (
     ALREADY_COMPLETE,
@@ -36,6 +37,7 @@ from voxelpipe.core.rows import (
 from voxelpipe.core.types import (
     Executor,
     Format,
+    Phi,
     PhilipsScaling,
     Status,
     StoreKind,
@@ -92,7 +94,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             tilt: str = defaults.CONVERT_TILT, philips_scaling: str = defaults.CONVERT_PHILIPS_SCALING,
             nifti_gzip: bool = defaults.NIFTI_GZIP, max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES,
             summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
-            scheduler: str | None = None) -> list[dict]:
+            scheduler: str | None = None, phi: str | None = None) -> list[dict]:
     """Convert series to volumes; returns the summary rows (one per series; status ``done``, ``skipped`` for a
     series already in the output, ``failed`` with the reason).
 
@@ -102,7 +104,9 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
     ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). ``executor``: ``pool`` (processes of
     this machine), ``dask`` (a running scheduler at ``scheduler``) or ``dask-local`` (a LocalCluster of ``workers``
-    processes); the outputs are the same. Everything else as the CLI.
+    processes); the outputs are the same. ``phi``: keep, pseudonymise or drop the confidentiality profile's values
+    in the volumes' attributes, meta/ files and NIfTI sidecars (None: the choice the manifest's scan.json records,
+    keep when it records none; ``inputs`` are scanned with it); 3d mode only. Everything else as the CLI.
     """
     started = time.perf_counter()
     fmt, store = _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
@@ -110,6 +114,10 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     tilt = member_of(TiltPolicy, tilt, "tilt")
     philips_scaling = member_of(PhilipsScaling, philips_scaling, "philips-scaling")
     check_executor(executor, scheduler)
+    phi = member_of(Phi, phi, "phi") if phi is not None else (manifest_phi(manifest) if manifest else Phi.KEEP)
+    secret = require_secret() if phi == Phi.PSEUDONYMISE else None
+    if phi != Phi.KEEP and mode != "3d":
+        raise InputError(f"--phi {phi} is done for --mode 3d only; --mode {mode} would keep the UIDs of every file")
     if summary_suffix is not None and not is_plain_name(summary_suffix):
         raise InputError(f"--summary-suffix must be a plain name (no path separator), got {summary_suffix!r}")
     shard = _shard_name(manifest, shard_id, num_shards, summary_suffix)
@@ -121,7 +129,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                 raise InputError("give DICOM folders or --manifest")
             scanned = scan(inputs if isinstance(inputs, list) else [inputs], out=os.path.join(out, "manifest"),
                            shards=1, workers=workers, progress=progress,
-                           executor=executor, scheduler=scheduler, exclude=[out])
+                           executor=executor, scheduler=scheduler, exclude=[out], phi=phi)
             manifest = os.path.join(out, "manifest", "series_all.csv")
             records = scanned.records  # headers already read: workers need not parse them again
         rows, files = load_manifest(manifest)
@@ -137,12 +145,12 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
         options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "uneven": uneven,
                    "tilt": tilt, "philips_scaling": philips_scaling,
-                   "verify_slices": verify_slices, "manifest": os.path.abspath(manifest)}
+                   "verify_slices": verify_slices, "manifest": os.path.abspath(manifest), "phi": phi}
         tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
                             store=store,
                             chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
                             uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
-                            max_frame_bytes=max_frame_bytes,
+                            max_frame_bytes=max_frame_bytes, phi=phi, secret=secret,
                             options=options, records=records.get(r["series_key"]) if mode == "3d" else None)
                  for r in rows]
         summary: list[dict] = []
@@ -191,6 +199,21 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
                     "seconds": round(time.perf_counter() - started, 3)})
     log.info("convert: %s in %.1f s", format_counts(counts), time.perf_counter() - started)
     return summary
+
+
+def manifest_phi(manifest: str) -> Phi:
+    """The ``phi`` choice recorded in the scan.json of a manifest (a manifest folder, its series_all.csv or a shard
+    file); ``keep`` when there is no scan.json or it records none."""
+    folder = manifest if os.path.isdir(manifest) else os.path.dirname(os.path.abspath(manifest))
+    for candidate in (os.path.join(folder, "scan.json"), os.path.join(os.path.dirname(folder), "scan.json")):
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding="utf-8") as fh:
+                    recorded = json.load(fh).get("options", {}).get("phi", Phi.KEEP)
+            except (OSError, ValueError, AttributeError) as exc:
+                raise InputError(f"{candidate}: cannot read the phi choice of the manifest: {exc}") from exc
+            return member_of(Phi, recorded, f"phi recorded in {candidate}")
+    return Phi.KEEP
 
 
 def split_bad_keys(rows: list[dict], manifest: str, files: dict[str, list[str]]) -> tuple[list[dict], list[dict]]:

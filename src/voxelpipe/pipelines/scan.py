@@ -9,6 +9,12 @@ MANIFEST/
   shards/series_shard_XX.csv   the series split into N shards balanced by bytes
   scan.json                    counts and options; written last (the manifest is complete when it exists)
 
+``phi`` (:class:`~voxelpipe.core.types.Phi`) applies to every table: the attributes of the DICOM confidentiality
+profile (:mod:`voxelpipe.dicom.deidentify`) are kept, pseudonymised (keyed hashes, UIDs as ``2.25.<number>``) or
+dropped in metadata.csv/.parquet, and the UIDs and descriptions of series_all.csv, the shards, series_files.csv
+and objects.csv follow the same choice (UIDs named in reasons too). Series keys are always the keys of the original
+UIDs, so ``convert`` finds its series; file paths are kept (they are needed to read the files).
+
 A scan owns its manifest folder while it runs: it starts by removing the scan.json and the temporary files an
 earlier, interrupted scan of that folder left. An output that cannot be written (disk full, no permission) raises
 :class:`~voxelpipe.core.errors.OutputWriteError` naming the file, and leaves no temporary file behind.
@@ -26,8 +32,22 @@ from pydicom.uid import UID
 from voxelpipe._version import __version__
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
+from voxelpipe.core.keys import require_secret
 from voxelpipe.core.progress import Progress
+from voxelpipe.core.types import ColumnNames, Phi, member_of
+from voxelpipe.dicom.deidentify import (
+    FIELD_TEXT,
+    FIELD_UID,
+    FIELD_UIDS,
+    REPLACE,
+    column_action,
+    deidentify_fields,
+    deidentify_row,
+    kept_columns,
+    scrub_uids,
+)
 from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, read_header
+from voxelpipe.dicom.flatten import keyword_column, number_type
 from voxelpipe.dicom.records import FileRecord, make_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
@@ -48,6 +68,13 @@ KEY_CLASH = "key_clash"  # kind in unreadable_files.csv of the files of series w
 MANIFEST_FILES = ("metadata.csv", "metadata.parquet", "series_all.csv", "series_files.csv", "objects.csv",
                   "unreadable_files.csv", "scan.json")
 SHARDS_FOLDER = "shards"
+# the fields of the manifest tables that hold values of the confidentiality profile
+SERIES_PHI = {"study_instance_uid": FIELD_UID, "series_instance_uid": FIELD_UID, "series_description": FIELD_TEXT,
+              "frame_of_reference_uid": FIELD_UID}
+FILE_PHI = {"sop_instance_uid": FIELD_UID}
+OBJECT_PHI = {"sop_instance_uid": FIELD_UID, "study_instance_uid": FIELD_UID, "series_instance_uid": FIELD_UID,
+              "series_description": FIELD_TEXT, "frame_of_reference_uid": FIELD_UID,
+              "referenced_series_uids": FIELD_UIDS}
 
 
 @dataclass
@@ -105,7 +132,8 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
          table_format: str = defaults.SCAN_TABLE_FORMAT, secret: str | None = None,
          progress: bool = True, executor: str = defaults.EXECUTOR, scheduler: str | None = None,
-         exclude: Sequence[str | os.PathLike] = ()) -> ScanResult:
+         exclude: Sequence[str | os.PathLike] = (), phi: str = defaults.SCAN_PHI,
+         column_names: str = defaults.SCAN_COLUMN_NAMES) -> ScanResult:
     """Scan folders (any depth) for DICOM files and build the manifest tables.
 
     ``out``: manifest folder to write (None: only return the tables, metadata rows included).
@@ -113,6 +141,10 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     ``table_format``: ``csv`` or ``parquet`` (metadata also as Parquet); ``secret``: HMAC key for series keys.
     ``executor``/``scheduler``: where the header-reading tasks run (:func:`voxelpipe.execution.imap`).
     ``exclude``: folders not to enter (``out`` is never entered: a manifest inside its input is not input).
+    ``phi``: ``keep``, ``pseudonymise`` (keyed with ``secret`` or ``VOXELPIPE_KEY_SECRET``; refused without one)
+    or ``drop`` the confidentiality profile's attributes in every table (the returned ones too).
+    ``column_names``: ``name`` (``"Patient's Name (0010, 0010)"``) or ``keyword`` (``PatientName``) columns of
+    metadata.csv/.parquet. metadata.parquet stores single-valued numeric elements as int64 / float64.
     """
     started = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
@@ -122,6 +154,9 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     if table_format not in ("csv", "parquet"):
         raise InputError(f"table format must be csv or parquet, got {table_format!r}")
     check_executor(executor, scheduler)
+    phi = member_of(Phi, phi, "phi")
+    column_names = member_of(ColumnNames, column_names, "column-names")
+    phi_secret = require_secret(secret) if phi == Phi.PSEUDONYMISE else None
     workers = default_workers() if workers is None else max(1, workers)
     files = list(iter_files(paths, exclude=[*exclude, *([out] if out else [])]))
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
@@ -140,7 +175,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
             for results in imap(scan_files, batches, workers, executor=executor, scheduler=scheduler):
                 for path, kind, row, record, reason in results:
                     if row is not None:
-                        row = {"path": path, **row}
+                        row = {"path": path, **deidentify_row(row, phi, phi_secret)}
                         if spool:
                             spool.add(row)
                         else:
@@ -149,26 +184,39 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                     if record is not None:
                         records.append(record)
                     else:
-                        unreadable.append({"path": path, "kind": kind, "reason": reason})
+                        unreadable.append({"path": path, "kind": kind,
+                                           "reason": scrub_uids(reason, phi, phi_secret)})
                 bar.update(len(results))
 
         images = [r for r in records if r.kind == "image"]
         series, clashes = group_series(images, secret)
-        unreadable.extend(_clash_rows(clashes))
+        unreadable.extend({**row, "reason": scrub_uids(row["reason"], phi, phi_secret)}
+                          for row in _clash_rows(clashes))
         objects = _object_rows([r for r in records if r.kind == "object"], series, secret)
+        objects = [deidentify_fields(row, OBJECT_PHI, phi, phi_secret) for row in objects]
         key_of_path = {r.path: s.key for s in series for r in s.records}
-        shard_rows = balance([s.row for s in series], shards)
-        series_rows = [s.row for s in series]
-        file_rows = [row for s in series for row in s.file_rows]
+        shard_rows = [[deidentify_fields(row, SERIES_PHI, phi, phi_secret) for row in rows]
+                      for rows in balance([s.row for s in series], shards)]
+        series_rows = [deidentify_fields(s.row, SERIES_PHI, phi, phi_secret) for s in series]
+        file_rows = [deidentify_fields(row, FILE_PHI, phi, phi_secret) for s in series for row in s.file_rows]
         if out:
             extra = {path: {"series_key": key} for path, key in key_of_path.items()}
+            rename = ({c: keyword_column(c) for c in spool.columns}
+                      if column_names == ColumnNames.KEYWORD else {})
+            rename = _unique_names(rename)
+            types = {rename.get(c, c): kind for c in spool.columns if (kind := _column_type(c, phi))}
             spool.write(os.path.join(out, "metadata.csv"),
-                        os.path.join(out, "metadata.parquet") if table_format == "parquet" else None, extra)
-            metadata_columns = spool.columns
-            _write_manifest(out, series_rows, file_rows, objects, unreadable, shard_rows)
+                        os.path.join(out, "metadata.parquet") if table_format == "parquet" else None, extra,
+                        rename=rename, types=types)
+            metadata_columns = {rename.get(c, c): None for c in spool.columns}
+            _write_manifest(out, series_rows, file_rows, objects, unreadable, shard_rows, phi)
         else:
             for row in metadata:
                 row["series_key"] = key_of_path.get(row["path"], "")
+            if column_names == ColumnNames.KEYWORD:
+                rename = _unique_names({c: keyword_column(c) for c in metadata_columns})
+                metadata = [{rename.get(c, c): v for c, v in row.items()} for row in metadata]
+                metadata_columns = {rename.get(c, c): None for c in metadata_columns}
     finally:
         if spool:
             spool.close()
@@ -180,7 +228,8 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                         records={s.key: s.records for s in series})
     if out:
         with output_errors(os.path.join(out, "scan.json")):
-            write_json(os.path.join(out, "scan.json"), _summary(result, paths, shards, workers, table_format))
+            write_json(os.path.join(out, "scan.json"),
+                       _summary(result, paths, shards, workers, table_format, phi, column_names))
     log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),
              len(unreadable), len(files), seconds)
     return result
@@ -199,6 +248,25 @@ def prepare_manifest_folder(out: str) -> None:
         if holds_alone(out):  # shards of one convert may scan into one manifest side by side: keep theirs
             remove_temporaries(out, MANIFEST_FILES)
             remove_temporaries(os.path.join(out, SHARDS_FOLDER), [".csv"])
+
+
+def _column_type(column: str, phi: Phi) -> str | None:
+    """Parquet type of a metadata column: a number type for single-valued numeric elements, except those
+    pseudonymised (their cells are hashes)."""
+    kind = number_type(column)
+    if kind and phi == Phi.PSEUDONYMISE and column_action(column) == REPLACE:
+        return None
+    return kind
+
+
+def _unique_names(rename: dict[str, str]) -> dict[str, str]:
+    """``rename`` without clashes: a column whose new name another one already took keeps its own name."""
+    taken: set[str] = set()
+    result = {}
+    for old, new in rename.items():
+        result[old] = new if new not in taken else old
+        taken.add(result[old])
+    return result
 
 
 def _clash_rows(clashes: list[KeyClash]) -> list[dict]:
@@ -254,10 +322,14 @@ def shard_name(index: int, shards: int) -> str:
 
 
 def _write_manifest(out: str, series_rows: list[dict], file_rows: list[dict], objects: list[dict],
-                    unreadable: list[dict], shard_rows: list[list[dict]]) -> None:
-    """Write the manifest tables; an ``OSError`` becomes an OutputWriteError naming the file."""
-    tables = [("series_all.csv", series_rows, SERIES_COLUMNS), ("series_files.csv", file_rows, FILE_COLUMNS),
-              ("objects.csv", objects, OBJECT_COLUMNS), ("unreadable_files.csv", unreadable, UNREADABLE_COLUMNS)]
+                    unreadable: list[dict], shard_rows: list[list[dict]], phi: Phi = Phi.KEEP) -> None:
+    """Write the manifest tables (``phi`` drop: without the profile's columns); an ``OSError`` becomes an
+    OutputWriteError naming the file."""
+    series_columns = kept_columns(SERIES_COLUMNS, SERIES_PHI, phi)
+    tables = [("series_all.csv", series_rows, series_columns),
+              ("series_files.csv", file_rows, kept_columns(FILE_COLUMNS, FILE_PHI, phi)),
+              ("objects.csv", objects, kept_columns(OBJECT_COLUMNS, OBJECT_PHI, phi)),
+              ("unreadable_files.csv", unreadable, UNREADABLE_COLUMNS)]
     for name, rows, columns in tables:
         with output_errors(os.path.join(out, name)):
             write_csv(os.path.join(out, name), rows, columns)
@@ -270,14 +342,16 @@ def _write_manifest(out: str, series_rows: list[dict], file_rows: list[dict], ob
     for index, rows in enumerate(shard_rows):
         path = os.path.join(shard_dir, shard_name(index, len(shard_rows)))
         with output_errors(path):
-            write_csv(path, rows, SERIES_COLUMNS)
+            write_csv(path, rows, series_columns)
 
 
-def _summary(result: ScanResult, paths, shards: int, workers: int, table_format: str) -> dict:
+def _summary(result: ScanResult, paths, shards: int, workers: int, table_format: str, phi: Phi = Phi.KEEP,
+             column_names: ColumnNames = ColumnNames.NAME) -> dict:
     return {
         "voxelpipe_version": __version__,
         "inputs": [os.fspath(p) for p in paths],
-        "options": {"shards": shards, "workers": workers, "table_format": table_format},
+        "options": {"shards": shards, "workers": workers, "table_format": table_format, "phi": str(phi),
+                    "column_names": str(column_names)},
         "files": result.n_files,
         "metadata_rows": result.n_metadata_rows,
         "series": len(result.series),

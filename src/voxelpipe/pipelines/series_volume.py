@@ -24,7 +24,7 @@ import hashlib
 import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
@@ -36,8 +36,17 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import DicomReadError, InputError, ValuesDoNotFitError
 from voxelpipe.core.geometry import Geometry, cluster_positions, geometry_from_slices, slice_normal
 from voxelpipe.core.rows import ALREADY_COMPLETE, done_row, failed_row, lost_row, skipped_row
-from voxelpipe.core.types import Format, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.dicom.bids import FIELDS as BIDS_FIELDS
 from voxelpipe.dicom.bids import read_bids_sidecar
+from voxelpipe.dicom.deidentify import (
+    FIELD_TEXT,
+    FIELD_UID,
+    deidentify_fields,
+    is_profile_tag,
+    pseudonymise_value,
+    scrub_uids,
+)
 from voxelpipe.dicom.files import read_header
 from voxelpipe.dicom.mosaic import decode_tiles, tile, tile_format
 from voxelpipe.dicom.philips import applied_pair, is_philips
@@ -55,6 +64,11 @@ FLOAT32 = np.dtype(np.float32)
 DEFAULT_CHUNKS = defaults.VOLUME_CHUNKS
 DUPLICATES_NOTE = "{} exact duplicate file(s) dropped (same SOPInstanceUID and pixel data)"
 HASH_PIECE = 1 << 20  # bytes read at a time when hashing pixel data
+# the attributes of a volume, and the BIDS sidecar fields, that hold values of the confidentiality profile
+VOLUME_PHI = {"series_instance_uid": FIELD_UID, "study_instance_uid": FIELD_UID,
+              "frame_of_reference_uid": FIELD_UID, "series_description": FIELD_TEXT}
+SIDECAR_PHI = {key: FIELD_TEXT for key, keyword, _ in BIDS_FIELDS
+               if is_profile_tag(pydicom.datadict.tag_for_keyword(keyword) or 0)}
 
 
 @dataclass
@@ -76,6 +90,8 @@ class SeriesTask:
     philips_scaling: PhilipsScaling = defaults.CONVERT_PHILIPS_SCALING
     nifti_gzip: bool = defaults.NIFTI_GZIP
     max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES  # larger frames fail the series before decoding
+    phi: Phi = Phi.KEEP  # confidentiality profile values in attrs, meta/ and sidecars: keep, pseudonymise, drop
+    secret: str | None = field(default=None, repr=False)  # the key of pseudonyms (phi pseudonymise)
     options: dict | None = None  # recorded in provenance
     records: list[FileRecord] | None = None  # the scan's records of ``paths`` when at hand (no second parse)
 
@@ -111,6 +127,7 @@ def convert_series(task: SeriesTask) -> dict:
             row["ratio"] = round(row["bytes_in"] / row["bytes_out"], 3) if row["bytes_out"] else ""
     except Exception as exc:  # noqa: BLE001 - one task's failure never stops the batch
         row = failed_row(base, exc)
+    row["reason"] = scrub_uids(row.get("reason", ""), task.phi, task.secret)
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
@@ -452,12 +469,13 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
     })
     if n_frames > 1:
         attrs["axes"] = ["frame", "slice", "row", "column"]
-    return attrs
+    return deidentify_fields(attrs, VOLUME_PHI, task.phi, task.secret)
 
 
 def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> VolumeWriter:
     if task.fmt == Format.NIFTI:  # the JSON sidecar beside <key>.nii.gz: BIDS fields of the first file
-        attrs = dict(attrs, sidecar=nifti_sidecar(source or (task.paths[0] if task.paths else "")))
+        sidecar = nifti_sidecar(source or (task.paths[0] if task.paths else ""))
+        attrs = dict(attrs, sidecar=deidentify_fields(sidecar, SIDECAR_PHI, task.phi, task.secret))
     return writer_for(task.fmt, task.store)(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
 
 
@@ -563,10 +581,14 @@ def _write_meta(task: SeriesTask, attrs: dict, ordered: list[Frame]) -> None:
     write_json(os.path.join(meta, f"{task.key}.series.json"), attrs)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["index", "sop_instance_uid", "instance_number", "frame", "position_mm", "slope", "intercept",
-                     "file"])
+    uids = task.phi != Phi.DROP  # drop: no sop_instance_uid column; pseudonymise: its pseudonyms
+    writer.writerow(["index", *(["sop_instance_uid"] if uids else []), "instance_number", "frame", "position_mm",
+                     "slope", "intercept", "file"])
     for i, f in enumerate(ordered):
-        writer.writerow([i, f.record.sop_instance_uid, f.record.instance_number, f.frame, round(f.position, 4),
+        uid = f.record.sop_instance_uid
+        if task.phi == Phi.PSEUDONYMISE:
+            uid = pseudonymise_value(uid, task.secret, uid=True)
+        writer.writerow([i, *([uid] if uids else []), f.record.instance_number, f.frame, round(f.position, 4),
                          f.slope, f.intercept, f.record.path])
     with atomic_path(os.path.join(meta, f"{task.key}.slices.csv")) as tmp, \
             open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 from voxelpipe.core.errors import InputError, OutputWriteError
@@ -138,7 +138,8 @@ class RowSpool:
         self.columns.update(dict.fromkeys(row))
         self.count += 1
 
-    def _rows(self, extra: dict[str, dict[str, str]] | None, key: str) -> Iterator[dict[str, str]]:
+    def _rows(self, extra: dict[str, dict[str, str]] | None, key: str,
+              rename: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
         with output_errors(self.folder, " the temporary row spool"):
             self._fh.flush()
             self._fh.seek(0)
@@ -146,18 +147,21 @@ class RowSpool:
             row = json.loads(line)
             if extra:
                 row.update(extra.get(row.get(key, ""), {}))
-            yield row
+            yield {rename.get(c, c): v for c, v in row.items()} if rename else row
 
     def write(self, csv_path: str, parquet_path: str | None = None,
-              extra: dict[str, dict[str, str]] | None = None, key: str = "path") -> None:
-        """Write the CSV (and Parquet); ``extra[row[key]]`` adds cells to a row on the way out. An ``OSError`` is
-        raised as :class:`OutputWriteError` naming the table."""
-        columns = list(self.columns)
+              extra: dict[str, dict[str, str]] | None = None, key: str = "path",
+              rename: Mapping[str, str] | None = None, types: Mapping[str, str] | None = None) -> None:
+        """Write the CSV (and Parquet); ``extra[row[key]]`` adds cells to a row on the way out; ``rename`` maps
+        column names to the names written (``key`` is the name before renaming); ``types``: Parquet column types
+        (:func:`write_parquet`, by the names written). An ``OSError`` is raised as :class:`OutputWriteError`
+        naming the table."""
+        columns = [rename.get(c, c) for c in self.columns] if rename else list(self.columns)
         with output_errors(csv_path):
-            write_csv(csv_path, self._rows(extra, key), columns)
+            write_csv(csv_path, self._rows(extra, key, rename), columns)
         if parquet_path:
             with output_errors(parquet_path):
-                write_parquet(parquet_path, self._rows(extra, key), columns)
+                write_parquet(parquet_path, self._rows(extra, key, rename), columns, types=types)
 
     def close(self) -> None:
         """Close (and so delete) the temporary file; rows not yet written to disk are dropped, never an error."""
@@ -167,14 +171,22 @@ class RowSpool:
             pass
 
 
-def write_parquet(path: str, rows: Iterable[dict], columns: list[str], batch_rows: int = 5000) -> None:
-    """Write rows as a Parquet table of string columns (needs pyarrow: ``pip install voxelpipe[parquet]``)."""
+def write_parquet(path: str, rows: Iterable[dict], columns: list[str], batch_rows: int = 5000,
+                  types: Mapping[str, str] | None = None) -> None:
+    """Write rows as a Parquet table (needs pyarrow: ``pip install voxelpipe[parquet]``).
+
+    Columns are strings, except those ``types`` names ``"int64"`` or ``"float64"``: a cell of such a column is
+    parsed from its text as one number, and is null when empty, absent or not one number (several values, a
+    ``DUPLICATE TAGS IN DICOM:`` cell)."""
     try:  # optional extra, imported only when Parquet is asked for
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("--table-format parquet needs pyarrow: pip install 'voxelpipe[parquet]'") from None
-    schema = pa.schema([(c, pa.string()) for c in columns])
+    types = types or {}
+    arrow = {"int64": pa.int64(), "float64": pa.float64()}
+    schema = pa.schema([(c, arrow.get(types.get(c, ""), pa.string())) for c in columns])
+    parsers = {c: PARSERS[types[c]] for c in columns if types.get(c) in PARSERS}
     with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             batch: list[dict] = []
@@ -182,13 +194,41 @@ def write_parquet(path: str, rows: Iterable[dict], columns: list[str], batch_row
             for row in rows:
                 batch.append(row)
                 if len(batch) >= batch_rows:
-                    writer.write_table(_table(pa, schema, columns, batch))
+                    writer.write_table(_table(pa, schema, columns, batch, parsers))
                     written += len(batch)
                     batch = []
             if batch or not written:
-                writer.write_table(_table(pa, schema, columns, batch))
+                writer.write_table(_table(pa, schema, columns, batch, parsers))
 
 
-def _table(pa, schema, columns: list[str], rows: list[dict]):
-    data = {c: [None if r.get(c) is None else str(r[c]) for r in rows] for c in columns}
+def parse_int(text: object) -> int | None:
+    """One integer from a cell (``" 12 "``, ``"+5"``), or None (empty, several values, not an integer, outside
+    int64)."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        return None
+    return value if -(1 << 63) <= value < (1 << 63) else None
+
+
+def parse_float(text: object) -> float | None:
+    """One number from a cell (``"0.5"``, ``"-1e3"``), or None (empty, several values, not a number)."""
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        return None
+
+
+PARSERS: dict[str, Callable[[object], int | float | None]] = {"int64": parse_int, "float64": parse_float}
+
+
+def _table(pa, schema, columns: list[str], rows: list[dict], parsers: Mapping[str, Callable] | None = None):
+    parsers = parsers or {}
+    data = {}
+    for c in columns:
+        parse = parsers.get(c)
+        if parse is None:
+            data[c] = [None if r.get(c) is None else str(r[c]) for r in rows]
+        else:
+            data[c] = [None if r.get(c) in (None, "") else parse(r[c]) for r in rows]
     return pa.table(data, schema=schema)
