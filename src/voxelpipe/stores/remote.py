@@ -53,7 +53,7 @@ __all__ = [
     "url_zarr_store",
 ]
 
-REMOTE_EXTRA = 'pip install "voxelpipe[remote]"'
+REMOTE_EXTRA = "install voxelpipe[remote] (pip install 'voxelpipe[remote]', which brings fsspec and aiohttp)"
 """How to install what reading URLs needs (fsspec, aiohttp, requests)."""
 
 REMOTE_KINDS = ".zarr, .zarr.zip, .h5, .npz, .nii.gz, .nii"
