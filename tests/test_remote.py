@@ -85,6 +85,23 @@ class RangeHandler(SimpleHTTPRequestHandler):
         outputfile.write(source.read(left))
 
 
+class NoIndexHandler(RangeHandler):
+    """A static host: files only; a folder answers 404 (no index page, no redirect)."""
+
+    def send_head(self):
+        if os.path.isdir(self.translate_path(self.path)):
+            self.send_error(404)
+            return None
+        return super().send_head()
+
+
+def _serve(root: Path, handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A demo CT with two RTSTRUCT masks converted to Zarr folders, and one small series in every other kind."""
@@ -109,9 +126,7 @@ def study(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(study):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(study)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server, thread = _serve(study, RangeHandler)
     try:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
@@ -188,6 +203,24 @@ def test_open_volume_http_other_kinds(study, served):
     store.close()
     volume = open_volume(f"{served}/out_zip/data/{local.name}")
     np.testing.assert_array_equal(np.asarray(volume.array[...]), expected)
+
+
+def test_static_host_without_folder_index(study):
+    """A .zarr folder is found by its zarr.json; only listing a folder needs an index page."""
+    server, thread = _serve(study, NoIndexHandler)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        local = sorted((study / "out" / "data").glob("*.zarr"))[0]
+        expected, _ = _zarr_image(local)
+        url = f"{base}/out/data/{local.name}"
+        np.testing.assert_array_equal(np.asarray(open_volume(url).array[...]), expected)
+        assert volume_paths(url) == [url]
+        with pytest.raises(InputError, match="neither a Zarr volume"):
+            volume_paths(f"{base}/out/data")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_sqlite_url_is_refused_with_the_kinds_that_work(study, served):

@@ -20,7 +20,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader
 from voxelpipe.stores.masks import MASKS_GROUP
 from voxelpipe.stores.registry import ZARR_SUFFIXES
-from voxelpipe.stores.remote import exists, is_url, isdir, join, listdir, local_path, open_group
+from voxelpipe.stores.remote import is_url, isdir, join, listdir, local_path, open_group, volume_exists
 
 
 def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -63,7 +63,7 @@ def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 def _url_volume_paths(url: str) -> list[str]:
     """:func:`volume_paths` of a URL: the volume itself, or the volumes found walking the folder it names."""
     if url.endswith(ZARR_SUFFIXES):
-        if not exists(url):
+        if not volume_exists(url):
             raise InputError(f"{url}: no such volume")
         return [url]
     if not isdir(url):

@@ -51,6 +51,7 @@ __all__ = [
     "require_fsspec",
     "url_filesystem",
     "url_zarr_store",
+    "volume_exists",
 ]
 
 REMOTE_EXTRA = "install voxelpipe[remote] (pip install 'voxelpipe[remote]', which brings fsspec and aiohttp)"
@@ -132,6 +133,14 @@ def exists(path: str | os.PathLike) -> bool:
         fs, inner = url_filesystem(str(path))
         return bool(fs.exists(inner))
     return os.path.exists(path)
+
+
+def volume_exists(path: str | os.PathLike) -> bool:
+    """True when the volume at ``path`` (local or URL) exists. A ``.zarr`` folder at a URL is found by its
+    ``zarr.json``, so servers that answer nothing for a folder itself (static hosting, S3 over HTTP) do too."""
+    if _remote(path) and str(path).rstrip("/").endswith(".zarr"):
+        return exists(join(path, "zarr.json")) or exists(path)
+    return exists(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
@@ -233,7 +242,7 @@ def url_zarr_store(url: str, zip_file: bool = False):
     require_fsspec(url)
     from zarr.storage import FsspecStore  # noqa: PLC0415 - imports fsspec, kept off the local path
 
-    if not exists(url):
+    if not volume_exists(url):
         raise InputError(f"{url}: no such volume")
     target = f"zip::{url}" if zip_file else url.rstrip("/")
     try:

@@ -43,7 +43,7 @@ def locate_volume(out: str, row: dict) -> str:
     candidates = [remote.join(out, "data", name)] if path else []
     candidates += [remote.join(out, "data", key + s) for s in (*STORE_SUFFIXES.values(), ".npz")]
     for candidate in candidates:
-        if candidate and remote.exists(candidate):
+        if candidate and remote.volume_exists(candidate):
             return candidate
     raise InputError(f"{path or remote.join(out, 'data', key)}: volume not found")
 
