@@ -223,6 +223,25 @@ def test_static_host_without_folder_index(study):
         thread.join(5)
 
 
+class PlainHandler(SimpleHTTPRequestHandler):
+    """Python's own server as it is: no range requests."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_zip_without_range_requests_says_so(study):
+    server, thread = _serve(study, PlainHandler)
+    try:
+        local = _one(study / "out_zip", "*.zarr.zip")
+        with pytest.raises(InputError, match="range requests"):
+            open_volume(f"http://127.0.0.1:{server.server_port}/out_zip/data/{local.name}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 def test_sqlite_url_is_refused_with_the_kinds_that_work(study, served):
     local = _one(study / "out_sqlite", "*.zarr.sqlite")
     with pytest.raises(InputError, match=r"\.zarr\.sqlite.*local.*\.zarr, \.zarr\.zip, \.h5"):
