@@ -26,7 +26,7 @@ import pytest
 import zarr
 
 import voxelpipe
-from voxelpipe.apps.report import build_report
+from voxelpipe.apps.report import build_report, html_path
 from voxelpipe.cli.app import main
 from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
@@ -373,6 +373,13 @@ def test_report_of_a_served_folder(study, served, tmp_path):
     page = html.read_text(encoding="utf-8")
     assert "data:image/png;base64," in page
     assert not (study / "out" / "report.html").exists()  # nothing written into the served folder
+
+
+def test_report_of_a_file_url_is_local(study):
+    out = study / "out"
+    assert html_path(out.as_uri(), None) == str(out / "report.html")
+    data = build_report(out.as_uri(), samples=0, progress=False)
+    assert data.out == str(out)
 
 
 def test_report_of_a_url_needs_html(served, caplog):

@@ -79,11 +79,6 @@ def local_path(path: str | os.PathLike) -> str | os.PathLike:
     return path
 
 
-def _remote(path: str | os.PathLike) -> bool:
-    """True for a URL that is not a local ``file://`` one (the caller has applied :func:`local_path`)."""
-    return is_url(path)
-
-
 def require_fsspec(url: str):
     """The fsspec module, imported now (deliberately lazy: an optional extra, kept off the local path).
 
@@ -114,14 +109,14 @@ def url_filesystem(url: str):
 
 def join(base: str | os.PathLike, *names: str) -> str:
     """``base/name/...``: ``os.path.join`` for a local path, ``/``-joined for a URL."""
-    if _remote(base):
+    if is_url(base):
         return posixpath.join(str(base).rstrip("/"), *names)
     return os.path.join(base, *names)
 
 
 def relative(path: str, base: str) -> str:
     """``path`` relative to ``base`` (``os.path.relpath`` locally; the part after ``base/`` of a URL)."""
-    if _remote(path):
+    if is_url(path):
         prefix = str(base).rstrip("/") + "/"
         return path[len(prefix):] if path.startswith(prefix) else path
     return os.path.relpath(path, base)
@@ -129,7 +124,7 @@ def relative(path: str, base: str) -> str:
 
 def exists(path: str | os.PathLike) -> bool:
     """True when the file or folder at ``path`` (local or URL) exists."""
-    if _remote(path):
+    if is_url(path):
         fs, inner = url_filesystem(str(path))
         return bool(fs.exists(inner))
     return os.path.exists(path)
@@ -138,14 +133,14 @@ def exists(path: str | os.PathLike) -> bool:
 def volume_exists(path: str | os.PathLike) -> bool:
     """True when the volume at ``path`` (local or URL) exists. A ``.zarr`` folder at a URL is found by its
     ``zarr.json``, so servers that answer nothing for a folder itself (static hosting, S3 over HTTP) do too."""
-    if _remote(path) and str(path).rstrip("/").endswith(".zarr"):
+    if is_url(path) and str(path).rstrip("/").endswith(".zarr"):
         return exists(join(path, "zarr.json")) or exists(path)
     return exists(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
     """True when ``path`` (local or URL) is a folder."""
-    if _remote(path):
+    if is_url(path):
         fs, inner = url_filesystem(str(path))
         return bool(fs.isdir(inner))
     return os.path.isdir(path)
@@ -153,7 +148,7 @@ def isdir(path: str | os.PathLike) -> bool:
 
 def isfile(path: str | os.PathLike) -> bool:
     """True when ``path`` (local or URL) is a file."""
-    if _remote(path):
+    if is_url(path):
         fs, inner = url_filesystem(str(path))
         try:
             return bool(fs.isfile(inner))
@@ -164,7 +159,7 @@ def isfile(path: str | os.PathLike) -> bool:
 
 def mtime(path: str | os.PathLike) -> float | None:
     """Modification time of ``path`` (seconds since the epoch), or None when a URL's server does not say."""
-    if not _remote(path):
+    if not is_url(path):
         return os.path.getmtime(path)
     fs, inner = url_filesystem(str(path))
     try:
@@ -176,7 +171,7 @@ def mtime(path: str | os.PathLike) -> float | None:
 
 def listdir(path: str | os.PathLike) -> list[tuple[str, bool]]:
     """(name, is folder) of every entry of the folder ``path`` (local or URL), sorted by name."""
-    if not _remote(path):
+    if not is_url(path):
         with os.scandir(path) as entries:
             return sorted((entry.name, entry.is_dir()) for entry in entries)
     fs, inner = url_filesystem(str(path))
@@ -191,7 +186,7 @@ def listdir(path: str | os.PathLike) -> list[tuple[str, bool]]:
 
 def read_bytes(path: str | os.PathLike) -> bytes:
     """The whole file at ``path`` (local or URL)."""
-    if _remote(path):
+    if is_url(path):
         fs, inner = url_filesystem(str(path))
         try:
             return fs.cat_file(inner)
@@ -216,7 +211,7 @@ def open_binary(path: str | os.PathLike, whole: bool = False):
     Raises:
         InputError: no such file; an HTTP server that does not answer range requests (``whole`` False).
     """
-    if not _remote(path):
+    if not is_url(path):
         return open(path, "rb")
     if whole:
         return io.BytesIO(read_bytes(path))
@@ -263,7 +258,7 @@ def open_group(path: str | os.PathLike) -> zarr.Group:
         StoreError: a name that is not a Zarr volume's.
     """
     path = local_path(path)
-    if not _remote(path):
+    if not is_url(path):
         return open_volume_group(os.fspath(path))
     kind = store_kind(path)
     if kind == StoreKind.SQLITE:

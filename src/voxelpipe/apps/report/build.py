@@ -24,7 +24,7 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.types import Status
-from voxelpipe.stores.remote import is_url
+from voxelpipe.stores.remote import is_url, local_path
 from voxelpipe.stores.tables import atomic_path
 
 log = logging.getLogger("voxelpipe")
@@ -158,7 +158,7 @@ def build_report(out: str | os.PathLike, samples: int = defaults.REPORT_SAMPLES,
     Raises:
         InputError: ``samples`` < 0, or ``out`` is not a convert output folder.
     """
-    out = os.fspath(out)
+    out = os.fspath(local_path(out))
     if samples < 0:
         raise InputError(f"samples must be >= 0, got {samples}")
     rows, runs, source = load_runs(out)
@@ -225,6 +225,7 @@ def html_path(out: str | os.PathLike, html: str | None) -> str:
     """
     if html:
         return html
+    out = local_path(out)
     if is_url(out):
         raise InputError(f"{out}: the report of a URL is written locally: name the file with --html / html=")
     return os.path.join(os.fspath(out), "report.html")
