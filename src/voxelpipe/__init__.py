@@ -1,10 +1,10 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
 Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``,
-``Mask``/``write_masks``/``open_masks``, ``write_seg`` (masks to a DICOM SEG), ``fill_polygons`` (each loads its
-module on first use, so ``import voxelpipe`` stays light); training batches come
-from ``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in
-modules of the same name.
+``Mask``/``write_masks``/``open_masks``, ``write_seg`` (masks to a DICOM SEG), ``fill_polygons``, ``SqliteStore``
+(each loads its module on first use, so ``import voxelpipe`` stays light); training batches come from
+``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in modules
+of the same name.
 """
 from voxelpipe._version import __version__
 from voxelpipe.core.errors import VoxelpipeError
@@ -24,6 +24,7 @@ _LAZY = {
     "open_masks": ("voxelpipe.stores.masks", "open_masks"),
     "write_seg": ("voxelpipe.stores.dicom_seg", "write_seg"),
     "fill_polygons": ("voxelpipe.ops.polygon", "fill_polygons"),
+    "SqliteStore": ("voxelpipe.stores.sqlite_store", "SqliteStore"),
 }
 
 __all__ = ["__version__", "VoxelpipeError", *_LAZY]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from voxelpipe.cli.options import (
     EXIT_ITEMS_FAILED,
@@ -22,9 +21,10 @@ NAME = "report"
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, "self-contained HTML verification report of a convert output",
                          failed="some volumes could not be read (listed as problems in the report)")
-    parser.add_argument("out", metavar="OUT", help="output folder of convert")
+    parser.add_argument("out", metavar="OUT", help="output folder of convert: a path or a URL (http(s)://, "
+                        "s3://, ...: needs the remote extra)")
     parser.add_argument("--html", default=argparse.SUPPRESS, metavar="FILE",
-                        help="HTML file to write (default OUT/report.html)")
+                        help="HTML file to write (default OUT/report.html; required when OUT is a URL)")
     parser.add_argument("--samples", type=non_negative_int, default=argparse.SUPPRESS, metavar="N",
                         help=with_default("series sampled for pictures, besides every failed or flagged one",
                                           defaults.REPORT_SAMPLES))
@@ -34,10 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from voxelpipe.apps.report import build_report, write_html  # lazy: see the cli package docstring
+    from voxelpipe.apps.report import build_report, html_path, write_html  # lazy: see the cli package docstring
 
+    path = html_path(args.out, getattr(args, "html", None))  # before reading: a URL needs --html
     data = build_report(args.out, progress=progress(args), **given(args, ("samples", "seed")))
-    path = write_html(data, getattr(args, "html", None) or os.path.join(args.out, "report.html"))
+    path = write_html(data, path)
     roles = [role for section in data.sections for role in section.roles]
     print(f"report: {len(data.sections)} series shown ({roles.count('failed')} failed, {roles.count('flagged')} "
           f"flagged, {roles.count('sampled')} sampled), {len(data.problems)} problem(s) -> {path}")

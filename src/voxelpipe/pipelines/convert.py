@@ -392,12 +392,14 @@ def _check_options(fmt: str, store: str, mode: str, shard_id: int | None, num_sh
     return fmt, store
 
 
-def merge_summaries(tables: list[tuple[str, list[dict]]]) -> list[dict]:
-    """One row per series from several summaries ``(csv path, rows)``, oldest file first: a later row replaces
-    an earlier one unless it is a skip of a series that did not fail (a rerun's result replaces an earlier
-    failure). Each row gets ``summary_file``; rows come back sorted by series key."""
+def merge_summaries(tables: list[tuple[str, list[dict]]],
+                    modified: Callable[[str], float] = os.path.getmtime) -> list[dict]:
+    """One row per series from several summaries ``(csv path, rows)``, oldest file first (by ``modified``, the
+    file's modification time; ties keep the given order): a later row replaces an earlier one unless it is a
+    skip of a series that did not fail (a rerun's result replaces an earlier failure). Each row gets
+    ``summary_file``; rows come back sorted by series key."""
     merged: dict[str, dict] = {}
-    for path, rows in sorted(tables, key=lambda table: os.path.getmtime(table[0])):
+    for path, rows in sorted(tables, key=lambda table: modified(table[0])):
         for row in rows:
             row = dict(row, summary_file=os.path.basename(path))
             previous = merged.get(row["series_key"])

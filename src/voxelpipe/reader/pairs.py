@@ -15,6 +15,7 @@ import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader, common_shape
+from voxelpipe.stores.remote import is_url, isdir, isfile, join, listdir, local_path, open_binary, read_text
 
 MASK_PREFIX = "mask_"
 FILELIST = "filelist.txt"
@@ -25,7 +26,8 @@ def pair_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
 
     Args:
         source: A folder (its ``filelist.txt`` when present, else every ``**/*.npz``), one ``.npz`` file, or a
-            list of files and folders.
+            list of files and folders. Each may be a URL (see :mod:`voxelpipe.stores.remote`); a folder URL
+            without ``filelist.txt`` must be listable.
 
     Returns:
         The file paths, in listing order (sorted when found by search).
@@ -34,6 +36,9 @@ def pair_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
         InputError: A path does not exist, or the file list names missing files.
     """
     if isinstance(source, (str, os.PathLike)):
+        source = local_path(source)
+        if is_url(source):
+            return _url_pair_files(source.rstrip("/"))
         path = os.fspath(source)
         if os.path.isdir(path):
             listing = os.path.join(path, FILELIST)
@@ -53,6 +58,41 @@ def pair_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
     return [f for item in source for f in pair_files(item)]
 
 
+def _url_pair_files(url: str) -> list[str]:
+    """:func:`pair_files` of a URL."""
+    if url.endswith(".npz"):
+        if not isfile(url):
+            raise InputError(f"{url}: no such file or folder")
+        return [url]
+    if not isdir(url):
+        raise InputError(f"{url}: no such file or folder")
+    listing = join(url, FILELIST)
+    if isfile(listing):
+        names = [line.strip() for line in read_text(listing).splitlines() if line.strip()]
+        files = [join(url, name) for name in names if name.endswith(".npz")]
+        missing = [f for f in files if not isfile(f)]
+        if missing:
+            raise InputError(f"{listing}: lists {len(missing)} missing file(s), e.g. {missing[0]}")
+        return files
+    return sorted(_url_npz_walk(url))
+
+
+def _url_npz_walk(url: str) -> list[str]:
+    found = []
+    for name, folder in listdir(url):
+        if folder:
+            found.extend(_url_npz_walk(join(url, name)))
+        elif name.endswith(".npz"):
+            found.append(join(url, name))
+    return found
+
+
+def npz_source(path: str):
+    """What ``zipfile`` / ``numpy.load`` read for the npz file at ``path``: the path itself, or the bytes of a
+    URL's file (an npz sample is read whole)."""
+    return open_binary(path, whole=True) if is_url(path) else path
+
+
 def npz_arrays(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """The arrays of an npz file, from their npy headers only (no data read).
 
@@ -67,7 +107,7 @@ def npz_arrays(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """
     arrays = {}
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(npz_source(path)) as archive:
             for member in archive.namelist():
                 if not member.endswith(".npy"):
                     continue
@@ -122,7 +162,7 @@ class PairReader(BatchReader):
         out["meta"] = []
         for i, (number, _) in enumerate(samples):
             path = self.files[number]
-            with np.load(path) as data:
+            with np.load(npz_source(path)) as data:
                 out["image"][i] = data["image"]
                 for k, kind in enumerate(self.mask_names):
                     key = MASK_PREFIX + kind
@@ -138,4 +178,4 @@ class PairReader(BatchReader):
         return out
 
 
-__all__ = ["FILELIST", "MASK_PREFIX", "PairReader", "npz_arrays", "pair_files"]
+__all__ = ["FILELIST", "MASK_PREFIX", "PairReader", "npz_arrays", "npz_source", "pair_files"]

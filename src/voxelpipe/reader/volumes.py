@@ -20,7 +20,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader
 from voxelpipe.stores.masks import MASKS_GROUP
 from voxelpipe.stores.registry import ZARR_SUFFIXES
-from voxelpipe.stores.zarr_store import open_volume_group
+from voxelpipe.stores.remote import is_url, isdir, join, listdir, local_path, open_group, volume_exists
 
 
 def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -28,7 +28,9 @@ def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 
     Args:
         source: A volume path, a folder searched recursively (e.g. convert's ``OUT/data``; ``*.partial``
-            folders are skipped), or a list of these.
+            folders are skipped), or a list of these. Each may be a URL (``http(s)://``, ``s3://``,
+            ``memory://``, ``file://``: see :mod:`voxelpipe.stores.remote`); a folder URL must be listable (S3,
+            or an HTTP server's index page).
 
     Returns:
         The volume paths, sorted within each folder.
@@ -37,6 +39,9 @@ def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         InputError: A path that does not exist or is neither a volume nor a folder.
     """
     if isinstance(source, (str, os.PathLike)):
+        source = local_path(source)
+        if is_url(source):
+            return _url_volume_paths(source.rstrip("/"))
         path = os.fspath(source).rstrip(os.sep)
         if path.endswith(ZARR_SUFFIXES):
             if not os.path.exists(path):
@@ -55,8 +60,24 @@ def volume_paths(source: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     return [p for item in source for p in volume_paths(item)]
 
 
+def _url_volume_paths(url: str) -> list[str]:
+    """:func:`volume_paths` of a URL: the volume itself, or the volumes found walking the folder it names."""
+    if url.endswith(ZARR_SUFFIXES):
+        if not volume_exists(url):
+            raise InputError(f"{url}: no such volume")
+        return [url]
+    if not isdir(url):
+        raise InputError(f"{url}: neither a Zarr volume ({', '.join(ZARR_SUFFIXES)}) nor a folder")
+    entries = [(name, folder) for name, folder in listdir(url) if not name.endswith(".partial")]
+    found = [join(url, name) for name, _ in entries if name.endswith(ZARR_SUFFIXES)]
+    for name, folder in entries:  # then the subfolders, as os.walk goes
+        if folder and not name.endswith(ZARR_SUFFIXES):
+            found.extend(_url_volume_paths(join(url, name)))
+    return found
+
+
 def open_volume_arrays(path: str):
-    """Open the volume at ``path``.
+    """Open the volume at ``path`` (a local path or a URL).
 
     Returns:
         (group, image array, {mask name: mask array}); close ``group.store`` when done.
@@ -65,7 +86,9 @@ def open_volume_arrays(path: str):
         InputError: ``path`` cannot be opened as a Zarr volume.
     """
     try:
-        group = open_volume_group(path)
+        group = open_group(path)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"{path}: cannot open as a Zarr volume ({exc})") from exc
     masks = dict(group[MASKS_GROUP].arrays()) if MASKS_GROUP in group else {}

@@ -24,6 +24,7 @@ from voxelpipe.core.masks import Mask, mask_array_name
 from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import json_default
 from voxelpipe.stores.registry import store_kind
+from voxelpipe.stores.remote import open_group
 from voxelpipe.stores.zarr_store import PARTIAL, open_store, open_volume_group, remove
 
 MASKS_GROUP = "masks"
@@ -89,11 +90,12 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
 
 def open_masks(volume_path: str | os.PathLike) -> dict[str, object]:
     """The ``masks/<name>`` arrays of a Zarr volume, lazily (index them to read); empty when there are none.
+    ``volume_path`` may be a URL (see :func:`voxelpipe.stores.remote.open_group`).
 
     Returns:
         Mask name -> zarr array (slice, row, column), sorted by name.
     """
-    group = open_volume_group(os.fspath(volume_path))
+    group = open_group(volume_path)
     if MASKS_GROUP not in group:
         group.store.close()
         return {}

@@ -1,11 +1,26 @@
 """A zarr v3 store in one SQLite file: table ``kv(key TEXT PRIMARY KEY, value BLOB)``.
 
+``convert --store sqlite`` writes ``<key>.zarr.sqlite`` volumes with it. The class is a public zarr ``Store``
+subclass any zarr-python 3 program can import to read (or write) such a file::
+
+    import zarr
+    from voxelpipe.stores.sqlite_store import SqliteStore
+
+    group = zarr.open_group(SqliteStore("OUT/data/<key>.zarr.sqlite", read_only=True), mode="r")
+    image = group["image"][10]            # (row, column) of slice 10; group.attrs holds the geometry
+
+Each row is one zarr key (``zarr.json``, ``image/zarr.json``, ``image/c/0/0/0``, ``masks/<name>/...``) and its
+bytes, exactly what a ``.zarr`` folder holds as files. Tools that open stores by URL or path alone (tensorstore,
+napari, ome-zarr, zarr-python without this class, other languages) cannot open the file; give them a ``.zarr``
+folder, or copy the rows out (each key to a file of that name gives the folder).
+
 One connection per store object, shared by the caller's thread and zarr's event-loop thread
 (``check_same_thread=False``) with a lock around every statement. Writers use WAL journalling and autocommit
 (every set/delete is its own transaction; ``_set_many`` is one). Byte-range reads (shard indexes, chunks inside
 shards) use incremental blob I/O, which reads only the pages holding the requested bytes; SQL ``substr`` is only
 the Python 3.10 fallback, because SQLite loads the whole value to evaluate it. A store pickles without its
 connection and reconnects on first use, so it can go to spawned workers (never share one across ``fork``).
+Read-only stores open the file with ``mode=ro``: any number of processes may read one file at once.
 """
 from __future__ import annotations
 

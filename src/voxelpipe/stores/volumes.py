@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import os
+import tempfile
 import zipfile
 
 import h5py
@@ -19,6 +22,7 @@ from voxelpipe.core.volume import Volume, json_default
 from voxelpipe.stores.hdf5_store import read_attrs
 from voxelpipe.stores.nifti import nifti_stem, read_nifti_volume, require_nibabel
 from voxelpipe.stores.registry import HDF5_SUFFIXES, NIFTI_SUFFIXES, NPZ_SUFFIX, store_kind
+from voxelpipe.stores.remote import is_url, isfile, local_path, open_binary, open_group, read_bytes
 from voxelpipe.stores.writer import VolumeWriter
 from voxelpipe.stores.zarr_store import ZarrVolumeWriter, open_store, open_volume_group
 
@@ -29,38 +33,86 @@ def open_volume(path: str | os.PathLike, key: str | None = None) -> Volume:
     and put back in (slice, row, column) order: see :func:`voxelpipe.stores.nifti.read_nifti_volume`). The
     array is read lazily (zarr, h5py).
 
+    ``path`` may be a URL fsspec opens (``http(s)://``, ``s3://`` with s3fs, ``memory://``, ``file://``; the
+    ``remote`` extra): Zarr folders and ``.zarr.zip`` through zarr's ``FsspecStore``, ``.h5`` through a seekable
+    fsspec file, ``.npz`` and ``.nii(.gz)`` downloaded whole; ``.zarr.sqlite`` only locally (see
+    :mod:`voxelpipe.stores.remote`).
+
     Returns:
         A Volume: array (slice, row, column) or (frame, slice, row, column), geometry in LPS mm from the attrs.
 
     Raises:
-        InputError: no such volume, or an HDF5 file without ``key`` / with several volumes and no ``key``.
+        InputError: no such volume, or an HDF5 file without ``key`` / with several volumes and no ``key``; a URL
+            without fsspec installed, or of a kind not readable over a URL.
         StoreError: a name with no volume suffix.
     """
+    path = local_path(path)
+    if is_url(path):
+        return _open_url_volume(path, key)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such volume")
     if path.endswith(NIFTI_SUFFIXES):
         return read_nifti_volume(path)
     if path.endswith(NPZ_SUFFIX):
-        with np.load(path) as data:
-            attrs = json.loads(str(data["attrs_json"]))
-            array = data["image"]
-        return Volume(array, Geometry.from_attrs(attrs), attrs, path)
+        return _npz_volume(path, path)
     if path.endswith(HDF5_SUFFIXES):
-        handle = h5py.File(path, "r")
-        names = list(handle.keys())
-        if key is None:
-            if len(names) != 1:
-                raise InputError(f"{path}: holds {len(names)} volumes; name one with key= ({', '.join(names[:5])}...)")
-            key = names[0]
-        if key not in handle:
-            raise InputError(f"{path}: no volume {key!r}")
-        dataset = handle[key]
-        attrs = read_attrs(dataset)
-        return Volume(dataset, Geometry.from_attrs(attrs), attrs, path)
+        return _hdf5_volume(h5py.File(path, "r"), path, key)
     group = open_volume_group(path)
     attrs = dict(group.attrs)
     return Volume(group["image"], Geometry.from_attrs(attrs), attrs, path)
+
+
+def _npz_volume(source, path: str) -> Volume:
+    with np.load(source) as data:
+        attrs = json.loads(str(data["attrs_json"]))
+        array = data["image"]
+    return Volume(array, Geometry.from_attrs(attrs), attrs, path)
+
+
+def _hdf5_volume(handle: h5py.File, path: str, key: str | None) -> Volume:
+    names = list(handle.keys())
+    if key is None:
+        if len(names) != 1:
+            raise InputError(f"{path}: holds {len(names)} volumes; name one with key= ({', '.join(names[:5])}...)")
+        key = names[0]
+    if key not in handle:
+        raise InputError(f"{path}: no volume {key!r}")
+    dataset = handle[key]
+    attrs = read_attrs(dataset)
+    return Volume(dataset, Geometry.from_attrs(attrs), attrs, path)
+
+
+def _open_url_volume(url: str, key: str | None) -> Volume:
+    """:func:`open_volume` of a URL (see :mod:`voxelpipe.stores.remote`)."""
+    if url.rstrip("/").endswith(NIFTI_SUFFIXES):
+        return _nifti_url_volume(url.rstrip("/"))
+    if url.endswith(NPZ_SUFFIX):
+        return _npz_volume(io.BytesIO(read_bytes(url)), url)
+    if url.endswith(HDF5_SUFFIXES):
+        return _hdf5_volume(h5py.File(open_binary(url), "r"), url, key)
+    group = open_group(url)
+    attrs = dict(group.attrs)
+    return Volume(group["image"], Geometry.from_attrs(attrs), attrs, url)
+
+
+def _nifti_url_volume(url: str) -> Volume:
+    """A NIfTI file at ``url``, downloaded with its ``meta/<key>.series.json`` (when there is one) into a
+    temporary ``data/`` + ``meta/`` pair and read by :func:`read_nifti_volume` (which reads it into memory)."""
+    name = url.rsplit("/", 1)[-1]
+    stem = nifti_stem(name)
+    meta = url.rsplit("/", 2)[0] + f"/meta/{stem}.series.json" if url.count("/") > 3 else ""
+    with tempfile.TemporaryDirectory(prefix="voxelpipe-nifti-") as tmp:
+        os.makedirs(os.path.join(tmp, "data"))
+        local = os.path.join(tmp, "data", name)
+        with open(local, "wb") as fh:
+            fh.write(read_bytes(url))
+        if meta and isfile(meta):
+            os.makedirs(os.path.join(tmp, "meta"))
+            with open(os.path.join(tmp, "meta", f"{stem}.series.json"), "wb") as fh:
+                fh.write(read_bytes(meta))
+        volume = read_nifti_volume(local)
+    return dataclasses.replace(volume, path=url)
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = defaults.VOLUME_CHUNKS,

@@ -4,7 +4,7 @@
 :func:`write_report` does both. Modules: ``runs`` (reading the output folder), ``checks`` (geometry checks of the
 scan), ``pictures`` (planes, MIP, overlays), ``sections`` (one series), ``build`` (the report), ``html`` (the page).
 """
-from voxelpipe.apps.report.build import build_report, choose_series, write_html, write_report
+from voxelpipe.apps.report.build import build_report, choose_series, html_path, write_html, write_report
 from voxelpipe.apps.report.checks import is_flagged, series_checks
 from voxelpipe.apps.report.html import Picture, ReportData, SeriesSection, render, visible
 from voxelpipe.apps.report.pictures import (
@@ -20,5 +20,5 @@ from voxelpipe.apps.report.pictures import (
 )
 
 __all__ = ["CT_WINDOW", "MAX_SIDE", "Picture", "ReportData", "SeriesSection", "ViewPlan", "build_report",
-           "choose_series", "display_size", "is_flagged", "mask_centroid", "read_plane", "render", "series_checks",
-           "square_pixels", "view_plan", "view_plans", "visible", "write_html", "write_report"]
+           "choose_series", "display_size", "html_path", "is_flagged", "mask_centroid", "read_plane", "render",
+           "series_checks", "square_pixels", "view_plan", "view_plans", "visible", "write_html", "write_report"]

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from voxelpipe._version import __version__
 from voxelpipe.apps.report.checks import is_flagged, number, regrid_flagged
 from voxelpipe.apps.report.html import ReportData, render
-from voxelpipe.apps.report.runs import Run, load_runs, load_unreadable, manifest_paths
+from voxelpipe.apps.report.runs import Run, load_runs, load_unreadable, manifest_paths, read_table
 from voxelpipe.apps.report.sections import build_section
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.progress import Progress
 from voxelpipe.core.types import Status
-from voxelpipe.stores.tables import atomic_path, read_csv
+from voxelpipe.stores.remote import is_url, local_path
+from voxelpipe.stores.tables import atomic_path
 
 log = logging.getLogger("voxelpipe")
 
@@ -148,7 +149,8 @@ def build_report(out: str | os.PathLike, samples: int = defaults.REPORT_SAMPLES,
     """Everything the page shows, read from the convert output folder ``out``.
 
     Args:
-        out: The convert output folder.
+        out: The convert output folder: a local path or a URL (``http(s)://``, ``s3://``, ``memory://``; see
+            :mod:`voxelpipe.apps.report.runs`), read, never written.
         samples: Done series drawn besides the failed and flagged ones (>= 0).
         seed: Seed of the draw.
         progress: Show a progress bar while the sections are built.
@@ -156,14 +158,14 @@ def build_report(out: str | os.PathLike, samples: int = defaults.REPORT_SAMPLES,
     Raises:
         InputError: ``samples`` < 0, or ``out`` is not a convert output folder.
     """
-    out = os.fspath(out)
+    out = os.fspath(local_path(out))
     if samples < 0:
         raise InputError(f"samples must be >= 0, got {samples}")
     rows, runs, source = load_runs(out)
     manifests = manifest_paths(out, runs)
     manifest_rows: dict[str, dict] = {}
     for path in manifests:
-        for row in read_csv(path):
+        for row in read_table(path):
             manifest_rows.setdefault(row["series_key"], row)
     unreadable, unreadable_source = load_unreadable(out, runs, manifests)
     modes = {((r.info or {}).get("options") or {}).get("mode", "3d") for r in runs}
@@ -181,7 +183,7 @@ def build_report(out: str | os.PathLike, samples: int = defaults.REPORT_SAMPLES,
             bar.update()
     notes = [] if manifest_rows else ["The scan manifest was not found: no geometry checks and no flagged series."]
     return ReportData(
-        out=os.path.abspath(out), generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        out=out if is_url(out) else os.path.abspath(out), generated=datetime.now(UTC).isoformat(timespec="seconds"),
         version=__version__, facts=facts, status_counts=dict(sorted(counts.items())),
         failure_groups=_failure_groups(rows), unreadable_total=len(unreadable),
         unreadable_groups=_unreadable_groups(unreadable), unreadable_source=unreadable_source, runs=stats,
@@ -200,18 +202,34 @@ def write_report(out: str, html: str | None = None, samples: int = defaults.REPO
     """Write the HTML report of the convert output folder ``out``.
 
     Args:
-        out: The convert output folder.
-        html: Where to write (default ``out/report.html``).
+        out: The convert output folder (a local path or a URL).
+        html: Where to write (default ``out/report.html``; required when ``out`` is a URL).
         samples: Done series drawn besides the failed and flagged ones.
         seed: Seed of the draw.
         progress: Show a progress bar.
 
     Returns:
         The path written.
+
+    Raises:
+        InputError: ``out`` is a URL and ``html`` is not given.
     """
-    data = build_report(out, samples, seed, progress)
-    return write_html(data, html or os.path.join(os.fspath(out), "report.html"))
+    return write_html(build_report(out, samples, seed, progress), html_path(out, html))
 
 
-__all__ = ["MAX_UNREADABLE_GROUPS", "build_report", "choose_series", "is_done", "write_html",
+def html_path(out: str | os.PathLike, html: str | None) -> str:
+    """Where the report of ``out`` goes: ``html``, else ``out/report.html`` for a local folder.
+
+    Raises:
+        InputError: ``out`` is a URL and ``html`` is not given (the report is written locally).
+    """
+    if html:
+        return html
+    out = local_path(out)
+    if is_url(out):
+        raise InputError(f"{out}: the report of a URL is written locally: name the file with --html / html=")
+    return os.path.join(os.fspath(out), "report.html")
+
+
+__all__ = ["MAX_UNREADABLE_GROUPS", "build_report", "choose_series", "html_path", "is_done", "write_html",
            "write_report"]

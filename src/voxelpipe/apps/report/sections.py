@@ -16,6 +16,7 @@ from voxelpipe.core.geometry import mean_step_geometry
 from voxelpipe.core.types import Status
 from voxelpipe.core.volume import Volume
 from voxelpipe.ops.reorient import axis_codes
+from voxelpipe.stores import remote
 from voxelpipe.stores.masks import open_masks
 from voxelpipe.stores.volumes import open_volume
 from voxelpipe.stores.zarr_store import STORE_SUFFIXES
@@ -38,12 +39,13 @@ def locate_volume(out: str, row: dict) -> str:
     """
     path = (row.get("path") or "").rstrip("/\\")
     key = row["series_key"]
-    candidates = [os.path.join(out, "data", os.path.basename(path))] if path else []
-    candidates += [os.path.join(out, "data", key + s) for s in (*STORE_SUFFIXES.values(), ".npz")]
+    name = path.replace("\\", "/").rsplit("/", 1)[-1] if remote.is_url(out) else os.path.basename(path)
+    candidates = [remote.join(out, "data", name)] if path else []
+    candidates += [remote.join(out, "data", key + s) for s in (*STORE_SUFFIXES.values(), ".npz")]
     for candidate in candidates:
-        if candidate and os.path.exists(candidate):
+        if candidate and remote.volume_exists(candidate):
             return candidate
-    raise InputError(f"{path or os.path.join(out, 'data', key)}: volume not found")
+    raise InputError(f"{path or remote.join(out, 'data', key)}: volume not found")
 
 
 def close_arrays(*arrays) -> None:
@@ -89,7 +91,7 @@ def _volume_facts(volume: Volume, row: dict, out: str, path: str) -> list[tuple[
          if attrs.get("uniform") is False else ""),
         ("gantry tilt kept", f"sheared: true ({attrs.get('gantry_tilt_deg', '')} deg)"
          if attrs.get("sheared") is True else ""),
-        ("volume", os.path.relpath(path, out) + (f" [{row['series_key']}]" if path.endswith(HDF5_SUFFIXES)
+        ("volume", remote.relative(path, out) + (f" [{row['series_key']}]" if path.endswith(HDF5_SUFFIXES)
                                                  else "")),
     ]
     mosaic = attrs.get("mosaic")
@@ -148,7 +150,7 @@ def build_section(out: str, row: dict, manifest_row: dict | None, roles: list[st
                 section.pictures += overlay_pictures(volume, masks, lead, window, section)
     except Exception as exc:  # noqa: BLE001 - one unreadable volume never stops the report
         reason = failure_reason(exc)
-        section.problem = reason if not path or path in reason else f"{os.path.relpath(path, out)}: {reason}"
+        section.problem = reason if not path or path in reason else f"{remote.relative(path, out)}: {reason}"
         section.facts = section.facts or _manifest_facts(manifest_row or {})
         log.warning("report: %s: %s", row["series_key"], section.problem)
     finally:
