@@ -1,8 +1,8 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
 Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``,
-``Mask``/``write_masks``/``open_masks``, ``fill_polygons`` (each loads its module on first use, so ``import voxelpipe``
-stays light); training batches come
+``Mask``/``write_masks``/``open_masks``, ``fill_polygons``, ``export_nnunet`` (each loads its module on first
+use, so ``import voxelpipe`` stays light); training batches come
 from ``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in
 modules of the same name.
 """
@@ -23,6 +23,7 @@ _LAZY = {
     "write_masks": ("voxelpipe.stores.masks", "write_masks"),
     "open_masks": ("voxelpipe.stores.masks", "open_masks"),
     "fill_polygons": ("voxelpipe.ops.polygon", "fill_polygons"),
+    "export_nnunet": ("voxelpipe.apps.nnunet.export", "export_nnunet"),
 }
 
 __all__ = ["__version__", "VoxelpipeError", *_LAZY]

@@ -58,6 +58,11 @@ REPORT_SEED = 0  # seed of the sample
 CONTOUR_KINDS = ("i", "o")  # i = inner (endocardium), o = outer (epicardium)
 CONTOUR_FORMAT = "npz"  # npz (one file per pair) or zarr (one group per patient)
 
+# export-nnunet
+NNUNET_RAW = "nnUNet_raw"  # folder of nnU-Net raw datasets, inside the convert output when no --out (or nnUNet_raw)
+NNUNET_FILE_ENDING = ".nii.gz"  # nnU-Net's file_ending of images and label maps
+NNUNET_SUMMARY = "export_summary.csv"  # one row per volume, in the dataset folder
+
 # demo
 DEMO_OUT = "voxelpipe-demo"  # folder the demo writes to
 
