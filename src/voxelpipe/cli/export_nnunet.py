@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import add_command, given, positive_int, progress
+from voxelpipe.cli.options import add_command, given, progress
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
 from voxelpipe.core.types import Status
@@ -13,14 +13,8 @@ PRINT_ROWS = 20  # one line per volume up to this many, else only the failed one
 
 
 def names(text: str) -> list[str]:
-    """``a,b,c``: one or more comma-separated names."""
-    parts = [part.strip() for part in text.split(",")]
-    if not parts or any(not part for part in parts):
-        raise ValueError(text)
-    return parts
-
-
-names.__name__ = "comma-separated names"
+    """``a,b,c`` as a list of names (blank ones kept: the library refuses them with a message)."""
+    return [part.strip() for part in text.split(",")]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,13 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                      f"{defaults.NNUNET_SUMMARY}. A volume lacking a requested mask is skipped.")
     parser.add_argument("source", metavar="OUT", help="convert output folder (volumes in OUT/data/<key>.zarr with "
                                                       "masks added by masks or contours)")
-    parser.add_argument("--dataset-id", type=positive_int, required=True, metavar="ID",
+    parser.add_argument("--dataset-id", required=True, metavar="ID",
                         help="nnU-Net dataset id 1..999 (500 and up avoid its pretrained datasets) (required)")
     parser.add_argument("--name", required=True, help="dataset name: letters, digits, '_', '-' (required)")
-    parser.add_argument("--labels", type=names, required=True, metavar="A,B,...",
+    parser.add_argument("--labels", required=True, metavar="A,B,...",
                         help="mask names in label order (A = 1, B = 2, ...); later labels overwrite earlier ones "
                              "where masks overlap (required)")
-    parser.add_argument("--channels", type=names, default=argparse.SUPPRESS, metavar="NAME",
+    parser.add_argument("--channels", default=argparse.SUPPRESS, metavar="NAME",
                         help="the name of the image channel, e.g. CT (nnU-Net normalises 'CT' by its "
                              "intensities, any other name per image) (default: the volumes' modality)")
     parser.add_argument("--out", default=argparse.SUPPRESS, metavar="RAW",
@@ -55,8 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     from voxelpipe.apps.nnunet.export import dataset_root, export_nnunet  # lazy: see the cli package docstring
 
-    rows = export_nnunet(args.source, dataset_id=args.dataset_id, name=args.name, labels=args.labels,
-                         progress=progress(args), **given(args, ("channels", "out", "overwrite")))
+    options = given(args, ("channels", "out", "overwrite"))
+    if "channels" in options:
+        options["channels"] = names(options["channels"])
+    rows = export_nnunet(args.source, dataset_id=args.dataset_id, name=args.name, labels=names(args.labels),
+                         progress=progress(args), **options)
     root = dataset_root(args.source, args.dataset_id, args.name, getattr(args, "out", None))
     cases = sum(1 for r in rows if r["status"] != Status.FAILED and r.get("image"))
     code = print_summary(NAME, rows, root, "case", f"; {cases} training case(s)")

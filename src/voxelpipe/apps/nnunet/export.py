@@ -49,8 +49,8 @@ from voxelpipe.stores.registry import ZARR_SUFFIXES, is_volume_path
 from voxelpipe.stores.tables import read_csv, remove_temporaries, write_csv, write_json
 from voxelpipe.stores.volumes import open_volume
 
-__all__ = ["SUMMARY_COLUMNS", "CHANNEL", "dataset_folder_name", "dataset_root", "export_nnunet", "label_map",
-           "nnunet_affine", "read_summary", "to_nnunet_order"]
+__all__ = ["SUMMARY_COLUMNS", "CHANNEL", "dataset_folder_name", "dataset_id_number", "dataset_root", "export_nnunet",
+           "label_map", "nnunet_affine", "read_summary", "to_nnunet_order"]
 
 log = logging.getLogger("voxelpipe")
 
@@ -63,21 +63,33 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _DATASET_FOLDER = re.compile(r"Dataset(\d{3})_(.+)")
 
 
-def dataset_folder_name(dataset_id: int, name: str) -> str:
+def dataset_id_number(dataset_id: int | str) -> int:
+    """The dataset id as an int in 1..999 (``"501"`` or 501).
+
+    Raises:
+        InputError: not a whole number in 1..999.
+    """
+    text = str(dataset_id).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 999:
+        raise InputError(f"--dataset-id must be 1..999 (nnU-Net's three digits; 500 and up avoid its pretrained "
+                         f"datasets), got {dataset_id!r}")
+    return int(text)
+
+
+def dataset_folder_name(dataset_id: int | str, name: str) -> str:
     """``Dataset<ID>_<NAME>`` with a 3-digit id, as nnU-Net names a raw dataset folder.
 
     Raises:
         InputError: an id outside 1..999, or a name that is not letters, digits, ``_`` and ``-``.
     """
-    if not 1 <= int(dataset_id) <= 999:
-        raise InputError(f"--dataset-id must be 1..999 (nnU-Net's three digits; 500 and up avoid its pretrained "
-                         f"datasets), got {dataset_id}")
+    number = dataset_id_number(dataset_id)
     if not _NAME.fullmatch(name or ""):
         raise InputError(f"--name {name!r}: use letters, digits, '_' and '-' (it becomes a folder name)")
-    return f"Dataset{int(dataset_id):03d}_{name}"
+    return f"Dataset{number:03d}_{name}"
 
 
-def dataset_root(source: str | os.PathLike, dataset_id: int, name: str, out: str | os.PathLike | None = None) -> str:
+def dataset_root(source: str | os.PathLike, dataset_id: int | str, name: str,
+                 out: str | os.PathLike | None = None) -> str:
     """The dataset folder ``<raw>/Dataset<ID>_<NAME>``; ``raw`` is ``out``, else the ``nnUNet_raw`` environment
     variable, else ``<source>/nnUNet_raw``."""
     raw = os.fspath(out) if out is not None else os.environ.get(ENV_RAW) or os.path.join(os.fspath(source),
@@ -200,26 +212,23 @@ class _Dataset:
         return images, labels
 
 
-def _check_raw_folder(raw: str, folder: str, dataset_id: int) -> None:
+def _check_raw_folder(raw: str, folder: str, dataset_id: int | str) -> None:
     """Refuse a second dataset folder with the same id under ``raw`` (nnU-Net could not tell them apart)."""
     if not os.path.isdir(raw):
         return
+    number = dataset_id_number(dataset_id)
     for name in sorted(os.listdir(raw)):
         match = _DATASET_FOLDER.fullmatch(name)
-        if match and int(match.group(1)) == int(dataset_id) and name != folder:
-            raise InputError(f"{os.path.join(raw, name)}: dataset id {int(dataset_id):03d} is taken by another "
-                             f"dataset; nnU-Net finds a dataset by its id: choose another --dataset-id")
+        if match and int(match.group(1)) == number and name != folder:
+            raise InputError(f"{os.path.join(raw, name)}: dataset id {number:03d} is taken by another dataset; "
+                             "nnU-Net finds a dataset by its id: choose another --dataset-id")
 
 
 def _check_existing(dataset: _Dataset, description: dict) -> None:
     """Refuse to add cases to a dataset exported with other labels, channels or file ending."""
-    if not os.path.isfile(dataset.json):
+    existing = _read_json(dataset)
+    if existing is None:
         return
-    try:
-        with open(dataset.json, encoding="utf-8") as fh:
-            existing = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{dataset.json}: unreadable ({exc}); remove it or pass --overwrite") from None
     for field in ("labels", "channel_names", "file_ending"):
         if existing.get(field) != description[field]:
             raise InputError(f"{dataset.json}: {field} {existing.get(field)!r} differ from this export's "
@@ -227,8 +236,28 @@ def _check_existing(dataset: _Dataset, description: dict) -> None:
                              "--dataset-id / --name")
 
 
-def _labels(labels: Sequence[str]) -> list[str]:
-    names = [str(n).strip() for n in labels]
+def _read_json(dataset: _Dataset) -> dict | None:
+    """The dataset.json of an earlier export, or None when there is none."""
+    if not os.path.isfile(dataset.json):
+        return None
+    try:
+        with open(dataset.json, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{dataset.json}: unreadable ({exc}); remove it or pass --overwrite") from None
+
+
+def _existing_channel(dataset: _Dataset) -> str:
+    """The channel name of an earlier export's dataset.json ('image' when there is none)."""
+    try:
+        existing = _read_json(dataset)
+    except InputError:
+        existing = None
+    return str(((existing or {}).get("channel_names") or {}).get("0") or "image")
+
+
+def _labels(labels: Sequence[str] | str) -> list[str]:
+    names = [str(n).strip() for n in (labels.split(",") if isinstance(labels, str) else labels)]
     if not names or any(not n for n in names):
         raise InputError(f"--labels needs one or more mask names, got {list(labels)!r}")
     if len(set(names)) != len(names):
@@ -238,10 +267,10 @@ def _labels(labels: Sequence[str]) -> list[str]:
     return names
 
 
-def _channel(channels: Sequence[str] | None, modalities: set[str]) -> str:
+def _channel(channels: Sequence[str] | str | None, modalities: set[str]) -> str:
     """The one channel name of the dataset: ``channels`` when given, else the volumes' modality."""
     if channels:
-        names = [c.strip() for c in channels if c.strip()]
+        names = [c.strip() for c in (channels.split(",") if isinstance(channels, str) else channels) if c.strip()]
         if len(names) != 1:
             raise InputError(f"--channels {','.join(channels)}: one channel per case is exported (each case is one "
                              "volume); multi-channel inputs such as PET+CT are not supported")
@@ -263,8 +292,8 @@ def _clear_cases(dataset: _Dataset, keep: set[str]) -> None:
         os.remove(dataset.label(case))
 
 
-def export_nnunet(source: str | os.PathLike, *, dataset_id: int, name: str, labels: Sequence[str],
-                  channels: Sequence[str] | None = None, out: str | os.PathLike | None = None,
+def export_nnunet(source: str | os.PathLike, *, dataset_id: int | str, name: str, labels: Sequence[str] | str,
+                  channels: Sequence[str] | str | None = None, out: str | os.PathLike | None = None,
                   overwrite: bool = False, progress: bool = True) -> list[dict]:
     """Write the converted volumes of ``source`` with their masks as the nnU-Net v2 raw dataset
     ``<out>/Dataset<ID>_<NAME>`` (see the module docstring for the layout).
@@ -273,9 +302,9 @@ def export_nnunet(source: str | os.PathLike, *, dataset_id: int, name: str, labe
         source: a ``convert`` output folder (volumes in ``data/<key>.zarr``, ``.zarr.zip`` or ``.zarr.sqlite``).
         dataset_id: nnU-Net's dataset id, 1..999 (500 and up avoid clashing with its pretrained datasets).
         name: the dataset name (letters, digits, ``_``, ``-``).
-        labels: mask names (``masks/<name>`` of each volume) in label order: the first is label 1; where masks
-            overlap, the later one wins.
-        channels: the name of the one channel (e.g. ``["CT"]``); default: the volumes' modality, which must be
+        labels: mask names (``masks/<name>`` of each volume) in label order (a list, or ``"a,b"``): the first is
+            label 1; where masks overlap, the later one wins.
+        channels: the name of the one channel (``"CT"`` or ``["CT"]``); default: the volumes' modality, which must be
             the same for every exported volume.
         out: the nnU-Net raw folder; default: the ``nnUNet_raw`` environment variable, else
             ``<source>/nnUNet_raw``.
@@ -324,13 +353,14 @@ def export_nnunet(source: str | os.PathLike, *, dataset_id: int, name: str, labe
             continue
         modalities.add(str(volume.attrs.get("modality") or ""))
         cases.append((path, volume, {n: masks[n] for n in label_names}))
-    channel = _channel(channels, modalities) if cases else (list(channels or [])[:1] or ["image"])[0]
+    dataset = _Dataset(root)
+    # no volume to export and no channel named: keep the channel of an earlier export
+    channel = _channel(channels, modalities) if cases or channels else _existing_channel(dataset)
     description = {
         "channel_names": {"0": channel},
         "labels": {BACKGROUND: 0, **{n: i for i, n in enumerate(label_names, start=1)}},
         "file_ending": defaults.NNUNET_FILE_ENDING,
     }
-    dataset = _Dataset(root)
     with output_lock(dataset.root, "export-nnunet"):
         if not overwrite:
             _check_existing(dataset, description)
