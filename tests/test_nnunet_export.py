@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -302,3 +303,24 @@ def test_nsclc_ct_rtstruct(shared_data, tmp_path, capsys):
     assert set(np.unique(painted)) == {0, 1, 2, 3}
     rows = read_rows(dataset / "export_summary.csv")
     assert rows[key]["status"] == "done"
+
+
+def test_an_unreadable_volume_fails_its_row_only(study, tmp_path, capsys):
+    source = tmp_path / "convert"
+    shutil.copytree(study["out"] / "data", source / "data")
+    broken = study["volumes"][0]["key"]
+    chunks = sorted(p for p in (source / "data" / f"{broken}.zarr" / "image").rglob("*")
+                    if p.is_file() and p.name != "zarr.json")
+    assert chunks
+    chunks[0].write_bytes(b"not a blosc chunk")
+    assert main(["--no-progress", "export-nnunet", str(source), "--dataset-id", "507", "--name", "Broken",
+                 "--labels", ",".join(LABELS), "--out", str(tmp_path / "raw")]) == 1
+    assert f"failed {broken}" in capsys.readouterr().out
+    dataset = tmp_path / "raw" / "Dataset507_Broken"
+    rows = read_rows(dataset / "export_summary.csv")
+    assert rows[broken]["status"] == "failed" and rows[broken]["reason"]
+    assert rows[study["volumes"][1]["key"]]["status"] == "done"
+    with open(dataset / "dataset.json", encoding="utf-8") as fh:
+        assert json.load(fh)["numTraining"] == 1
+    assert os.listdir(dataset / "labelsTr") == [f"{study['volumes'][1]['key']}.nii.gz"]  # no half case left
+    assert os.listdir(dataset / "imagesTr") == [f"{study['volumes'][1]['key']}_0000.nii.gz"]
