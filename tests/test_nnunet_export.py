@@ -243,6 +243,24 @@ def test_bad_requests_exit_2(study, tmp_path, caplog):
         assert json.load(fh)["labels"] == {"background": 0, "lesion": 1, "body": 2}
 
 
+def test_mixed_modalities_need_a_channel_name(study, tmp_path, caplog):
+    source = tmp_path / "convert"
+    shutil.copytree(study["out"] / "data", source / "data")
+    shape = study["volumes"][0]["image"].shape
+    make_volume(source, "1234567890abcdef", shape, (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)[:, [2, 1, 0]],
+                {"lesion": sphere(shape, (5, 20, 20), 4)}, modality="MR")
+    base = ["--no-progress", "export-nnunet", str(source), "--dataset-id", "508", "--name", "Mixed", "--labels",
+            "lesion", "--out", str(tmp_path / "raw")]
+    with caplog.at_level(logging.ERROR, logger="voxelpipe"):
+        assert main(base) == 2
+    assert "--channels" in caplog.text and "'MR'" in caplog.text
+    assert not (tmp_path / "raw" / "Dataset508_Mixed").exists()
+    assert main([*base, "--channels", "image"]) == 0
+    with open(tmp_path / "raw" / "Dataset508_Mixed" / "dataset.json", encoding="utf-8") as fh:
+        description = json.load(fh)
+    assert description["channel_names"] == {"0": "image"} and description["numTraining"] == 4
+
+
 def test_channel_name_given(study, tmp_path):
     assert main(["--no-progress", "export-nnunet", str(study["out"]), "--dataset-id", "505", "--name", "Named",
                  "--labels", "lesion", "--channels", "noncontrastCT", "--out", str(tmp_path)]) == 0
