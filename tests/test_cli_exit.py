@@ -24,7 +24,7 @@ from voxelpipe.stores.subject_store import open_subject_store
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 COMMANDS = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "masks-to-seg", "suv",
-            "petct-index", "petct", "merge", "project-2d", "lung", "report", "demo"]
+            "petct-index", "petct", "merge", "project-2d", "lung", "report", "export-nnunet", "demo"]
 
 
 def run(argv: list[str]) -> int:
@@ -73,6 +73,7 @@ def test_missing_input_exits_2_for_every_command_with_an_input_path(tmp_path, ca
         ["project-2d", missing + ".h5", "--out", str(tmp_path / "p.h5")],
         ["lung", missing, "--out", out],
         ["report", missing],
+        ["export-nnunet", missing, "--dataset-id", "501", "--name", "X", "--labels", "a", "--out", out],
     ]
     assert {argv[0] for argv in requests} == set(COMMANDS) - {"demo"}  # demo reads no input
     with caplog.at_level(logging.ERROR, logger="voxelpipe"):

@@ -21,7 +21,7 @@ from voxelpipe.core import defaults
 PARSER = build_parser()
 COMMAND_PARSERS = next(a for a in PARSER._actions if isinstance(a, argparse._SubParsersAction)).choices
 COMMAND_NAMES = ["scan", "convert", "aggregate", "resample", "project", "contours", "masks", "masks-to-seg", "suv",
-                 "petct-index", "petct", "merge", "project-2d", "lung", "report", "demo"]
+                 "petct-index", "petct", "merge", "project-2d", "lung", "report", "export-nnunet", "demo"]
 HEAVY = ("pydicom", "numba", "zarr")
 TIMEOUT = 120
 

@@ -1,10 +1,10 @@
 """voxelpipe: DICOM folders to machine-learning-ready data, fast.
 
 Library calls: ``scan``, ``convert``, ``aggregate``, ``open_volume``, ``save_volume``, ``resample_to``, ``project``,
-``Mask``/``write_masks``/``open_masks``, ``write_seg`` (masks to a DICOM SEG), ``fill_polygons``, ``SqliteStore``
-(each loads its module on first use, so ``import voxelpipe`` stays light); training batches come from
-``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in modules
-of the same name.
+``Mask``/``write_masks``/``open_masks``, ``write_seg`` (masks to a DICOM SEG), ``fill_polygons``, ``SqliteStore``,
+``export_nnunet`` (each loads its module on first use, so ``import voxelpipe`` stays light); training batches come
+from ``voxelpipe.reader``; ``voxelpipe.ops.reorient.reorient`` and ``voxelpipe.ops.resample.resample`` live in
+modules of the same name.
 """
 from voxelpipe._version import __version__
 from voxelpipe.core.errors import VoxelpipeError
@@ -25,6 +25,7 @@ _LAZY = {
     "write_seg": ("voxelpipe.stores.dicom_seg", "write_seg"),
     "fill_polygons": ("voxelpipe.ops.polygon", "fill_polygons"),
     "SqliteStore": ("voxelpipe.stores.sqlite_store", "SqliteStore"),
+    "export_nnunet": ("voxelpipe.apps.nnunet.export", "export_nnunet"),
 }
 
 __all__ = ["__version__", "VoxelpipeError", *_LAZY]

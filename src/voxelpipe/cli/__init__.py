@@ -2,10 +2,10 @@
 status.
 
 One module per command (``scan``, ``convert``, ``aggregate``, ``resample``, ``project``, ``contours``, ``masks``,
-``masks_to_seg``, ``suv``, ``petct_index``, ``petct``, ``merge``, ``project_2d``, ``lung``, ``report``, ``demo``),
-each with
-``add_parser(subparsers)`` (its options and help) and ``run(args) -> int`` (calls the library function, prints
-the one-line summary). :mod:`voxelpipe.cli.app` assembles them (``build_parser``) and holds ``main``;
+``masks_to_seg``, ``suv``, ``petct_index``, ``petct``, ``merge``, ``project_2d``, ``lung``, ``report``,
+``export_nnunet``, ``demo``), each with ``add_parser(subparsers)`` (its options and help) and ``run(args) -> int``
+(calls the library function, prints the one-line summary). :mod:`voxelpipe.cli.app` assembles them
+(``build_parser``) and holds ``main``;
 :mod:`voxelpipe.cli.options` the shared option types and helpers; :mod:`voxelpipe.cli.summary` the status counts.
 
 Lazy imports: every ``run`` imports its pipeline inside the function, on purpose, so that building the parser

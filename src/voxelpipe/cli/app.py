@@ -13,6 +13,7 @@ from voxelpipe.cli import (
     contours,
     convert,
     demo,
+    export_nnunet,
     lung,
     masks,
     masks_to_seg,
@@ -32,7 +33,7 @@ from voxelpipe.core.errors import OutputWriteError, VoxelpipeError
 log = logging.getLogger("voxelpipe")
 
 COMMANDS = (scan, convert, aggregate, resample, project, contours, masks, masks_to_seg, suv, petct_index, petct,
-            merge, project_2d, lung, report, demo)
+            merge, project_2d, lung, report, export_nnunet, demo)
 ENV_PREFIX = "VOXELPIPE_"
 LOG_LEVEL = "INFO"
 # errors that mean "bad request": ours (raised on purpose, InputError first of all) and a missing input path; any

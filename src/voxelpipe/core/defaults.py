@@ -74,6 +74,11 @@ SEG_SERIES_NUMBER = 300  # SeriesNumber of a written SEG
 SEG_SERIES_DESCRIPTION = "voxelpipe segmentation"  # SeriesDescription of a written SEG
 SEG_ALGORITHM_VERSION = "unknown"  # AlgorithmVersion when --algorithm is given without --algorithm-version
 
+# export-nnunet
+NNUNET_RAW = "nnUNet_raw"  # folder of nnU-Net raw datasets, inside the convert output when no --out (or nnUNet_raw)
+NNUNET_FILE_ENDING = ".nii.gz"  # nnU-Net's file_ending of images and label maps
+NNUNET_SUMMARY = "export_summary.csv"  # one row per volume, in the dataset folder
+
 # demo
 DEMO_OUT = "voxelpipe-demo"  # folder the demo writes to
 

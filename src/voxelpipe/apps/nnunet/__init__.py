@@ -1,0 +1,1 @@
+"""nnU-Net v2 raw datasets from converted volumes and their masks (``export-nnunet``)."""
