@@ -247,3 +247,58 @@ def test_petct_subject_file_groups_validate(tmp_path):
         np.testing.assert_allclose(translation[1:], direction.T @ np.asarray(geometry["origin"]), atol=1e-6)
         assert root[name][multiscale.datasets[1].path].shape[1:] == (16, 16, 10)
     assert root["image/s1"].shape == (2, 32, 32, 20)
+
+
+def _subject(seed: int, shape=(2, 20, 18, 16)):
+    rng = np.random.default_rng(seed)
+    image = rng.random(shape, dtype=np.float32)
+    mask = (rng.random((1, *shape[1:])) > 0.7).astype(np.uint8)
+    spacing = [1.5, 2.0, 2.5]
+    direction = [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]  # LAS columns
+    origin = [10.0, 20.0, -30.0]
+    attrs = {"geometry": {"spacing": spacing, "origin": origin, "direction": direction, "shape": list(shape[1:])}}
+    return image, mask, mask, attrs
+
+
+def test_subject_copies_merge_and_replacement_keep_valid_ngff(tmp_path):
+    from voxelpipe.stores.subject_store import open_subject_store
+
+    first, second = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    with open_subject_store(first, "a", levels=2) as store:
+        store.write("s1", *_subject(1))
+        store.write("s2", *_subject(2))
+        store.write("s1", *_subject(3))  # replaced: one entry, not two
+    with open_subject_store(second, "a") as target, open_subject_store(first) as source:
+        target.copy_subject(source, "s2", "copied")
+    for path, names, levels in ((first, ["s1", "s2"], 2), (second, ["copied"], 2)):
+        root = zarr.open_group(str(path), mode="r")
+        for group in ("image", "mask", "mask_iso"):
+            (model_names, model_levels) = zip(*[(m.name, len(m.datasets))
+                                                for m in Image.from_zarr(root[group]).ome_attributes.multiscales])
+            assert list(model_names) == names and set(model_levels) == {levels}
+        for multiscale in Image.from_zarr(root["image"]).ome_attributes.multiscales:
+            scale, translation = _transforms(multiscale.datasets[0])
+            assert [a.name for a in multiscale.axes] == ["c", "x", "y", "z"]  # L, A, S
+            np.testing.assert_allclose(scale, [1.0, 1.5, 2.0, 2.5])
+            np.testing.assert_allclose(translation, [0.0, 10.0, -20.0, -30.0])  # A = -P
+            coarse = np.asarray(root["image"][multiscale.datasets[1].path][...])
+            fine = np.asarray(root["image"][multiscale.datasets[0].path][...])
+            assert coarse.shape == (2, 10, 9, 8)  # every axis has >= 16 voxels: all halved, channels kept
+            np.testing.assert_allclose(coarse, fine.reshape(2, 10, 2, 9, 2, 8, 2).mean(axis=(2, 4, 6)), rtol=1e-6)
+    with open_subject_store(first, "a") as store:
+        store.write("s2", *_subject(4, shape=(2, 8, 8, 8)))  # too small to halve: level 1 = level 0's shape
+        assert store.subjects() == ["s1", "s2"]
+    Image.from_zarr(zarr.open_group(str(first), mode="r")["image"])
+
+
+def test_label_pyramid_is_the_block_mode():
+    from voxelpipe.stores.ngff import pyramid
+
+    labels = np.zeros((16, 16, 16), np.uint8)
+    labels[:, :, :5] = 2  # a stripe 5 voxels wide: block 2 (columns 4, 5) is a 4-4 tie -> the higher label
+    labels[0, 0, 0] = 7
+    (coarse,) = pyramid(labels, 2, labels=True)
+    assert coarse.shape == (8, 8, 8) and coarse.dtype == np.uint8
+    assert set(np.unique(coarse)) == {0, 2}  # a single voxel does not survive its block
+    np.testing.assert_array_equal(coarse[:, :, :3], 2)
+    np.testing.assert_array_equal(coarse[:, :, 3:], 0)
