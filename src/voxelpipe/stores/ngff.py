@@ -242,9 +242,13 @@ def block_mode(array: np.ndarray, factor: Sequence[int]) -> np.ndarray:
     return best
 
 
-def pyramid(array: np.ndarray, levels: int, labels: bool = False) -> list[np.ndarray]:
-    """Levels 1.. ``levels - 1`` of ``array`` (level 0 itself not included), each from the previous one."""
-    factors = level_factors(array.shape[-3:], levels)
+def pyramid(array: np.ndarray, levels: int, labels: bool = False,
+            factors: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
+    """Levels 1.. ``levels - 1`` of ``array`` (level 0 itself not included), each from the previous one.
+
+    ``factors``: the cumulative factors of each level (default :func:`level_factors` of ``array``'s shape); give
+    the whole volume's when ``array`` is a slab of it along axis -3 starting at a multiple of the last factor."""
+    factors = level_factors(array.shape[-3:], levels) if factors is None else [tuple(f) for f in factors]
     out: list[np.ndarray] = []
     previous = np.asarray(array)
     for before, after in zip(factors, factors[1:]):

@@ -179,14 +179,22 @@ class ZarrVolumeWriter:
         self.group.attrs.update(attrs)
 
     def write_levels(self) -> None:
-        """Write pyramid levels 1.. from the stored level 0, frame by frame for a 4-D volume."""
+        """Write pyramid levels 1.. from the stored level 0, frame by frame for a 4-D volume and in slabs of
+        whole level chunks along the slice axis (each chunk of each level written once: a zip member cannot be
+        rewritten; memory stays at one slab)."""
         if not self.level_arrays:
             return
+        factors = ngff.level_factors(self.array.shape[-3:], self.levels)
+        depth = self.chunks[-3] * factors[-1][0]  # whole chunks of every level (level chunks <= these chunks)
         frames = [()] if self.array.ndim == 3 else [(t,) for t in range(self.array.shape[0])]
         for frame in frames:
-            for array, level in zip(self.level_arrays,
-                                    ngff.pyramid(np.asarray(self.array[frame]), self.levels)):
-                array[frame] = level
+            for z0 in range(0, self.array.shape[-3], depth):
+                slab = np.asarray(self.array[frame + (slice(z0, z0 + depth),)])
+                for array, factor, level in zip(self.level_arrays, factors[1:],
+                                                ngff.pyramid(slab, self.levels, factors=factors)):
+                    if level.shape[0]:
+                        start = z0 // factor[0]
+                        array[frame + (slice(start, start + level.shape[0]),)] = level
 
     def finish(self) -> int:
         """Write the pyramid levels, close the store and rename it to its final name; returns the bytes on disk."""
