@@ -92,12 +92,10 @@ def level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, ...]]:
     return [lead + tuple(n // f for n, f in zip(spatial, factor)) for factor in level_factors(spatial, levels)]
 
 
-def level_paths(levels: int, base: str = IMAGE_PATH) -> list[str]:
-    """Array paths of the levels inside the image group: ``image``, ``levels/1``, ``levels/2``, ...; for a label
-    group (``base`` = "0"): ``0``, ``1``, ``2``, ..."""
-    if base == "0":
-        return [str(k) for k in range(levels)]
-    return [base] + [f"{LEVELS_GROUP}/{k}" for k in range(1, levels)]
+def level_paths(levels: int) -> list[str]:
+    """Array paths of the levels inside a volume group: ``image``, ``levels/1``, ``levels/2``, ... (a label
+    group's are ``0``, ``1``, ``2``, ...)."""
+    return [IMAGE_PATH] + [f"{LEVELS_GROUP}/{k}" for k in range(1, levels)]
 
 
 def projected_origin(origin: Sequence[float], direction: Sequence[Sequence[float]]) -> list[float]:
