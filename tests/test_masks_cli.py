@@ -73,7 +73,7 @@ def test_single_volume_form_writes_and_reruns_replace(cases, tmp_path, store, ca
     volume = converted(case.folder, out, store)
     assert main(["--no-progress", "masks", "--volume", volume, "--rtstruct", case.rtstruct]) == 0
     printed = capsys.readouterr().out
-    assert "1 done" in printed and "masks/Ring" in printed
+    assert "1 done" in printed and "labels/Ring" in printed
     found = masks_of(volume)
     assert list(found) == ["Ring"]
     array, attrs = found["Ring"]

@@ -1,4 +1,4 @@
-"""masks/<name> arrays beside a volume: written on all three store kinds, replaced atomically, read lazily."""
+"""Masks beside a volume (labels/<name>/0): written on all three store kinds, replaced atomically, read lazily."""
 from __future__ import annotations
 
 import json
@@ -101,14 +101,15 @@ def test_no_masks_and_missing_volume(tmp_path, volume_path):
 
 
 def test_zarr_metadata_is_plain_zarr3(volume_path):
-    """Other zarr readers see masks as an ordinary group: masks/zarr.json is a group, each mask an array."""
+    """Other zarr readers see masks as an ordinary group: labels/zarr.json is a group, each mask a group holding
+    its array 0."""
     path, _ = volume_path
     if not path.endswith(".zarr"):
         pytest.skip("checked on the folder store, where the metadata files are visible")
     write_masks(path, [Mask("a", _ball((5, 10, 12), 4))])
-    with open(os.path.join(path, "masks", "zarr.json")) as fh:
+    with open(os.path.join(path, "labels", "zarr.json")) as fh:
         assert json.load(fh)["node_type"] == "group"
-    with open(os.path.join(path, "masks", "a", "zarr.json")) as fh:
+    with open(os.path.join(path, "labels", "a", "0", "zarr.json")) as fh:
         meta = json.load(fh)
     assert meta["node_type"] == "array" and meta["shape"] == list(SHAPE) and meta["data_type"] == "uint8"
 

@@ -396,7 +396,7 @@ def test_one_slice_reads_only_its_chunks(tmp_path, chunk_reads):
     np.testing.assert_array_equal(batch["image"][0], image[5])
     np.testing.assert_array_equal(batch["mask"][0, 0], mask[5])
     in_plane = {f"1/{y}/{x}" for y in (0, 1) for x in (0, 1)}
-    assert sorted(chunk_reads) == sorted([f"image/c/{c}" for c in in_plane] + [f"masks/m/c/{c}" for c in in_plane])
+    assert sorted(chunk_reads) == sorted([f"image/c/{c}" for c in in_plane] + [f"labels/m/0/c/{c}" for c in in_plane])
 
 
 def test_one_patch_reads_only_its_chunks(tmp_path, chunk_reads):
@@ -408,7 +408,7 @@ def test_one_patch_reads_only_its_chunks(tmp_path, chunk_reads):
     z, y, x = batch["start"][0]
     needed = {f"{cz}/{cy}/{cx}" for cz in {z // 4, (z + 1) // 4} for cy in {y // 16, (y + 7) // 16}
               for cx in {x // 16, (x + 7) // 16}}
-    assert sorted(chunk_reads) == sorted([f"image/c/{c}" for c in needed] + [f"masks/m/c/{c}" for c in needed])
+    assert sorted(chunk_reads) == sorted([f"image/c/{c}" for c in needed] + [f"labels/m/0/c/{c}" for c in needed])
 
 
 # ----------------------------------------------------------------------------------------------------------

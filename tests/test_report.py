@@ -270,8 +270,8 @@ def test_failed_flagged_and_sampled_sections(study):
         if section["attrs"]["data-status"] != "done":
             continue
         kinds = Counter(img["data-kind"] for img in section["images"])
-        masks = os.listdir(study["out"] / "data" / f"{key}.zarr" / "masks") \
-            if (study["out"] / "data" / f"{key}.zarr" / "masks").is_dir() else []
+        masks = os.listdir(study["out"] / "data" / f"{key}.zarr" / "labels") \
+            if (study["out"] / "data" / f"{key}.zarr" / "labels").is_dir() else []
         masks = [m for m in masks if m != "zarr.json"]
         assert kinds == Counter({"axial": 1, "coronal": 1, "sagittal": 1, "mip": 1,
                                  **({"overlay": len(masks)} if masks else {})}), key
@@ -299,7 +299,7 @@ def test_overlay_is_the_plane_through_the_mask_centroid(study):
     _, page = parse(study["html"])
     key = next(k for k, s in page.sections.items() if any(i["data-kind"] == "overlay" for i in s["images"]))
     group, array = zarr_image(str(study["out"] / "data" / f"{key}.zarr"))
-    masks = {name: np.asarray(group["masks"][name]) for name in ("Ball", "Box")}
+    masks = {name: np.asarray(group["labels"][name]["0"]) for name in ("Ball", "Box")}
     overlays = [np.asarray(decode_png_data_uri(i["src"])) for i in page.sections[key]["images"]
                 if i["data-kind"] == "overlay"]
     for name, rgb in zip(sorted(masks), overlays):  # one per mask, in name order

@@ -6,6 +6,7 @@ import argparse
 from voxelpipe.cli.options import (
     add_command,
     add_executor,
+    add_levels,
     add_workers,
     given,
     int_triple,
@@ -21,8 +22,8 @@ from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPol
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
-           "chunks", "clevel", "summary_suffix", "executor", "scheduler", "uneven", "tilt", "philips_scaling",
-           "nifti_gzip", "max_frame_bytes", "phi")
+           "chunks", "clevel", "levels", "summary_suffix", "executor", "scheduler", "uneven", "tilt",
+           "philips_scaling", "nifti_gzip", "max_frame_bytes", "phi")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
     parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
                         help=with_default("Blosc zstd level 0-9 (NIfTI: gzip level, 0 = 6)", defaults.VOLUME_CLEVEL))
+    add_levels(parser)
     parser.add_argument("--summary-suffix", default=argparse.SUPPRESS, metavar="S",
                         help="summary_<S>.csv and volumes_<S>.h5 (default run; shardII for a scan shard file, "
                              "shardIIofNN for --shard-id)")

@@ -1,4 +1,4 @@
-"""``masks``: rasterise RTSTRUCT or SEG objects onto converted volumes as ``masks/<name>``."""
+"""``masks``: rasterise RTSTRUCT or SEG objects onto converted volumes as ``labels/<name>``."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +16,9 @@ PRINT_ALL_ROWS = 40  # the summary lists every row up to this many, else only th
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = add_command(subparsers, NAME, "rasterise RTSTRUCT or SEG objects onto converted volumes as "
-                                           "masks/<name>",
+                                           "labels/<name>",
                          failed="some ROI, object or volume failed (listed in the report)",
-                         description="Rasterise RTSTRUCT or SEG objects onto converted volumes as masks/<name>: "
+                         description="Rasterise RTSTRUCT or SEG objects onto converted volumes as labels/<name>: "
                                      "one volume (--volume with --rtstruct or --seg), or every object of a scan "
                                      "(--manifest with --out).")
     parser.add_argument("--volume", default=argparse.SUPPRESS,
@@ -79,7 +79,7 @@ def summary_lines(rows: list[dict], report: str) -> list[str]:
         what = row["roi_name"] or os.path.basename(row["source"])
         line = f"  {row['status']:<7} {row['source_kind']:<8} {what}"
         if row["mask_name"]:
-            line += f" -> masks/{row['mask_name']}: {row['voxels']} voxels, {float(row['volume_ml']):.2f} mL"
+            line += f" -> labels/{row['mask_name']}: {row['voxels']} voxels, {float(row['volume_ml']):.2f} mL"
         if row["note"]:
             line += f" ({row['note']})"
         lines.append(line)

@@ -117,6 +117,14 @@ def add_workers(parser: argparse.ArgumentParser, default: str = "number of cores
                         help=f"worker processes (default: {default})")
 
 
+def add_levels(parser: argparse.ArgumentParser) -> None:
+    """``--levels N``: OME-Zarr pyramid levels of the Zarr volumes a command writes."""
+    parser.add_argument("--levels", type=positive_int, default=argparse.SUPPRESS, metavar="N",
+                        help=with_default("OME-Zarr pyramid levels of Zarr outputs, each halving the axes that are "
+                                          "long enough, for viewers; 1 = full resolution only",
+                                          defaults.VOLUME_LEVELS))
+
+
 def add_executor(parser: argparse.ArgumentParser, what: str) -> None:
     """``--executor`` / ``--scheduler``: where the per-item tasks of a command run."""
     parser.add_argument("--executor", choices=[e.value for e in Executor], default=argparse.SUPPRESS,

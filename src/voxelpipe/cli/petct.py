@@ -7,6 +7,7 @@ import argparse
 from voxelpipe.cli.options import (
     add_command,
     add_executor,
+    add_levels,
     add_workers,
     float_pair,
     float_triple,
@@ -20,7 +21,7 @@ from voxelpipe.core import defaults
 
 NAME = "petct"
 OPTIONS = ("shape", "spacing", "orientation", "iso", "iso_suv", "ct_window", "suv_window", "rois", "workers",
-           "executor", "scheduler")
+           "executor", "scheduler", "levels")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="mask ROI / segment names to use (default: all)")
     add_workers(parser)
     add_executor(parser, "per-subject")
+    add_levels(parser)
     return parser
 
 

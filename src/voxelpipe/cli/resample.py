@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import add_command, float_triple, given, int_triple, progress, with_default
+from voxelpipe.cli.options import add_command, add_levels, float_triple, given, int_triple, progress, with_default
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
 
 NAME = "resample"
-OPTIONS = ("spacing", "shape", "like", "order", "orientation", "key")
+OPTIONS = ("spacing", "shape", "like", "order", "orientation", "key", "levels")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--orientation", default=argparse.SUPPRESS, metavar="CODE",
                         help="reorient first to an axis code, e.g. LAS, RAS, LPS (default: keep the orientation)")
     parser.add_argument("--key", default=argparse.SUPPRESS, help="only this series key (default: every volume)")
+    add_levels(parser)
     return parser
 
 

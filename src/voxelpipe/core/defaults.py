@@ -32,6 +32,7 @@ CONVERT_STORE = StoreKind.DIR
 CONVERT_MODE = "3d"  # one volume per series; 2d: one array per file
 VOLUME_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
 VOLUME_CLEVEL = 1  # Blosc zstd level 0-9
+VOLUME_LEVELS = 1  # OME-Zarr pyramid levels of Zarr volumes (1 = full resolution only)
 CONVERT_UNEVEN = UnevenPolicy.RESAMPLE  # uneven slice steps: resample onto a uniform grid (dcm2niix's _Eq)
 CONVERT_TILT = TiltPolicy.CORRECT  # gantry tilt: resample onto an orthogonal grid (dcm2niix's _Tilt)
 CONVERT_PHILIPS_SCALING = PhilipsScaling.PRECISE  # dcm2niix's default (-p y)

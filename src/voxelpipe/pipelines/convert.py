@@ -53,6 +53,7 @@ from voxelpipe.pipelines.series_regrid import REGRID_COLUMNS
 from voxelpipe.pipelines.series_volume import SeriesTask, convert_series, lost_series, series_row, volume_path
 from voxelpipe.stores.hdf5_store import RunFile, keys_in, run_file_problem, set_aside
 from voxelpipe.stores.lock import output_lock
+from voxelpipe.stores.ngff import check_levels
 from voxelpipe.stores.nifti import require_nibabel
 from voxelpipe.stores.registry import is_plain_name
 from voxelpipe.stores.tables import PATH_BYTES, read_csv, write_csv, write_json
@@ -90,7 +91,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             mode: str = defaults.CONVERT_MODE, workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
-            clevel: int = defaults.VOLUME_CLEVEL, uneven: str = defaults.CONVERT_UNEVEN,
+            clevel: int = defaults.VOLUME_CLEVEL, levels: int = defaults.VOLUME_LEVELS,
+            uneven: str = defaults.CONVERT_UNEVEN,
             tilt: str = defaults.CONVERT_TILT, philips_scaling: str = defaults.CONVERT_PHILIPS_SCALING,
             nifti_gzip: bool = defaults.NIFTI_GZIP, max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES,
             summary_suffix: str | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
@@ -99,7 +101,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     series already in the output, ``failed`` with the reason).
 
     ``fmt``: a :class:`~voxelpipe.core.types.Format` word (zarr, hdf5, npz, nifti); ``store``: a
-    :class:`~voxelpipe.core.types.StoreKind` word (Zarr only).
+    :class:`~voxelpipe.core.types.StoreKind` word (Zarr only). ``levels``: OME-Zarr pyramid levels of Zarr
+    volumes (1 = none; for viewers, readers keep reading full resolution).
 
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
     ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). ``executor``: ``pool`` (processes of
@@ -110,6 +113,7 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     """
     started = time.perf_counter()
     fmt, store = _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    check_levels(levels)
     uneven = member_of(UnevenPolicy, uneven, "uneven")
     tilt = member_of(TiltPolicy, tilt, "tilt")
     philips_scaling = member_of(PhilipsScaling, philips_scaling, "philips-scaling")
@@ -143,12 +147,14 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         if num_shards:
             rows = balance(rows, num_shards)[shard_id]
         suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
-        options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "uneven": uneven,
+        options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "levels": levels,
+                   "uneven": uneven,
                    "tilt": tilt, "philips_scaling": philips_scaling,
                    "verify_slices": verify_slices, "manifest": os.path.abspath(manifest), "phi": phi}
         tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
                             store=store,
-                            chunks=chunks, clevel=clevel, verify_slices=verify_slices, overwrite=overwrite,
+                            chunks=chunks, clevel=clevel, levels=levels, verify_slices=verify_slices,
+                            overwrite=overwrite,
                             uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
                             max_frame_bytes=max_frame_bytes, phi=phi, secret=secret,
                             options=options, records=records.get(r["series_key"]) if mode == "3d" else None)

@@ -1,6 +1,6 @@
-"""`masks`: rasterise RTSTRUCT and SEG objects onto converted volumes as ``masks/<name>`` uint8 arrays (Zarr
-volumes) or ``<key>_<name>.nii.gz`` label files beside a NIfTI volume (``.nii`` beside a ``.nii``), with the
-volume's header geometry.
+"""`masks`: rasterise RTSTRUCT and SEG objects onto converted volumes as NGFF labels ``labels/<name>`` (uint8
+arrays; Zarr volumes) or ``<key>_<name>.nii.gz`` label files beside a NIfTI volume (``.nii`` beside a ``.nii``),
+with the volume's header geometry.
 
 Two forms::
 

@@ -83,6 +83,7 @@ class SeriesTask:
     store: StoreKind = defaults.CONVERT_STORE  # zarr only
     chunks: tuple[int, int, int] | None = None
     clevel: int = defaults.VOLUME_CLEVEL
+    levels: int = defaults.VOLUME_LEVELS  # OME-Zarr pyramid levels (Zarr only)
     verify_slices: int = defaults.CONVERT_VERIFY_SLICES
     overwrite: bool = False
     uneven: UnevenPolicy = defaults.CONVERT_UNEVEN
@@ -476,7 +477,8 @@ def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> 
     if task.fmt == Format.NIFTI:  # the JSON sidecar beside <key>.nii.gz: BIDS fields of the first file
         sidecar = nifti_sidecar(source or (task.paths[0] if task.paths else ""))
         attrs = dict(attrs, sidecar=deidentify_fields(sidecar, SIDECAR_PHI, task.phi, task.secret))
-    return writer_for(task.fmt, task.store)(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
+    return writer_for(task.fmt, task.store, levels=task.levels)(volume_path(task), shape, dtype, chunks, attrs,
+                                                                task.clevel)
 
 
 def nifti_sidecar(path: str) -> dict:

@@ -27,6 +27,7 @@ from voxelpipe.ops.reorient import reorient
 from voxelpipe.ops.resample import resample, resample_to
 from voxelpipe.stores.lock import locks_output
 from voxelpipe.stores.masks import open_masks
+from voxelpipe.stores.ngff import check_levels
 from voxelpipe.stores.tables import write_csv
 from voxelpipe.stores.volumes import open_volume, save_volume
 from voxelpipe.stores.zarr_store import PARTIAL, STORE_SUFFIXES, open_store, remove
@@ -90,8 +91,10 @@ def _for_each_volume(paths: list[str], out: str, label: str,
 @locks_output("resample")  # one run per output folder
 def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: str | None = None,
                      order: str = defaults.RESAMPLE_ORDER, orientation: str | None = None, key: str | None = None,
-                     progress: bool = True) -> list[dict]:
-    """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``."""
+                     levels: int = defaults.VOLUME_LEVELS, progress: bool = True) -> list[dict]:
+    """Reorient (optional) and resample every volume of ``source``; one of ``spacing``, ``shape``, ``like``.
+    ``levels``: OME-Zarr pyramid levels of the outputs (1 = full resolution only)."""
+    check_levels(levels)
     if sum(v is not None for v in (spacing, shape, like)) != 1:
         raise InputError("give exactly one of --spacing, --shape or --like")
     reference = open_volume(like) if like else None
@@ -105,7 +108,7 @@ def resample_volumes(source: str, out: str, *, spacing=None, shape=None, like: s
         else:
             result = _apply_per_frame(volume, lambda v: resample(v, spacing=spacing, shape=shape, order=order))
         save_volume(result, target, attrs={"resampled_from": path, "resample_order": order,
-                                           "orientation": orientation or ""})
+                                           "orientation": orientation or ""}, levels=levels)
         return result.array.shape, result.geometry.spacing
 
     return _for_each_volume(find_volumes(source, key), out, "resample", one, progress)

@@ -17,8 +17,8 @@ class SliceReader(VolumeReader):
 
     Args:
         volumes: Volume paths or folders (see :func:`~voxelpipe.reader.volumes.volume_paths`).
-        masks: Mask names (``masks/<name>``) to return, in this order; None takes every name found in any
-            volume, sorted.
+        masks: Mask names (NGFF ``labels/<name>``, or ``masks/<name>`` of older volumes) to return, in this order;
+            None takes every name found in any volume, sorted.
         open_volumes: Volumes kept open per process.
         **options: Passed to :class:`~voxelpipe.reader.base.BatchReader`.
 

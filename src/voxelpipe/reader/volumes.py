@@ -1,9 +1,10 @@
 """Converted Zarr volumes as reader sources: finding them, keeping them open, reading many regions at once.
 
 A volume is a Zarr group (``.zarr`` folder, ``.zarr.zip`` or ``.zarr.sqlite``) with an ``image`` array
-(slice, row, column) and optional ``masks/<name>`` arrays of the same shape. Zarr arrays are indexed with
-slices, so only the chunks a slice or patch touches are read; the regions of one batch are fetched and decoded
-concurrently in one trip to zarr's event loop (zarr and Blosc release the GIL).
+(slice, row, column) and optional masks of the same shape (NGFF labels ``labels/<name>/0``, or ``masks/<name>``
+in older volumes). Zarr arrays are indexed with slices, so only the chunks a slice or patch touches are read;
+the regions of one batch are fetched and decoded concurrently in one trip to zarr's event loop (zarr and Blosc
+release the GIL).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from zarr.core.sync import sync
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader
-from voxelpipe.stores.masks import MASKS_GROUP
+from voxelpipe.stores.masks import mask_arrays
 from voxelpipe.stores.registry import ZARR_SUFFIXES
 from voxelpipe.stores.remote import is_url, isdir, join, listdir, local_path, open_group, volume_exists
 
@@ -91,7 +92,7 @@ def open_volume_arrays(path: str):
         raise
     except Exception as exc:
         raise InputError(f"{path}: cannot open as a Zarr volume ({exc})") from exc
-    masks = dict(group[MASKS_GROUP].arrays()) if MASKS_GROUP in group else {}
+    masks = mask_arrays(group)
     return group, group["image"], masks
 
 
@@ -154,8 +155,8 @@ class VolumeReader(BatchReader):
 
     Args:
         volumes: Volume paths or folders (see :func:`volume_paths`).
-        masks: Mask names (``masks/<name>``) to return, in this order; None takes every name found in any
-            volume, sorted.
+        masks: Mask names (NGFF ``labels/<name>``, or ``masks/<name>`` of older volumes) to return, in this order;
+            None takes every name found in any volume, sorted.
         open_volumes: Volumes kept open per process.
         **options: Passed to :class:`~voxelpipe.reader.base.BatchReader`.
 

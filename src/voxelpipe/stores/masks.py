@@ -1,12 +1,23 @@
-"""Masks stored beside a converted volume: ``masks/<name>`` uint8 arrays on the image's grid.
+"""Masks stored beside a converted volume as OME-Zarr (NGFF 0.5) labels: ``labels/<name>`` on the image's grid.
 
-A mask array has the image's spatial shape (slice, row, column), the image's spatial chunks, Blosc zstd, and
-its metadata (ROI name and number, colour, source file and kind, ...) as the array's attributes. Masks are added
-atomically: a reader sees either the old set of masks or the new one, never a half-written array.
+Layout inside the volume group::
 
-- ``dir`` stores (``.zarr``): each array is written in a folder beside the volume and renamed into ``masks/``.
+    labels/                 attrs {"ome": {"version": "0.5", "labels": [<name>, ...]}}
+    labels/<name>/          attrs {"ome": {"version": "0.5", "image-label": {...}, "multiscales": [...]}}
+    labels/<name>/0         uint8 (z, y, x) = (slice, row, column), the mask; its attributes: ROI name and number,
+                            colour, source file and kind, ...
+    labels/<name>/1, 2 ...  the image's pyramid levels (block mode), when the image has levels
+
+The label multiscales repeat the image's spatial scale and translation per level. Masks are added atomically:
+a reader sees either the old set of masks or the new one, never a half-written array.
+
+- ``dir`` stores (``.zarr``): each label group is written in a folder beside the volume and renamed into
+  ``labels/``, then ``labels/zarr.json`` is replaced by rename.
 - ``zip`` / ``sqlite`` stores: the store is copied, the masks added to the copy, and the copy renamed over the
   original (zip members cannot be replaced in place).
+
+Volumes written before the labels layout keep their masks as ``masks/<name>`` arrays; :func:`open_masks` and
+:func:`mask_arrays` still read them (a label of the same name wins), and :func:`write_masks` adds labels to them.
 """
 from __future__ import annotations
 
@@ -23,15 +34,20 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.core.masks import Mask, mask_array_name
 from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import json_default
+from voxelpipe.stores import ngff
 from voxelpipe.stores.registry import store_kind
 from voxelpipe.stores.remote import open_group
 from voxelpipe.stores.zarr_store import PARTIAL, open_store, open_volume_group, remove
 
 MASKS_GROUP = "masks"
+"""The group of masks in volumes written before the labels layout (read only)."""
+LABELS_GROUP = ngff.LABELS_GROUP
+"""The NGFF labels group: ``labels/<name>/0`` is mask ``<name>``."""
 
 
 def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool = True) -> list[str]:
-    """Add ``masks`` to the Zarr volume at ``volume_path`` as ``masks/<name>``; returns the names written.
+    """Add ``masks`` to the Zarr volume at ``volume_path`` as NGFF labels ``labels/<name>``; returns the names
+    written.
 
     Every mask must have the image's spatial shape. An existing mask of the same name is replaced when
     ``replace`` (else :class:`InputError`).
@@ -53,9 +69,11 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
         raise InputError(f"{path}: no such volume")
     kind = store_kind(path)
     group = open_volume_group(path)
-    shape = tuple(group["image"].shape[-3:])
-    chunks = tuple(group["image"].chunks[-3:])
-    existing = set(group[MASKS_GROUP].array_keys()) if MASKS_GROUP in group else set()
+    shape = tuple(group[ngff.IMAGE_PATH].shape[-3:])
+    chunks = tuple(group[ngff.IMAGE_PATH].chunks[-3:])
+    existing = set(mask_arrays(group))
+    image_ome = group.attrs.get("ome") or _plain_ome(group)
+    labelled = _label_names(group)
     group.store.close()
     names = [m.name for m in masks]
     if len(set(names)) != len(names):
@@ -70,17 +88,19 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
             raise InputError(f"{path}: mask {mask.name!r} exists (replace=False)")
     if not masks:
         return []
+    listed = sorted(set(labelled) | set(names))
     if kind == StoreKind.DIR:
-        _write_dir(path, masks, chunks)
+        _write_dir(path, masks, chunks, image_ome, listed)
     else:
         partial = path + PARTIAL
         remove(partial)
         try:
             if kind == StoreKind.ZIP:
-                _copy_zip_without(path, partial, [f"{MASKS_GROUP}/{m.name}/" for m in masks])
+                _copy_zip_without(path, partial, [f"{LABELS_GROUP}/{m.name}/" for m in masks]
+                                  + [f"{MASKS_GROUP}/{m.name}/" for m in masks] + [f"{LABELS_GROUP}/zarr.json"])
             else:
                 shutil.copyfile(path, partial)
-            _write_into(partial, kind, masks, chunks, replace_existing=kind == StoreKind.SQLITE)
+            _write_into(partial, kind, masks, chunks, image_ome, listed)
             os.replace(partial, path)
         except BaseException:
             remove(partial)
@@ -89,72 +109,134 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
 
 
 def open_masks(volume_path: str | os.PathLike) -> dict[str, object]:
-    """The ``masks/<name>`` arrays of a Zarr volume, lazily (index them to read); empty when there are none.
-    ``volume_path`` may be a URL (see :func:`voxelpipe.stores.remote.open_group`).
+    """The masks of a Zarr volume, lazily (index them to read); empty when there are none. ``volume_path`` may be
+    a URL (see :func:`voxelpipe.stores.remote.open_group`).
+
+    Reads the NGFF labels (``labels/<name>/0``) and, for volumes written before them, ``masks/<name>``.
 
     Returns:
         Mask name -> zarr array (slice, row, column), sorted by name.
     """
     group = open_group(volume_path)
-    if MASKS_GROUP not in group:
+    found = mask_arrays(group)
+    if not found:
         group.store.close()
-        return {}
-    return dict(sorted(group[MASKS_GROUP].arrays()))
+    return found
 
 
-def _create(mask: Mask, chunks: tuple[int, ...], group=None, store=None) -> None:
-    """Write ``mask`` as array ``mask.name`` of ``group``, or as the array at the root of ``store``."""
+def mask_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """The full-resolution mask arrays of an open volume group: ``labels/<name>/0`` for each listed label, and
+    any ``masks/<name>`` of an older volume (a label of the same name wins); sorted by name."""
+    found: dict[str, zarr.Array] = {}
+    if MASKS_GROUP in group:
+        found.update(group[MASKS_GROUP].arrays())
+    for name in _label_names(group):
+        try:
+            found[name] = group[f"{LABELS_GROUP}/{name}/0"]
+        except KeyError:
+            continue
+    return dict(sorted(found.items()))
+
+
+def _label_names(group: zarr.Group) -> list[str]:
+    """Names listed in ``labels``' NGFF metadata (empty without a labels group)."""
+    if LABELS_GROUP not in group:
+        return []
+    ome = group[LABELS_GROUP].attrs.get("ome") or {}
+    return [str(name) for name in ome.get("labels", [])]
+
+
+def _plain_ome(group: zarr.Group) -> dict:
+    """NGFF metadata of an older volume without any: unit spacing, no translation, one level."""
+    shape = group[ngff.IMAGE_PATH].shape
+    entry = ngff.multiscale(shape, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], 1, ngff.level_paths(1))
+    return {"version": ngff.NGFF_VERSION, "multiscales": [entry]}
+
+
+def _label_levels(mask: Mask, image_ome: dict) -> list[np.ndarray]:
+    """The mask at every level of the image (level 0 first), by block mode."""
     data = np.ascontiguousarray(mask.array, dtype=np.uint8)
-    options = dict(shape=data.shape, dtype=np.uint8, chunks=chunks, fill_value=0,
-                   compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
-                   dimension_names=["slice", "row", "column"], overwrite=True,
-                   attributes=json.loads(json.dumps(mask.attrs, default=json_default)))
-    if group is not None:
-        array = group.create_array(mask.name, **options)
+    return [data, *ngff.pyramid(data, ngff.level_count(image_ome), labels=True)]
+
+
+def _create(mask: Mask, chunks: tuple[int, ...], image_ome: dict, parent: zarr.Group | None = None,
+            store: zarr.abc.store.Store | None = None) -> None:
+    """Write ``mask`` as the label group ``mask.name`` of ``parent``, or at the root of ``store`` (arrays ``0``,
+    ``1``, ...; NGFF ``image-label`` metadata, set at creation: a zip member is written once)."""
+    attrs = json.loads(json.dumps(mask.attrs, default=json_default))
+    group_attrs = {"ome": ngff.label_ome(image_ome, mask.name, attrs)}
+    if parent is not None:
+        group = parent.create_group(mask.name, attributes=group_attrs)
     else:
-        array = zarr.create_array(store=store, zarr_format=3, **options)
-    array[...] = data
+        group = zarr.create_group(store=store, zarr_format=3, attributes=group_attrs)
+    for index, data in enumerate(_label_levels(mask, image_ome)):
+        array = group.create_array(
+            str(index), shape=data.shape, dtype=np.uint8, chunks=tuple(min(c, n) for c, n in zip(chunks, data.shape)),
+            fill_value=0, compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
+            dimension_names=list(ngff.SPATIAL_AXES), overwrite=True, attributes=attrs if index == 0 else {})
+        array[...] = data
 
 
-def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...]) -> None:
-    """Each mask is written as a standalone array store beside the volume, then renamed into ``masks/``."""
-    masks_dir = os.path.join(path, MASKS_GROUP)
-    if not os.path.exists(os.path.join(masks_dir, "zarr.json")):
-        root = zarr.open_group(store=zarr.storage.LocalStore(path), mode="r+")
-        root.require_group(MASKS_GROUP)
-    staging = path + ".masks" + PARTIAL
+def _write_labels_json(path: str, names: list[str]) -> None:
+    """Replace ``labels/zarr.json`` of a folder store by rename (the list of label names)."""
+    target = os.path.join(path, LABELS_GROUP, "zarr.json")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": ngff.labels_ome(names)}}
+    staging = target + PARTIAL
+    with open(staging, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh)
+    os.replace(staging, target)
+
+
+def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...], image_ome: dict, names: list[str]) -> None:
+    """Each label group is written as a standalone store beside the volume, then renamed into ``labels/``."""
+    labels_dir = os.path.join(path, LABELS_GROUP)
+    staging = path + ".labels" + PARTIAL
     remove(staging)
     os.makedirs(staging)
     try:
         for mask in masks:
-            _create(mask, chunks, store=zarr.storage.LocalStore(os.path.join(staging, mask.name)))
+            _create(mask, chunks, image_ome, store=zarr.storage.LocalStore(os.path.join(staging, mask.name)))
+        os.makedirs(labels_dir, exist_ok=True)
+        if not os.path.exists(os.path.join(labels_dir, "zarr.json")):
+            _write_labels_json(path, [])
         for mask in masks:
-            final = os.path.join(masks_dir, mask.name)
+            final = os.path.join(labels_dir, mask.name)
             old = final + ".old"
             if os.path.exists(final):
                 os.replace(final, old)
             os.replace(os.path.join(staging, mask.name), final)
             remove(old)
+            remove(os.path.join(path, MASKS_GROUP, mask.name))  # an older mask of that name is superseded
+        _write_labels_json(path, names)
     finally:
         remove(staging)
 
 
-def _write_into(path: str, kind: StoreKind, masks: list[Mask], chunks: tuple[int, ...],
-                replace_existing: bool) -> None:
+def _write_into(path: str, kind: StoreKind, masks: list[Mask], chunks: tuple[int, ...], image_ome: dict,
+                names: list[str]) -> None:
     store = open_store(path, kind, "w") if kind == StoreKind.SQLITE else zarr.storage.ZipStore(path, mode="a")
     try:
         root = zarr.open_group(store=store, mode="r+")
-        group = root[MASKS_GROUP] if MASKS_GROUP in root else root.create_group(MASKS_GROUP)
+        if kind == StoreKind.SQLITE:
+            for name in (f"{LABELS_GROUP}/{m.name}" for m in masks):
+                if name in root:
+                    del root[name]
+            for name in (f"{MASKS_GROUP}/{m.name}" for m in masks):
+                if name in root:
+                    del root[name]
+            if LABELS_GROUP in root:
+                root[LABELS_GROUP].attrs.update({"ome": ngff.labels_ome(names)})
+        labels = root[LABELS_GROUP] if LABELS_GROUP in root else \
+            root.create_group(LABELS_GROUP, attributes={"ome": ngff.labels_ome(names)})
         for mask in masks:
-            if replace_existing and mask.name in group:
-                del group[mask.name]
-            _create(mask, chunks, group=group)
+            _create(mask, chunks, image_ome, parent=labels)
     finally:
         store.close()
 
 
 def _copy_zip_without(source: str, target: str, prefixes: list[str]) -> None:
-    """Copy a zip store, leaving out members under ``prefixes`` (masks about to be replaced)."""
+    """Copy a zip store, leaving out members under ``prefixes`` (masks about to be replaced, the labels list)."""
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
             if not any(info.filename.startswith(p) for p in prefixes):

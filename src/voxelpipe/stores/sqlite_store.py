@@ -9,7 +9,7 @@ subclass any zarr-python 3 program can import to read (or write) such a file::
     group = zarr.open_group(SqliteStore("OUT/data/<key>.zarr.sqlite", read_only=True), mode="r")
     image = group["image"][10]            # (row, column) of slice 10; group.attrs holds the geometry
 
-Each row is one zarr key (``zarr.json``, ``image/zarr.json``, ``image/c/0/0/0``, ``masks/<name>/...``) and its
+Each row is one zarr key (``zarr.json``, ``image/zarr.json``, ``image/c/0/0/0``, ``labels/<name>/0/...``) and its
 bytes, exactly what a ``.zarr`` folder holds as files. Tools that open stores by URL or path alone (tensorstore,
 napari, ome-zarr, zarr-python without this class, other languages) cannot open the file; give them a ``.zarr``
 folder, or copy the rows out (each key to a file of that name gives the folder).

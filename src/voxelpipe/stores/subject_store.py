@@ -24,6 +24,13 @@ Chunks: each channel in slabs along array axis 0 (``[1, k, Y, Z]``, about 4 MiB 
 memory, so reading one subject reads whole chunks only. Codecs: HDF5 gzip level 1 with shuffle (as
 ``hdf5_store``), Zarr Blosc zstd level 1 with bitshuffle (as ``zarr_store``).
 
+OME-Zarr (Zarr files only): each of the groups ``image``, ``mask``, ``mask_iso`` is an NGFF 0.5 image group
+whose ``"ome"`` attribute lists one multiscale per complete 3-D subject (named after it; axes ``c`` (channel) then
+the spatial axes named ``x``, ``y``, ``z`` after the patient axis each array axis runs along, e.g. ``c, x, y, z``
+for LAS; scale = spacing, translation = the LPS origin projected on the array axes, mm; see
+:mod:`voxelpipe.stores.ngff`). With ``levels`` > 1 the pyramid levels of ``<group>/<s>`` are
+``<group>/.levels/<s>/1``, ``2``, ... (a name no subject can take); readers keep reading ``<group>/<s>``.
+
 Only the main process writes a store; any number of processes may read a store nobody is writing.
 """
 from __future__ import annotations
@@ -41,6 +48,7 @@ from voxelpipe._version import __version__
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.types import Format
 from voxelpipe.core.volume import json_default
+from voxelpipe.stores import ngff
 from voxelpipe.stores.registry import subject_file_format
 from voxelpipe.stores.zarr_store import remove
 
@@ -72,9 +80,31 @@ LAYOUT_2D = (
     "column_direction, ray_direction, row_positions). Complete when image/<key> has complete = true."
 )
 COMPLETE = "complete"
+LEVELS_GROUP = ".levels"
 JSON_ATTR = "_json"
 CHUNK_BYTES = 4 << 20
 CLEVEL = 1
+
+
+def spatial_axis_names(direction) -> list[str]:
+    """``x``, ``y`` or ``z`` for each array axis: the LPS axis its direction column runs closest to."""
+    columns = np.abs(np.asarray(direction, dtype=np.float64))
+    names = ["xyz"[int(np.argmax(columns[:, axis]))] for axis in range(3)]
+    return names if len(set(names)) == 3 else ["z", "y", "x"]
+
+
+def ngff_entry(subject: str, shape: tuple[int, ...], attrs: dict, levels: int) -> dict | None:
+    """The NGFF multiscale of one subject array ``[C, X, Y, Z]`` from its attrs' ``geometry`` (None for 2-D
+    entries or attrs without geometry)."""
+    geometry = attrs.get("geometry")
+    if len(shape) != 4 or not isinstance(geometry, dict) or \
+            any(geometry.get(k) is None for k in ("spacing", "origin", "direction")):
+        return None
+    names = ["c", *spatial_axis_names(geometry["direction"])]
+    paths = [subject] + [f"{LEVELS_GROUP}/{subject}/{k}" for k in range(1, levels)]
+    return ngff.multiscale(shape, ngff.spacing_of(geometry), ngff.projected_origin(geometry["origin"],
+                           geometry["direction"]), levels, paths, name=subject, axis_names=names,
+                           axis_types=["channel"])
 
 
 def _check_name(subject: str) -> str:
@@ -174,6 +204,7 @@ def _decode_h5_attrs(raw) -> dict:
 
 class _Hdf5Backend:
     kind = Format.HDF5
+    axis_names: list[str] | None = None
 
     def __init__(self, path: str, mode: str):
         self.path = path
@@ -224,6 +255,12 @@ class _Hdf5Backend:
         self.file["image"][name].attrs[COMPLETE] = True
         self.file.flush()
 
+    def put_levels(self, group: str, name: str, levels: list[np.ndarray]) -> None:
+        """HDF5 files hold full resolution only."""
+
+    def set_ngff(self, name: str, entry: dict | None) -> None:
+        """HDF5 files carry no NGFF metadata."""
+
     def get(self, group: str, name: str) -> np.ndarray:
         return self.file[group][name][()]
 
@@ -248,6 +285,7 @@ class _Hdf5Backend:
 
 class _ZarrBackend:
     kind = Format.ZARR
+    axis_names: list[str] | None = None
 
     def __init__(self, path: str, mode: str):
         self.path = path
@@ -294,17 +332,51 @@ class _ZarrBackend:
         return array is not None and bool(array.attrs.get(COMPLETE, False))
 
     def remove(self, name: str) -> None:
+        self.set_ngff(name, None)
         for group in GROUPS:
-            target = os.path.join(self.path, group, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
+            for target in (os.path.join(self.path, group, name), os.path.join(self.path, group, LEVELS_GROUP, name)):
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
 
     def put(self, group: str, name: str, data: np.ndarray) -> None:
+        """Array ``<group>/<name>``; named with :attr:`axis_names` when they fit its dimensions."""
+        names = self.axis_names if self.axis_names and len(self.axis_names) == data.ndim else None
         codec = BloscCodec(cname="zstd", clevel=CLEVEL, shuffle="bitshuffle", typesize=data.dtype.itemsize)
         array = self.root[group].create_array(name, shape=data.shape, dtype=data.dtype,
                                               chunks=chunks_for(data.shape, data.dtype.itemsize),
-                                              compressors=[codec], fill_value=0, overwrite=True)
+                                              compressors=[codec], fill_value=0, overwrite=True,
+                                              dimension_names=names)
         array[...] = data
+
+    def put_levels(self, group: str, name: str, levels: list[np.ndarray]) -> None:
+        """Pyramid levels 1.. of ``<group>/<name>`` as ``<group>/.levels/<name>/<k>``."""
+        for index, data in enumerate(levels, start=1):
+            self.put(group, f"{LEVELS_GROUP}/{name}/{index}", data)
+
+    def set_ngff(self, name: str, entry: dict | None) -> None:
+        """Put (``entry``) or drop (None) subject ``name``'s multiscale in the ``"ome"`` attribute of each group;
+        the masks' entries are the image's with the same paths (each group holds its own arrays)."""
+        for group in GROUPS:
+            found = self._group(group)
+            if found is None:
+                continue
+            ome = dict(found.attrs.get("ome") or {})
+            entries = [e for e in ome.get("multiscales", []) if e.get("name") != name]
+            if entry is None and len(entries) == len(ome.get("multiscales", [])):
+                continue
+            if entry is not None:
+                entries.append(entry)
+            entries.sort(key=lambda e: str(e.get("name")))
+            if entries:
+                found.attrs.update({"ome": {"version": ngff.NGFF_VERSION, "multiscales": entries}})
+            elif "ome" in found.attrs:  # NGFF wants at least one multiscale: no subject, no metadata
+                del found.attrs["ome"]
+
+    def ngff_entry(self, name: str) -> dict | None:
+        """Subject ``name``'s multiscale in ``image``'s ``"ome"`` attribute, or None."""
+        found = self._group("image")
+        entries = (found.attrs.get("ome") or {}).get("multiscales", []) if found is not None else []
+        return next((e for e in entries if e.get("name") == name), None)
 
     def set_attrs(self, name: str, attrs: dict) -> None:
         self.root["image"][name].attrs.update(attrs)
@@ -325,13 +397,26 @@ class _ZarrBackend:
 
     def copy_from(self, other: _ZarrBackend, name: str, new_name: str) -> None:
         """Array folders copied file by file (chunks as they are); image's ``zarr.json`` (holding
-        ``complete``) is the very last file written."""
+        ``complete``) is the very last file written; then the NGFF entry, renamed."""
+        for group in GROUPS:
+            levels = os.path.join(other.path, group, LEVELS_GROUP, name)
+            if os.path.isdir(levels):
+                os.makedirs(os.path.join(self.path, group, LEVELS_GROUP), exist_ok=True)
+                shutil.copytree(levels, os.path.join(self.path, group, LEVELS_GROUP, new_name))
         for group in ("mask", "mask_iso", "image"):
             source = os.path.join(other.path, group, name)
             target = os.path.join(self.path, group, new_name)
             shutil.copytree(source, target,
                             ignore=lambda folder, files, top=source: ["zarr.json"] if folder == top else [])
             shutil.copy2(os.path.join(source, "zarr.json"), os.path.join(target, "zarr.json"))
+        entry = other.ngff_entry(name)
+        if entry is not None:
+            entry = json.loads(json.dumps(entry))
+            entry["name"] = new_name
+            for dataset in entry["datasets"]:
+                dataset["path"] = new_name if dataset["path"] == name else \
+                    f"{LEVELS_GROUP}/{new_name}/{dataset['path'].rsplit('/', 1)[-1]}"
+            self.set_ngff(new_name, entry)
 
     def close(self) -> None:
         pass
@@ -344,7 +429,8 @@ class SubjectStore:
     """A subject file (see the module docstring). Use :func:`open_subject_store`."""
 
     def __init__(self, path: str | os.PathLike, mode: str = "r", kind: Format | str | None = None,
-                 layout: str = LAYOUT, content: str = "subjects"):
+                 layout: str = LAYOUT, content: str = "subjects", levels: int = 1):
+        self.levels = ngff.check_levels(levels)
         if mode not in ("r", "a", "w"):
             raise InputError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         self.path = os.fspath(path).rstrip("/")
@@ -448,12 +534,18 @@ class SubjectStore:
         if COMPLETE in attrs:
             raise InputError(f"subject {subject}: attribute name {COMPLETE!r} is reserved")
         backend = self._backend
+        entry = ngff_entry(subject, image.shape, attrs, self.levels)
+        names = [axis["name"] for axis in entry["axes"]] if entry is not None else None
+        levels = self.levels if entry is not None else 1
         backend.remove(subject)
-        backend.put("mask", subject, mask)
-        backend.put("mask_iso", subject, mask_iso)
-        backend.put("image", subject, image)
+        backend.axis_names = names  # the NGFF axis names the arrays of this subject get (Zarr)
+        for group, data in (("mask", mask), ("mask_iso", mask_iso), ("image", image)):
+            backend.put_levels(group, subject, ngff.pyramid(data, levels, labels=group != "image"))
+            backend.put(group, subject, data)
         backend.set_attrs(subject, attrs)
         backend.mark_complete(subject)
+        if entry is not None:
+            backend.set_ngff(subject, entry)
 
     def copy_subject(self, source: SubjectStore, subject: str, name: str | None = None) -> None:
         """Copy complete ``subject`` of ``source`` into this store (as ``name``): compressed chunks copied as
@@ -477,10 +569,11 @@ def copy_subject(source: SubjectStore, target: SubjectStore, subject: str, name:
 
 
 def open_subject_store(path: str | os.PathLike, mode: str = "r", kind: Format | str | None = None, *,
-                       layout: str = LAYOUT, content: str = "subjects") -> SubjectStore:
+                       layout: str = LAYOUT, content: str = "subjects", levels: int = 1) -> SubjectStore:
     """Open a subject file; its format comes from the suffix (``.h5`` / ``.hdf5`` → HDF5, ``.zarr`` → Zarr
     directory, see :func:`~voxelpipe.stores.registry.subject_file_format`) unless ``kind`` (a ``Format``:
     ``hdf5`` or ``zarr``) is given. ``mode``: ``"r"`` read, ``"a"`` read/write (created when absent),
     ``"w"`` truncate. New files get the file-level attrs ``layout`` (description), ``layout_version``,
-    ``voxelpipe_version``, ``content``."""
-    return SubjectStore(path, mode, kind, layout, content)
+    ``voxelpipe_version``, ``content``. ``levels``: OME-Zarr pyramid levels of the 3-D subjects written (Zarr
+    files; 1 = full resolution only)."""
+    return SubjectStore(path, mode, kind, layout, content, levels)

@@ -116,7 +116,8 @@ def _nifti_url_volume(url: str) -> Volume:
 
 
 def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int, int] = defaults.VOLUME_CHUNKS,
-                clevel: int = defaults.VOLUME_CLEVEL, attrs: dict | None = None) -> int:
+                clevel: int = defaults.VOLUME_CLEVEL, attrs: dict | None = None,
+                levels: int = defaults.VOLUME_LEVELS) -> int:
     """Write a volume as a Zarr store (kind from the suffix: ``.zarr``, ``.zarr.zip``, ``.zarr.sqlite``) with its
     geometry in the attributes, atomically; returns the bytes written. 4-D arrays keep their frame axis.
 
@@ -126,6 +127,7 @@ def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int,
         chunks: spatial chunk shape (slice, row, column), clipped to the array (4-D: one frame per chunk).
         clevel: Blosc zstd level.
         attrs: extra attributes (the geometry's own entries win).
+        levels: OME-Zarr pyramid levels (1 = full resolution only).
 
     Raises:
         StoreError: a name that is not a Zarr volume's.
@@ -140,7 +142,8 @@ def save_volume(volume: Volume, path: str | os.PathLike, chunks: tuple[int, int,
     merged.update(volume.geometry.to_attrs())
     merged["dtype"] = str(np.dtype(array.dtype))
     writer: VolumeWriter = ZarrVolumeWriter(path, store_kind(path), shape, np.dtype(array.dtype), chunk_shape,
-                              json.loads(json.dumps(merged, default=json_default)), clevel=clevel)
+                              json.loads(json.dumps(merged, default=json_default)), clevel=clevel,
+                              levels=levels)
     try:
         depth = spatial[0]
         for z0 in range(0, shape[-3], depth):

@@ -1,4 +1,7 @@
-"""Volumes in Zarr 3: a group holding the ``image`` array (slice, row, column) and, later, ``masks/<name>``.
+"""Volumes in Zarr 3 as OME-Zarr (NGFF 0.5) images: a group holding the ``image`` array (slice, row, column)
+= NGFF axes (z, y, x), its pyramid levels ``levels/1``, ``levels/2``, ... (``levels`` > 1) and, later, the masks
+as NGFF labels ``labels/<name>`` (see :mod:`voxelpipe.stores.masks`). The group attribute ``"ome"`` holds the
+``multiscales`` metadata (:mod:`voxelpipe.stores.ngff`); voxelpipe's own geometry attributes sit beside it.
 
 Stores (suffixes in :mod:`voxelpipe.stores.registry`): ``dir`` (zarr's LocalStore, ``<key>.zarr``), ``zip``
 (ZipStore, ``<key>.zarr.zip``) and ``sqlite`` (``SqliteStore``, ``<key>.zarr.sqlite``). A volume is written under
@@ -24,6 +27,7 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import StoreError
 from voxelpipe.core.types import StoreKind
 from voxelpipe.core.volume import json_default
+from voxelpipe.stores import ngff
 from voxelpipe.stores.registry import STORE_SUFFIXES, store_kind  # noqa: F401  (both also importable from here)
 from voxelpipe.stores.sqlite_store import SqliteStore
 
@@ -75,8 +79,10 @@ class ZarrVolumeWriter:
         shape: array shape, (slice, row, column) or (frame, slice, row, column).
         dtype: array dtype (native or little endian).
         chunks: chunk shape, same axis order as ``shape``.
-        attrs: JSON-ready attributes of the group (geometry, provenance).
+        attrs: JSON-ready attributes of the group (geometry, provenance); with geometry (``spacing``,
+            ``origin``, ``direction``) the group also gets the NGFF ``"ome"`` attribute.
         clevel: Blosc zstd level.
+        levels: pyramid levels (1 = the image only); levels 1.. are written by :meth:`finish` from level 0.
 
     zarr creates the group, array metadata and attributes; the chunks are encoded here with numcodecs' Blosc
     (the same codec and format as zarr's ``BloscCodec``: zstd, bitshuffle, typesize = itemsize) and put into
@@ -85,13 +91,15 @@ class ZarrVolumeWriter:
     """
 
     def __init__(self, path: str, kind: StoreKind | str, shape: tuple[int, ...], dtype: np.dtype,
-                 chunks: tuple[int, ...], attrs: dict, clevel: int = DEFAULT_CLEVEL):
+                 chunks: tuple[int, ...], attrs: dict, clevel: int = DEFAULT_CLEVEL, levels: int = 1):
         self.path = path
         self.kind = kind
         self.partial = path + PARTIAL
         remove(self.partial)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.store = open_store(self.partial, kind, "w")
+        self.levels = levels if has_geometry(attrs) and len(shape) in (3, 4) else 1
+        attrs = with_ome(attrs, shape, self.levels)
         # attributes go in at creation: a zip store cannot rewrite zarr.json without leaving duplicates
         self.group = zarr.create_group(store=self.store, zarr_format=3, attributes=attrs)
         dtype = np.dtype(dtype)
@@ -105,11 +113,17 @@ class ZarrVolumeWriter:
         self.encoder = Blosc(cname="zstd", clevel=clevel, shuffle=Blosc.BITSHUFFLE, blocksize=blocksize)
         codec = BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle", typesize=dtype.itemsize,
                            blocksize=blocksize)
+        names = ngff.dimension_names(len(shape)) if len(shape) in (3, 4) else None
         self.array = self.group.create_array(
-            "image", shape=shape, dtype=dtype, chunks=chunks, compressors=[codec],
-            fill_value=0, dimension_names=["slice", "row", "column"][-len(shape):] if len(shape) <= 3 else
-            ["frame", "slice", "row", "column"],
+            ngff.IMAGE_PATH, shape=shape, dtype=dtype, chunks=chunks, compressors=[codec],
+            fill_value=0, dimension_names=names,
         )
+        self.level_arrays = [
+            self.group.create_array(path, shape=level_shape, dtype=dtype,
+                                    chunks=tuple(min(c, n) for c, n in zip(chunks, level_shape)),
+                                    compressors=[codec], fill_value=0, dimension_names=names)
+            for path, level_shape in zip(ngff.level_paths(self.levels)[1:], ngff.level_shapes(shape, self.levels)[1:])
+        ]
 
     def write(self, start: int, slab: np.ndarray) -> None:
         """Write ``slab`` at ``[start : start + len(slab)]`` along axis 0 (``start`` on a chunk boundary)."""
@@ -157,11 +171,34 @@ class ZarrVolumeWriter:
         return np.asarray(self.array[index])
 
     def set_attrs(self, attrs: dict) -> None:
-        """Add or replace attributes of the group (JSON-ready)."""
+        """Add or replace attributes of the group (JSON-ready); the NGFF metadata follows new geometry."""
+        merged = dict(self.group.attrs)
+        merged.update(attrs)
+        if has_geometry(attrs):
+            attrs = with_ome(merged, self.array.shape, self.levels)
         self.group.attrs.update(attrs)
 
+    def write_levels(self) -> None:
+        """Write pyramid levels 1.. from the stored level 0, frame by frame for a 4-D volume and in slabs of
+        whole level chunks along the slice axis (each chunk of each level written once: a zip member cannot be
+        rewritten; memory stays at one slab)."""
+        if not self.level_arrays:
+            return
+        factors = ngff.level_factors(self.array.shape[-3:], self.levels)
+        depth = self.chunks[-3] * factors[-1][0]  # whole chunks of every level (level chunks <= these chunks)
+        frames = [()] if self.array.ndim == 3 else [(t,) for t in range(self.array.shape[0])]
+        for frame in frames:
+            for z0 in range(0, self.array.shape[-3], depth):
+                slab = np.asarray(self.array[frame + (slice(z0, z0 + depth),)])
+                for array, factor, level in zip(self.level_arrays, factors[1:],
+                                                ngff.pyramid(slab, self.levels, factors=factors)):
+                    if level.shape[0]:
+                        start = z0 // factor[0]
+                        array[frame + (slice(start, start + level.shape[0]),)] = level
+
     def finish(self) -> int:
-        """Close the store and rename it to its final name; returns the bytes on disk."""
+        """Write the pyramid levels, close the store and rename it to its final name; returns the bytes on disk."""
+        self.write_levels()
         self.store.close()
         remove(self.path)
         os.replace(self.partial, self.path)
@@ -173,6 +210,19 @@ class ZarrVolumeWriter:
             self.store.close()
         finally:
             remove(self.partial)
+
+
+def has_geometry(attrs: dict) -> bool:
+    """True when ``attrs`` hold the geometry NGFF metadata is built from (``spacing``, ``origin``, ``direction``)."""
+    return all(attrs.get(name) is not None for name in ("spacing", "origin", "direction"))
+
+
+def with_ome(attrs: dict, shape: tuple[int, ...], levels: int = 1) -> dict:
+    """``attrs`` plus the NGFF 0.5 ``"ome"`` attribute of a volume of level-0 ``shape`` (unchanged when they hold
+    no geometry)."""
+    if not has_geometry(attrs) or len(shape) not in (3, 4):
+        return attrs
+    return dict(attrs, ome=ngff.image_ome(attrs, shape, levels))
 
 
 def disk_size(path: str) -> int:

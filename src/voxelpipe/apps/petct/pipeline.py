@@ -42,6 +42,7 @@ from voxelpipe.ops.resample import index_matrix, is_separable, resample_to, resa
 from voxelpipe.pipelines.masks import report_row
 from voxelpipe.pipelines.scan import scan
 from voxelpipe.pipelines.series_read import read_series
+from voxelpipe.stores.ngff import check_levels
 from voxelpipe.stores.nifti import read_nifti
 from voxelpipe.stores.subject_store import open_subject_store
 from voxelpipe.stores.tables import read_csv, write_csv
@@ -458,14 +459,16 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
               ct_window: Sequence[float] = defaults.PETCT_CT_WINDOW,
               suv_window: Sequence[float] = defaults.PETCT_SUV_WINDOW, rois: Sequence[str] | None = None,
               workers: int | None = None, progress: bool = True, executor: str = defaults.EXECUTOR,
-              scheduler: str | None = None) -> list[dict]:
+              scheduler: str | None = None, levels: int = defaults.VOLUME_LEVELS) -> list[dict]:
     """Prepare every subject of ``source`` (petct-index CSV, or project.zip) into ``out`` (``.h5`` / ``.zarr``).
 
     Subjects already complete in ``out`` are skipped; workers load and prepare, only this process writes.
     ``executor``/``scheduler``: where the per-subject tasks run (:func:`voxelpipe.execution.imap`).
     Returns one status row per subject (``STATUS_COLUMNS``: status ``done`` (written), ``skipped`` (already
-    complete) or ``failed`` with the reason), also written to ``<out stem>_petct.csv``."""
+    complete) or ``failed`` with the reason), also written to ``<out stem>_petct.csv``. ``levels``: OME-Zarr
+    pyramid levels of each subject in a ``.zarr`` file (1 = full resolution only; HDF5 files ignore it)."""
     check_executor(executor, scheduler)
+    check_levels(levels)
     parse_orientation(orientation)  # a bad code fails before any work
     for window, what in ((ct_window, "CT"), (suv_window, "SUV")):
         if len(window) != 2 or not float(window[1]) > float(window[0]):
@@ -477,7 +480,7 @@ def run_petct(source: str | os.PathLike, out: str | os.PathLike, shape: Sequence
                "iso": iso, "iso_suv": iso_suv, "ct_window": tuple(ct_window), "suv_window": tuple(suv_window),
                "rois": list(rois) if rois else None}
     tasks, rows = _tasks(os.fspath(source), options)
-    with open_subject_store(out, "a") as store:
+    with open_subject_store(out, "a", levels=levels) as store:
         todo = []
         for task in tasks:
             if store.has(task.subject_id):
