@@ -162,11 +162,11 @@ def test_open_volume_http_zarr_equals_plain_zarr(study, served):
 
 
 def test_open_masks_http_equals_plain_zarr(study, served):
-    masked = [p for p in (study / "out" / "data").glob("*.zarr") if (p / "masks").is_dir()]
+    masked = [p for p in (study / "out" / "data").glob("*.zarr") if (p / "labels").is_dir()]
     assert masked, "the RTSTRUCT added no masks"
-    for local in masked:
+    for local in masked:  # NGFF labels: labels/<name>/0 is the full-resolution mask
         group = zarr.open_group(store=zarr.storage.LocalStore(str(local), read_only=True), mode="r")
-        expected = {name: np.asarray(array[...]) for name, array in group["masks"].arrays()}
+        expected = {name: np.asarray(label["0"][...]) for name, label in group["labels"].groups()}
         got = open_masks(f"{served}/out/data/{local.name}")
         assert sorted(got) == sorted(expected) and {"Ball", "Box"} <= set(got)
         for name, array in got.items():
@@ -306,7 +306,8 @@ def test_slice_reader_over_http_equals_numpy_slicing(study, served):
     masks = {}
     for url, path in local.items():
         group = zarr.open_group(store=zarr.storage.LocalStore(str(path), read_only=True), mode="r")
-        masks[url] = {n: np.asarray(a[...]) for n, a in group["masks"].arrays()} if "masks" in group else {}
+        masks[url] = ({n: np.asarray(label["0"][...]) for n, label in group["labels"].groups()}
+                      if "labels" in group else {})
     seen = Counter()
     for batch in reader:
         for i, (source, index) in enumerate(zip(batch["source"], batch["index"])):
