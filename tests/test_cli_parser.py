@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from voxelpipe.cli import masks_to_seg, options
+from voxelpipe.cli import options
 from voxelpipe.cli.app import apply_env_defaults, build_parser, flags_win_in_groups, main
 from voxelpipe.core import defaults
 
@@ -35,7 +35,7 @@ SAMPLES = {
     options.float_triple: ("1.5,2,3", (1.5, 2.0, 3.0)),
     options.float_pair: ("-5,7.5", (-5.0, 7.5)),
     options.yes_no: ("no", False),
-    masks_to_seg.names_list: ("GTV,Lung", ["GTV", "Lung"]),
+    options.comma_names: ("GTV,Lung", ["GTV", "Lung"]),
     None: ("some-value", "some-value"),
 }
 

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from voxelpipe.cli.options import add_command, given, progress
+from voxelpipe.cli.options import add_command, comma_names, given, progress
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
 from voxelpipe.core.types import Status
 
 NAME = "export-nnunet"
 PRINT_ROWS = 20  # one line per volume up to this many, else only the failed ones
-
-
-def names(text: str) -> list[str]:
-    """``a,b,c`` as a list of names (blank ones kept: the library refuses them with a message)."""
-    return [part.strip() for part in text.split(",")]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,10 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--dataset-id", required=True, metavar="ID",
                         help="nnU-Net dataset id 1..999 (500 and up avoid its pretrained datasets) (required)")
     parser.add_argument("--name", required=True, help="dataset name: letters, digits, '_', '-' (required)")
-    parser.add_argument("--labels", required=True, metavar="A,B,...",
+    parser.add_argument("--labels", required=True, type=comma_names, metavar="A,B,...",
                         help="mask names in label order (A = 1, B = 2, ...); later labels overwrite earlier ones "
                              "where masks overlap (required)")
-    parser.add_argument("--channels", default=argparse.SUPPRESS, metavar="NAME",
+    parser.add_argument("--channels", type=comma_names, default=argparse.SUPPRESS, metavar="NAME",
                         help="the name of the image channel, e.g. CT (nnU-Net normalises 'CT' by its "
                              "intensities, any other name per image) (default: the volumes' modality)")
     parser.add_argument("--out", default=argparse.SUPPRESS, metavar="RAW",
@@ -50,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from voxelpipe.apps.nnunet.export import dataset_root, export_nnunet  # lazy: see the cli package docstring
 
     options = given(args, ("channels", "out", "overwrite"))
-    if "channels" in options:
-        options["channels"] = names(options["channels"])
-    rows = export_nnunet(args.source, dataset_id=args.dataset_id, name=args.name, labels=names(args.labels),
+    rows = export_nnunet(args.source, dataset_id=args.dataset_id, name=args.name, labels=args.labels,
                          progress=progress(args), **options)
     root = dataset_root(args.source, args.dataset_id, args.name, getattr(args, "out", None))
     cases = sum(1 for r in rows if r["status"] != Status.FAILED and r.get("image"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from voxelpipe.cli.options import EXIT_OK, add_command
+from voxelpipe.cli.options import EXIT_OK, add_command, comma_names
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import InputError
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                      "by OUT/meta/<key>.slices.csv and found in --dicom by SOPInstanceUID.")
     parser.add_argument("out", metavar="OUT", help="convert output folder (holds data/<key>.zarr and meta/)")
     parser.add_argument("--key", required=True, help="the volume's series key: data/<key>.zarr (required)")
-    parser.add_argument("--masks", type=names_list, default=argparse.SUPPRESS, metavar="A,B",
+    parser.add_argument("--masks", type=comma_names, default=argparse.SUPPRESS, metavar="A,B",
                         help="comma-separated mask names, one segment each in this order (default: every mask, "
                              "sorted by name)")
     parser.add_argument("--dicom", default=argparse.SUPPRESS, metavar="DIR",
@@ -45,14 +45,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--series-number", type=int, default=argparse.SUPPRESS,
                         help=f"SeriesNumber of the SEG (default {defaults.SEG_SERIES_NUMBER})")
     return parser
-
-
-def names_list(text: str) -> list[str]:
-    """``a,b`` -> ``["a", "b"]`` (blanks around names dropped)."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated mask names, got {text!r}")
-    return names
 
 
 def mask_codes(option: str, items: list[str]) -> dict[str, str]:

@@ -90,6 +90,15 @@ def with_default(text: str, value: Any) -> str:
     return f"{text} (default {show(value)})".replace("%", "%%")
 
 
+def comma_names(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]`` (an option naming masks, labels or channels); blanks around names
+    dropped; an empty list is a usage error."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def exit_epilog(failed: str | None) -> str:
     """The exit-status paragraph of a command's ``--help``; ``failed``: what makes it exit 1 (None: it never
     does)."""
