@@ -121,8 +121,18 @@ def test_parquet_metadata_matches_csv(study, tmp_path):
     with open(manifest / "metadata.csv", newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh))
     assert table.column_names == header
-    rows_parquet = [{k: ("" if v is None else v) for k, v in row.items()} for row in table.to_pylist()]
-    assert rows_parquet == rows_csv
+    rows_parquet = table.to_pylist()
+    assert len(rows_parquet) == len(rows_csv)
+    for row_parquet, row_csv in zip(rows_parquet, rows_csv):
+        assert list(row_parquet) == list(row_csv)
+        for column, value in row_parquet.items():  # numbers are typed in Parquet (text in the CSV)
+            text = row_csv[column]
+            if value is None:
+                assert text == "" or not text.replace(".", "", 1).lstrip("-").isdigit(), (column, text)
+            elif isinstance(value, (int, float)):
+                assert float(text) == value, (column, text, value)
+            else:
+                assert value == text, (column, text, value)
 
 
 def test_env_variable_named_from_the_long_option(study, tmp_path):

@@ -53,7 +53,7 @@ def test_plain_zarr_reads_sqlite_volume(sqlite_volume):
     try:
         group = zarr.open_group(store, mode="r")
         image = np.asarray(group["image"][...])
-        mask = np.asarray(group["masks/ball"][...])
+        mask = np.asarray(group["labels/ball/0"][...])
         attrs = dict(group.attrs)
     finally:
         store.close()
@@ -64,7 +64,7 @@ def test_plain_zarr_reads_sqlite_volume(sqlite_volume):
 
     reference = _memory_copy(path)  # the same bytes without SqliteStore
     np.testing.assert_array_equal(np.asarray(reference["image"][...]), image)
-    np.testing.assert_array_equal(np.asarray(reference["masks/ball"][...]), ball)
+    np.testing.assert_array_equal(np.asarray(reference["labels/ball/0"][...]), ball)
     assert dict(reference.attrs) == attrs
 
 
