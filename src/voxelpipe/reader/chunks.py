@@ -479,6 +479,8 @@ class ChunkReader:
                 self._keys, self._owns_keys = key_store_of(source), True
             meta = _load_json(self._keys, f"{self.array_path}/zarr.json" if self.array_path else "zarr.json")
             if meta is None:
+                if self._owns_keys:
+                    self._keys.close()
                 raise InputError(f"{source}: no Zarr array at {self.array_path!r}")
             self.layout = parse_metadata(meta, self.array_path)
         except Unsupported as exc:
