@@ -422,6 +422,12 @@ def configure(*, threads: int | None = None, workers: int | None = None, cache_b
             _SHARED.cache = DecodedCache(_SHARED.cache_bytes)
 
 
+def clear_cache() -> None:
+    """Forget this process's decoded chunks."""
+    _SHARED.check()
+    _SHARED.cache.clear()
+
+
 _LOGGED: set[str] = set()
 
 
@@ -731,5 +737,5 @@ def _read_zarr(reads: list) -> None:
 
 
 __all__ = ["ChunkReader", "DEFAULT_CACHE_BYTES", "DecodedCache", "DirKeyStore", "KeyStore", "Layout",
-           "SqliteKeyStore", "Unsupported", "ZipKeyStore", "configure", "key_store_of", "open_key_store",
+           "SqliteKeyStore", "Unsupported", "ZipKeyStore", "clear_cache", "configure", "key_store_of", "open_key_store",
            "parse_metadata", "read_regions"]
