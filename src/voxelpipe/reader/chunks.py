@@ -5,8 +5,9 @@ encoding, fill value, codecs) and, for a region (slice, row, column ranges), fet
 touches directly from the store: files of a ``.zarr`` folder, members of a ``.zarr.zip`` (stored members are read
 by offset, no zipfile call per chunk), rows of a ``.zarr.sqlite`` ``kv`` table. A sharded array
 (``sharding_indexed``) is read inner chunk by inner chunk through byte ranges found in the shard's index. Chunks
-are decoded by Blosc (or zstd) in a small shared thread pool (Blosc releases the GIL) and each chunk's overlap
-with the region is copied into the output; a missing chunk reads as the fill value. Decoded chunks are kept in
+are decoded by Blosc (``blosc2`` when installed, else numcodecs; zstd too) in a small shared thread pool (both
+release the GIL) and each chunk's overlap with the region is copied into the output (a chunk the region covers
+whole is decoded straight into it); a missing chunk reads as the fill value. Decoded chunks are kept in
 a small per-process LRU cache (bounded in bytes), so consecutive slices of 8-deep chunks decode each chunk once.
 
 Anything else (other codecs, a transpose, an irregular grid, a URL store) falls back to zarr-python, logged
@@ -37,6 +38,11 @@ import numcodecs.zstd
 import numpy as np
 import zarr
 from zarr.core.sync import sync
+
+try:  # optional (the "fast" extra): decodes Blosc frames about twice as fast as numcodecs' Blosc
+    import blosc2
+except ImportError:  # pragma: no cover - numcodecs' Blosc is used instead
+    blosc2 = None
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.execution.workers import threads_per_worker
@@ -612,12 +618,17 @@ class ChunkReader:
             return None
         return self._keys.get_range(layout.key(shard), offset, nbytes)
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """A chunk's values (chunk shape, native byte order) from its encoded bytes."""
+    def decode(self, data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+        """A chunk's values (chunk shape, native byte order) from its encoded bytes, into ``out`` when given
+        (C-contiguous, the chunk's shape and stored dtype)."""
         layout = self.layout
-        out = np.empty(layout.chunks, layout.dtype)
+        if out is None:
+            out = np.empty(layout.chunks, layout.dtype)
         if layout.compressor == "blosc":
-            numcodecs.blosc.decompress(data, out)
+            if blosc2 is not None:
+                blosc2.decompress(data, dst=out)
+            else:
+                numcodecs.blosc.decompress(data, out)
         elif layout.compressor == "zstd":
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(numcodecs.zstd.decompress(data), np.uint8)
         else:
@@ -666,12 +677,33 @@ def _plan(reader: ChunkReader, bounds, view: np.ndarray, pieces: dict) -> None:
 
 
 def _fill(reader: ChunkReader, coords, pieces: list[_Piece]) -> None:
+    if len(pieces) == 1 and _decode_into(reader, coords, pieces[0]):
+        return
     values = reader.chunk(coords)
     for piece in pieces:
         if values is None:
             piece.target[piece.dst] = reader.fill_value
         else:
             piece.target[piece.dst] = values[piece.src]
+
+
+def _decode_into(reader: ChunkReader, coords, piece: _Piece) -> bool:
+    """Decode chunk ``coords`` straight into ``piece.target`` when the piece is the whole chunk and the target
+    can hold it as is (bypassing the cache); False when it cannot."""
+    layout = reader.layout
+    target = piece.target[piece.dst]
+    if target.shape != layout.chunks or target.dtype != layout.dtype or not target.flags.c_contiguous:
+        return False
+    cached = _SHARED.cache.get((reader._token, coords))
+    if cached is not None:
+        target[...] = cached
+        return True
+    data = reader.fetch(coords)
+    if data is None:
+        target[...] = reader.fill_value
+    else:
+        reader.decode(data, target)
+    return True
 
 
 def read_regions(reads: Sequence[tuple[ChunkReader, tuple]], outs: Sequence[np.ndarray | None] | None = None
