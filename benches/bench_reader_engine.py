@@ -32,6 +32,8 @@ Run:
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import zarr
@@ -60,8 +62,23 @@ def _per_second(row) -> float | None:
     return reads / row.median if reads and row.median else None
 
 
+def _footer() -> list[str]:
+    return [f"voxelpipe: decoded-chunk cache {DEFAULT_CACHE_BYTES >> 20} MiB, emptied before every round; "
+            f"blosc2 {'used' if blosc2_version() else 'absent (numcodecs Blosc)'}; "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"]
+
+
+def blosc2_version() -> str | None:
+    try:
+        import blosc2  # noqa: PLC0415  (optional: only named in the footer)
+    except ImportError:
+        return None
+    return blosc2.__version__
+
+
 TABLE = RatioTable("reader engine: region reads per second (one consumer thread)", order=IMPLS,
-                   columns=[Column("reads", "reads", "d"), Column("reads/s", _per_second, ".1f")])
+                   columns=[Column("reads", "reads", "d"), Column("reads/s", _per_second, ".1f")],
+                   footer=_footer)
 
 
 @pytest.fixture(scope="module")

@@ -720,6 +720,7 @@ def read_regions(reads: Sequence[tuple[ChunkReader, tuple]], outs: Sequence[np.n
     Raises:
         InputError: a bad region or output shape.
     """
+    _SHARED.check()
     outs = list(outs) if outs is not None else [None] * len(reads)
     results: list[np.ndarray] = []
     pieces: dict = {}
