@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.core.masks import Mask
@@ -193,3 +193,25 @@ def test_no_array_is_an_input_error(tmp_path):
     _write(path, "dir", LAYOUTS["64x64x64"])
     with pytest.raises(InputError):
         ChunkReader(path, "labels/none/0")
+
+
+@pytest.mark.parametrize("variant", ["big-endian", "v2-keys", "zstd", "uncompressed"])
+def test_byte_order_key_encoding_and_codecs(tmp_path, variant):
+    path = str(tmp_path / "v.zarr")
+    options = {"chunks": (8, 64, 64), "compressors": BLOSC}
+    if variant == "big-endian":
+        options["serializer"] = BytesCodec(endian="big")
+    elif variant == "v2-keys":
+        options["chunk_key_encoding"] = {"name": "v2", "separator": "."}
+    elif variant == "zstd":
+        options["compressors"] = ZstdCodec(level=3)
+    else:
+        options["compressors"] = None
+    group = zarr.open_group(path, mode="w")
+    data = _phantom(SHAPE, "float32")
+    group.create_array("image", shape=SHAPE, dtype="float32", **options)[...] = data
+    expected = _plain(path, "dir")
+    with ChunkReader(path) as reader:
+        assert reader.native and reader.dtype == np.dtype("float32")
+        for region in _regions(SHAPE, 5, seed=13):
+            np.testing.assert_array_equal(reader.read(region), expected[region], err_msg=str(region))
