@@ -371,18 +371,27 @@ def test_volume_without_foreground_gets_uniform_patches(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def chunk_reads(monkeypatch):
-    """Records the chunk keys read from LocalStores."""
+    """Records the chunk keys read from LocalStores and by the chunk reader's folder store."""
     from zarr.storage import LocalStore
+
+    from voxelpipe.reader.chunks import DirKeyStore
 
     keys: list[str] = []
     original = LocalStore.get
+    original_dir = DirKeyStore.get
 
     async def get(self, key, *args, **kwargs):
         if "/c/" in key or key.startswith("c/"):
             keys.append(key)
         return await original(self, key, *args, **kwargs)
 
+    def get_dir(self, key):
+        if "/c/" in key or key.startswith("c/"):
+            keys.append(key)
+        return original_dir(self, key)
+
     monkeypatch.setattr(LocalStore, "get", get)
+    monkeypatch.setattr(DirKeyStore, "get", get_dir)
     return keys
 
 

@@ -159,8 +159,7 @@ class PatchReader(VolumeReader):
             out["index"][i] = k
             out["start"][i] = start
             out["foreground"][i] = centred
-        for target, data in zip(targets, read_many(reads)):
-            target[...] = data
+        read_many(reads, targets)
         return out
 
 

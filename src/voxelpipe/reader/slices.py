@@ -52,8 +52,7 @@ class SliceReader(VolumeReader):
                     out["present"][i, k] = True
             out["source"].append(self.paths[v])
             out["index"][i] = z
-        for target, data in zip(targets, read_many(reads)):
-            target[...] = data
+        read_many(reads, targets)
         return out
 
 

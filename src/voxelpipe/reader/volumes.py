@@ -2,9 +2,10 @@
 
 A volume is a Zarr group (``.zarr`` folder, ``.zarr.zip`` or ``.zarr.sqlite``) with an ``image`` array
 (slice, row, column) and optional masks of the same shape (NGFF labels ``labels/<name>/0``, or ``masks/<name>``
-in older volumes). Zarr arrays are indexed with slices, so only the chunks a slice or patch touches are read;
-the regions of one batch are fetched and decoded concurrently in one trip to zarr's event loop (zarr and Blosc
-release the GIL).
+in older volumes). Samples are read through :class:`~voxelpipe.reader.chunks.ChunkReader`: only the chunks a
+slice or patch touches are read, straight from the store, and the chunks of one batch are decoded together in
+a small thread pool (Blosc releases the GIL). Volumes over a URL are read through zarr-python, the regions of
+one batch in one trip to its event loop.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from zarr.core.sync import sync
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.reader.base import BatchReader
+from voxelpipe.reader.chunks import ChunkReader, KeyStore, open_key_store, read_regions
 from voxelpipe.stores.masks import mask_arrays
 from voxelpipe.stores.registry import ZARR_SUFFIXES
 from voxelpipe.stores.remote import is_url, isdir, join, listdir, local_path, open_group, volume_exists
@@ -96,6 +98,35 @@ def open_volume_arrays(path: str):
     return group, group["image"], masks
 
 
+def open_volume_readers(path: str) -> tuple[KeyStore | None, ChunkReader, dict[str, ChunkReader]]:
+    """Open the volume at ``path`` (a local path or a URL) for reading regions.
+
+    Returns:
+        (the store's key reader shared by the arrays, or None over a URL; image reader; {mask name: reader}).
+        Close them with :func:`close_volume_readers`.
+
+    Raises:
+        InputError: ``path`` cannot be opened as a Zarr volume.
+    """
+    group, image, masks = open_volume_arrays(path)
+    if is_url(path):
+        return None, ChunkReader(image), {name: ChunkReader(array) for name, array in masks.items()}
+    paths = {name: array.path for name, array in masks.items()}
+    image_path = image.path
+    group.store.close()
+    keys = open_key_store(path)
+    return keys, ChunkReader(keys, image_path), {name: ChunkReader(keys, p) for name, p in paths.items()}
+
+
+def close_volume_readers(item: tuple) -> None:
+    """Close what :func:`open_volume_readers` opened."""
+    keys, image, masks = item
+    if keys is not None:
+        keys.close()
+    else:
+        image.close()  # over a URL every reader holds the group's one store
+
+
 class OpenVolumes:
     """Per-process cache of open volumes; the least recently used beyond ``limit`` are closed.
 
@@ -113,16 +144,17 @@ class OpenVolumes:
         self._lock = threading.Lock()
 
     def get(self, path: str):
-        """(image array, {mask name: array}) of the volume at ``path``, opened when not cached."""
+        """(image reader, {mask name: reader}) of the volume at ``path``
+        (:class:`~voxelpipe.reader.chunks.ChunkReader`), opened when not cached."""
         with self._lock:
             if self._pid != os.getpid():
                 self._items, self._pid = OrderedDict(), os.getpid()
             item = self._items.pop(path, None)
             if item is None:
-                item = open_volume_arrays(path)
+                item = open_volume_readers(path)
             self._items[path] = item
             while len(self._items) > self.limit:
-                self._items.popitem(last=False)[1][0].store.close()
+                close_volume_readers(self._items.popitem(last=False)[1])
             return item[1], item[2]
 
     def __getstate__(self):
@@ -132,22 +164,28 @@ class OpenVolumes:
         self.__init__(state["limit"])
 
 
-def read_many(reads: list[tuple[object, tuple]]) -> list[np.ndarray]:
-    """``array[selection]`` for every (zarr array, selection) pair, in one trip to zarr's event loop.
-
-    The chunks of a whole batch are fetched and decoded concurrently instead of one array at a time.
+def read_many(reads: list[tuple[object, tuple]], outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """``array[selection]`` for every (array, selection) pair, the chunks of all of them decoded together.
 
     Args:
-        reads: (zarr array, selection tuple) pairs.
+        reads: (ChunkReader or zarr array, selection tuple) pairs; selections of slices (step 1) and integers.
+        outs: Arrays to fill, one per pair (the selection's shape; any dtype the values cast to), or None.
 
     Returns:
-        One numpy array per pair, in order.
+        One numpy array per pair, in order (``outs`` when given).
     """
+    if all(isinstance(array, ChunkReader) for array, _ in reads):
+        return read_regions(reads, outs)
 
     async def gather():
         return await asyncio.gather(*(array.async_array.getitem(selection) for array, selection in reads))
 
-    return [np.asarray(data) for data in sync(gather())] if reads else []
+    found = [np.asarray(data) for data in sync(gather())] if reads else []
+    if outs is None:
+        return found
+    for out, data in zip(outs, found):
+        out[...] = data
+    return list(outs)
 
 
 class VolumeReader(BatchReader):
@@ -187,4 +225,5 @@ class VolumeReader(BatchReader):
         return self._volumes.get(self.paths[v])
 
 
-__all__ = ["OpenVolumes", "VolumeReader", "ZARR_SUFFIXES", "open_volume_arrays", "read_many", "volume_paths"]
+__all__ = ["OpenVolumes", "VolumeReader", "ZARR_SUFFIXES", "close_volume_readers", "open_volume_arrays",
+           "open_volume_readers", "read_many", "volume_paths"]
