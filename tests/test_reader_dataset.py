@@ -5,6 +5,7 @@ with one computed here from the volume's stored geometry attributes and the samp
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections import Counter
 
@@ -16,7 +17,7 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.masks import Mask
 from voxelpipe.core.volume import Volume
-from voxelpipe.reader import PatchReader, SliceReader
+from voxelpipe.reader import PairReader, PatchReader, SliceReader
 from voxelpipe.stores.masks import write_masks
 from voxelpipe.stores.volumes import save_volume
 
@@ -332,3 +333,23 @@ def test_one_rank_is_the_whole_epoch(volumes):
     single = SliceReader(volumes, seed=9, rank=0, world_size=1)
     np.testing.assert_array_equal(whole.rank_order(0), single.order(0))
     assert len(whole.dataset()) == 15
+
+
+def test_pair_dataset_samples(tmp_path):
+    rng = np.random.default_rng(13)
+    written = {}
+    for n in range(3):
+        image = rng.integers(-50, 50, (6, 7), dtype=np.int16)
+        mask = rng.integers(0, 2, (6, 7), dtype=np.uint8)
+        path = tmp_path / "p0" / f"{n:04d}.npz"
+        path.parent.mkdir(exist_ok=True)
+        np.savez_compressed(path, image=image, mask_i=mask, meta_json=json.dumps({"n": n}))
+        written[str(path)] = (image, mask)
+    ds = PairReader(tmp_path, seed=0).dataset()
+    assert len(ds) == 3
+    for i in range(3):
+        sample = ds[i]
+        image, mask = written[sample["source"]]
+        np.testing.assert_array_equal(sample["image"], image[None])
+        np.testing.assert_array_equal(sample["masks"], mask[None])
+        assert sample["meta"] == {"n": int(sample["index"])}
