@@ -186,39 +186,36 @@ def test_patch_dataset_deterministic_per_index_and_epoch(volumes, plain):
     assert first == [np.asarray(ds[i]["start"]).tolist() for i in range(len(ds))]
 
 
-def _loader_keys(ds, workers: int, epochs: int = 2) -> dict[int, list]:
+def _loader_epochs(ds, workers: int, epochs: int = 2) -> tuple[dict[int, list], list[dict]]:
+    """Per epoch, the (source, index) of every sample a shuffling DataLoader yields; and every sample itself."""
     ctx = multiprocessing.get_context("spawn") if workers else None
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=workers,
                                          multiprocessing_context=ctx,
                                          generator=torch.Generator().manual_seed(0))
-    seen = {}
+    keys: dict[int, list] = {}
+    samples = []
     for epoch in range(epochs):
         ds.set_epoch(epoch)
-        keys = []
         for batch in loader:
             assert batch["image"].shape[1:] == (1, 12, 14)
             assert batch["affine"].shape[1:] == (4, 4)
-            keys.extend(zip(batch["source"], batch["index"].tolist()))
-            # content of every loaded sample against plain zarr
+            keys.setdefault(epoch, []).extend(zip(batch["source"], batch["index"].tolist()))
             for i in range(len(batch["source"])):
-                yield_sample = {key: (value[i] if not isinstance(value, int) else value)
-                                for key, value in batch.items() if key != "epoch"}
-                seen.setdefault("samples", []).append(yield_sample)
-        seen[epoch] = keys
-    return seen
+                samples.append({key: value[i].numpy() if isinstance(value, torch.Tensor) else value[i]
+                                for key, value in batch.items()})
+    return keys, samples
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_dataloader_every_sample_once_per_epoch(volumes, plain, workers):
     reader = SliceReader(volumes, seed=4)
     ds = reader.dataset()
-    seen = _loader_keys(ds, workers)
+    keys, samples = _loader_epochs(ds, workers)
     expected = sorted((p, z) for p in volumes for z in range(plain[p][0].shape[0]))
     for epoch in (0, 1):
-        assert sorted(seen[epoch]) == expected
-    for sample in seen["samples"]:
-        _check_slice({k: v.numpy() if hasattr(v, "numpy") else v for k, v in sample.items()}, plain,
-                     reader.mask_names)
+        assert sorted(keys[epoch]) == expected
+    for sample in samples:
+        _check_slice(sample, plain, reader.mask_names)
 
 
 # ----------------------------------------------------------------------------------------------------------
