@@ -9,11 +9,12 @@ Iterating a reader yields one dict of numpy arrays per batch (see :class:`BatchR
 reproducible from the seed, and batches are loaded by a background thread (named ``PREFETCH_THREAD_NAME``) into
 a bounded queue; the thread stops when the consumer closes the iterator or stops early.
 
-``TorchDataset(reader)`` / ``reader.torch()`` wrap a reader as a ``torch.utils.data.IterableDataset`` (torch is
-imported only then).
+``TorchDataset(reader)`` / ``reader.torch()`` wrap a reader as a ``torch.utils.data.IterableDataset`` of
+batches, ``SampleDataset(reader)`` / ``reader.dataset()`` as a map-style ``torch.utils.data.Dataset`` of single
+samples (torch is imported only then).
 """
 from voxelpipe.reader.base import BatchReader
-from voxelpipe.reader.dataset import torch_dataset_class
+from voxelpipe.reader.dataset import sample_dataset_class, torch_dataset_class
 from voxelpipe.reader.pairs import PairReader, pair_files
 from voxelpipe.reader.patches import PatchReader
 from voxelpipe.reader.prefetch import PREFETCH_THREAD_NAME
@@ -25,7 +26,9 @@ __all__ = ["BatchReader", "PREFETCH_THREAD_NAME", "PairReader", "PatchReader", "
 
 
 def __getattr__(name: str):
-    # ``TorchDataset`` is built on first use so that torch stays optional
+    # ``TorchDataset`` and ``SampleDataset`` are built on first use so that torch stays optional
     if name == "TorchDataset":
         return torch_dataset_class()
+    if name == "SampleDataset":
+        return sample_dataset_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,11 @@
 Epoch ``e`` reads the samples in the order of ``np.random.default_rng((seed, e)).permutation(n)`` (or index
 order without shuffling), so every process and DataLoader worker computes the same order from the seed. Batches
 are loaded by a background thread (:mod:`voxelpipe.reader.prefetch`) unless ``prefetch`` is 0.
+
+With ``world_size`` W > 1 (distributed training), rank r reads ``order(e)`` padded to a multiple of W by
+repeating its first samples, then every W-th sample from position r (as torch's ``DistributedSampler``): the
+ranks' parts are disjoint but for those repeats, together cover every sample, and are equally long, so no rank
+waits for another at the end of an epoch.
 """
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.reader.dataset import torch_dataset_class
+from voxelpipe.reader.dataset import sample_dataset_class, torch_dataset_class
 from voxelpipe.reader.prefetch import prefetched
+from voxelpipe.reader.samples import batch_sample
 
 
 class BatchReader:
@@ -25,7 +31,9 @@ class BatchReader:
     - ``mask``: (N, K, ...) uint8, K = ``len(reader.mask_names)``; a mask a sample lacks is zeros, and
     - ``present``: (N, K) bool says which masks the sample has;
     - ``source``: list of N paths; ``index``: (N,) int64 (file number, slice index or patch number);
-    - ``epoch``: int; patches also have ``start`` (N, 3) int64 and ``foreground`` (N,) bool.
+    - ``epoch``: int; patches also have ``start`` (N, 3) int64 and ``foreground`` (N,) bool;
+    - volume readers: ``affine`` (N, 4, 4) float64, index (slice, row, column) of each sample's array -> LPS
+      mm (a slice is a one-slice array), and ``spacing`` (N, 3) float64 mm.
 
     Subclasses set ``samples_per_epoch`` and ``mask_names`` and provide ``_sample`` and ``_load``.
 
@@ -37,6 +45,8 @@ class BatchReader:
         epochs: Epochs one iteration covers (at least 1).
         prefetch: Batches loaded ahead by a background thread (0: load in the consumer's thread).
         dtype: dtype of ``image`` (default: the sources' common dtype).
+        rank: This process's rank (0-based) in distributed training.
+        world_size: Number of ranks; each reads its own part of every epoch (see the module docstring).
 
     Raises:
         InputError: A value out of range.
@@ -45,7 +55,8 @@ class BatchReader:
     samples_per_epoch: int = 0
 
     def __init__(self, *, batch_size: int = 16, shuffle: bool = True, seed: int | None = None,
-                 drop_last: bool = False, epochs: int = 1, prefetch: int = 2, dtype=None):
+                 drop_last: bool = False, epochs: int = 1, prefetch: int = 2, dtype=None, rank: int = 0,
+                 world_size: int = 1):
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if int(epochs) < 1:
@@ -56,6 +67,9 @@ class BatchReader:
             seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
         if int(seed) < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
+        if int(world_size) < 1 or not 0 <= int(rank) < int(world_size):
+            raise InputError(f"rank must be in [0, world_size) with world_size >= 1, got rank {rank}, "
+                             f"world_size {world_size}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
@@ -63,7 +77,10 @@ class BatchReader:
         self.epochs = int(epochs)
         self.prefetch = int(prefetch)
         self.dtype = None if dtype is None else np.dtype(dtype)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
         self._orders: dict[int, np.ndarray] = {}
+        self._parts: dict[int, np.ndarray] = {}
 
     # -- to be provided by subclasses -------------------------------------------------------------------------
     def _sample(self, number: int) -> tuple[int, int]:
@@ -78,13 +95,18 @@ class BatchReader:
         if self.samples_per_epoch == 0:
             raise InputError("no samples to read")
         if self.batches_per_epoch == 0:
-            raise InputError(f"drop_last with batch_size {self.batch_size} > {self.samples_per_epoch} samples "
+            raise InputError(f"drop_last with batch_size {self.batch_size} > {self.samples_per_rank} samples "
                              "per epoch leaves no batch")
 
     @property
+    def samples_per_rank(self) -> int:
+        """Samples this rank reads per epoch: ``ceil(samples_per_epoch / world_size)``."""
+        return math.ceil(self.samples_per_epoch / self.world_size)
+
+    @property
     def batches_per_epoch(self) -> int:
-        """Batches in one epoch."""
-        n, size = self.samples_per_epoch, self.batch_size
+        """Batches in one epoch (of this rank)."""
+        n, size = self.samples_per_rank, self.batch_size
         return n // size if self.drop_last else math.ceil(n / size)
 
     def __len__(self) -> int:
@@ -107,6 +129,23 @@ class BatchReader:
             self._orders = {epoch: order}  # one epoch at a time is all a loop needs
         return order
 
+    def rank_order(self, epoch: int) -> np.ndarray:
+        """This rank's part of :meth:`order`: the epoch's order padded to a multiple of ``world_size`` by
+        repeating its first samples, then every ``world_size``-th sample from position ``rank``.
+
+        Returns:
+            (samples_per_rank,) int64 array of sample numbers; :meth:`order` itself when ``world_size`` is 1.
+        """
+        if self.world_size == 1:
+            return self.order(epoch)
+        part = self._parts.get(epoch)
+        if part is None:
+            order = self.order(epoch)
+            padded = np.resize(order, self.samples_per_rank * self.world_size)  # repeats from the start
+            part = padded[self.rank::self.world_size]
+            self._parts = {epoch: part}
+        return part
+
     def batch(self, epoch: int, number: int) -> dict:
         """Batch ``number`` of ``epoch``, loaded now.
 
@@ -115,7 +154,7 @@ class BatchReader:
         """
         if not 0 <= number < self.batches_per_epoch or epoch < 0:
             raise IndexError(f"no batch {number} of epoch {epoch} ({self.batches_per_epoch} batches per epoch)")
-        order = self.order(epoch)
+        order = self.rank_order(epoch)
         picked = order[number * self.batch_size:(number + 1) * self.batch_size]
         batch = self._load(epoch, [self._sample(int(s)) for s in picked])
         batch["epoch"] = epoch
@@ -146,18 +185,55 @@ class BatchReader:
         """This reader as a ``torch.utils.data.IterableDataset`` (see ``voxelpipe.reader.TorchDataset``)."""
         return torch_dataset_class()(self, first_epoch)
 
+    def sample(self, epoch: int, number: int) -> dict:
+        """Sample ``number`` of the index (0 .. samples_per_epoch - 1) as drawn in ``epoch``, channel first.
+
+        Returns:
+            ``image`` (1, rows, cols) or (1, pz, py, px); ``masks`` (K, ...) uint8 (K = ``len(mask_names)``);
+            ``present`` (K,) bool; ``source``; ``index``; ``epoch``; for volumes ``affine`` (4, 4) and
+            ``spacing`` (3,); for patches ``start`` and ``foreground``.
+
+        Raises:
+            IndexError: No such sample.
+        """
+        if not 0 <= number < self.samples_per_epoch or epoch < 0:
+            raise IndexError(f"no sample {number} in epoch {epoch} ({self.samples_per_epoch} samples per epoch)")
+        sample = batch_sample(self._load(epoch, [self._sample(int(number))]))
+        sample["epoch"] = epoch
+        return sample
+
+    def dataset(self, transform=None, epoch: int = 0):
+        """This reader as a map-style ``torch.utils.data.Dataset`` of single samples (see
+        :meth:`sample`), for ``DataLoader(dataset, batch_size=..., shuffle=..., num_workers=...)``.
+
+        Index ``i`` is sample ``rank_order(epoch)[i]``: its length is this rank's samples per epoch, and a patch
+        drawn for an index depends only on the seed, the epoch and the index. Call ``set_epoch(e)`` on it
+        before each epoch so that patch positions (and, with ``world_size`` > 1, the ranks' parts) change.
+
+        Args:
+            transform: Callable applied to each sample dict (e.g. a MONAI dictionary transform); its result is
+                what the dataset returns.
+            epoch: The first epoch.
+        """
+        return sample_dataset_class()(self, transform, epoch)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_orders"] = {}
+        state["_parts"] = {}
         return state
 
     # -- helpers ----------------------------------------------------------------------------------------------
-    def _empty(self, n: int, shape: tuple[int, ...], dtype) -> dict:
+    def _empty(self, n: int, shape: tuple[int, ...], dtype, geometry: bool = False) -> dict:
         k = len(self.mask_names)
-        return {"image": np.empty((n, *shape), self.dtype or dtype),
-                "mask": np.zeros((n, k, *shape), np.uint8),
-                "present": np.zeros((n, k), bool),
-                "source": [], "index": np.empty(n, np.int64)}
+        out = {"image": np.empty((n, *shape), self.dtype or dtype),
+               "mask": np.zeros((n, k, *shape), np.uint8),
+               "present": np.zeros((n, k), bool),
+               "source": [], "index": np.empty(n, np.int64)}
+        if geometry:
+            out["affine"] = np.empty((n, 4, 4), np.float64)
+            out["spacing"] = np.empty((n, 3), np.float64)
+        return out
 
 
 def common_shape(shapes: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
@@ -178,7 +254,8 @@ def common_shape(shapes: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
     if len(groups) > 1:
         listed = "; ".join(f"{shape}: {len(paths)} file(s), e.g. {paths[0]}" for shape, paths in groups.items())
         raise InputError(f"images differ in (rows, cols), so they cannot share a batch: {listed}. "
-                         "Build one reader per shape (or resample first).")
+                         "Build one reader per shape, resample first, or (slices) give size=(rows, cols) to "
+                         "centre pad/crop every slice.")
     return next(iter(groups), (0, 0))
 
 

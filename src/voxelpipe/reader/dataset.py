@@ -1,6 +1,10 @@
-"""A reader as a ``torch.utils.data.IterableDataset`` (torch is imported only here, on first use).
+"""A reader as a torch dataset (torch is imported only here, on first use).
 
-Use it with ``DataLoader(dataset, batch_size=None, num_workers=W)``: every worker computes the same sample
+``TorchDataset`` (``reader.torch()``) is an ``IterableDataset`` of the reader's batches; ``SampleDataset``
+(``reader.dataset()``) a map-style ``Dataset`` of single samples for the usual
+``DataLoader(dataset, batch_size=..., shuffle=..., num_workers=...)``.
+
+Use the iterable one with ``DataLoader(dataset, batch_size=None, num_workers=W)``: every worker computes the same sample
 order from the seed and loads batches ``w, w + W, ...``, so each sample appears exactly once per epoch, and the
 DataLoader, which takes batches from its workers in turn, yields the same sequence as the reader itself.
 """
@@ -14,6 +18,7 @@ if TYPE_CHECKING:
     from voxelpipe.reader.base import BatchReader
 
 _TORCH_CLASS = None
+_SAMPLE_CLASS = None
 
 
 def torch_dataset_class() -> type:
@@ -64,12 +69,63 @@ def torch_dataset_class() -> type:
     return _TORCH_CLASS
 
 
+def sample_dataset_class() -> type:
+    """The ``SampleDataset`` class, built (and torch imported) on the first call.
+
+    Returns:
+        A ``torch.utils.data.Dataset`` subclass taking ``(reader, transform=None, epoch=0)``.
+
+    Raises:
+        ImportError: torch is not installed.
+    """
+    global _SAMPLE_CLASS
+    if _SAMPLE_CLASS is None:
+        # torch is an optional extra and slow to import: only a caller of the torch adapter pays for it
+        from torch.utils.data import Dataset
+
+        class SampleDataset(Dataset):
+            """A reader's samples as a map-style ``torch.utils.data.Dataset``: index ``i`` is sample
+            ``reader.rank_order(epoch)[i]`` as :meth:`~voxelpipe.reader.base.BatchReader.sample` returns it
+            (numpy arrays, channel first), passed through ``transform`` when given.
+
+            Pickled to DataLoader workers with the reader, which reopens its volumes in each process. Call
+            ``set_epoch(e)`` before each epoch (as with ``DistributedSampler``; not with ``persistent_workers``,
+            which keep the old value) so that random patches and the ranks' parts change.
+            """
+
+            def __init__(self, reader: BatchReader, transform=None, epoch: int = 0):
+                self.reader = reader
+                self.transform = transform
+                self.epoch = int(epoch)
+
+            def set_epoch(self, epoch: int) -> None:
+                self.epoch = int(epoch)
+
+            def __len__(self) -> int:
+                return self.reader.samples_per_rank
+
+            def __getitem__(self, i: int) -> dict:
+                n = len(self)
+                if not -n <= i < n:
+                    raise IndexError(f"sample {i} out of range for {n} samples")
+                number = int(self.reader.rank_order(self.epoch)[i])
+                sample = self.reader.sample(self.epoch, number)
+                return sample if self.transform is None else self.transform(sample)
+
+        SampleDataset.__module__ = __name__
+        SampleDataset.__qualname__ = "SampleDataset"
+        _SAMPLE_CLASS = SampleDataset
+    return _SAMPLE_CLASS
+
+
 def __getattr__(name: str):
-    # ``TorchDataset`` is built on first use so that torch stays optional; being reachable as a module
-    # attribute also lets pickle find it in spawned DataLoader workers.
+    # the dataset classes are built on first use so that torch stays optional; being reachable as module
+    # attributes also lets pickle find them in spawned DataLoader workers.
     if name == "TorchDataset":
         return torch_dataset_class()
+    if name == "SampleDataset":
+        return sample_dataset_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["torch_dataset_class"]
+__all__ = ["sample_dataset_class", "torch_dataset_class"]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from voxelpipe.core.errors import InputError
+from voxelpipe.reader.samples import offset_affine, volume_geometries
 from voxelpipe.reader.volumes import VolumeReader, read_many
 
 
@@ -27,8 +28,9 @@ class PatchReader(VolumeReader):
     ``mask``.
 
     Batches hold ``image`` (N, pz, py, px), ``mask`` (N, K, pz, py, px) uint8, ``index`` (patch number within
-    its volume), ``start`` (N, 3) int64 voxel indices (slice, row, column) and ``foreground`` (N,) bool, with
-    the other keys of :class:`~voxelpipe.reader.base.BatchReader`.
+    its volume), ``start`` (N, 3) int64 voxel indices (slice, row, column), ``foreground`` (N,) bool,
+    ``affine`` (N, 4, 4) of each patch (index -> LPS mm, the volume's shifted by ``start``) and ``spacing``
+    (N, 3), with the other keys of :class:`~voxelpipe.reader.base.BatchReader`.
 
     Args:
         volumes: Volume paths or folders (see :func:`~voxelpipe.reader.volumes.volume_paths`).
@@ -67,6 +69,7 @@ class PatchReader(VolumeReader):
         self.samples_per_epoch = len(self.paths) * self.patches_per_volume
         self._check_batches()
         self._counts: dict[int, tuple | None] = {}
+        self.affines, self.spacings = volume_geometries(self.paths)
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -137,7 +140,7 @@ class PatchReader(VolumeReader):
         return tuple(int(o + i) for o, i in zip(origin, voxel))
 
     def _load(self, epoch: int, samples: list[tuple[int, int]]) -> dict:
-        out = self._empty(len(samples), self.patch_size, self.image_dtype)
+        out = self._empty(len(samples), self.patch_size, self.image_dtype, geometry=True)
         out["start"] = np.empty((len(samples), 3), np.int64)
         out["foreground"] = np.empty(len(samples), bool)
         reads, targets = [], []
@@ -159,6 +162,8 @@ class PatchReader(VolumeReader):
             out["index"][i] = k
             out["start"][i] = start
             out["foreground"][i] = centred
+            out["affine"][i] = offset_affine(self.affines[v], start)
+            out["spacing"][i] = self.spacings[v]
         read_many(reads, targets)
         return out
 
