@@ -22,7 +22,7 @@ from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPol
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
-           "chunks", "clevel", "levels", "summary_suffix", "executor", "scheduler", "uneven", "tilt",
+           "chunks", "layout", "clevel", "levels", "summary_suffix", "executor", "scheduler", "uneven", "tilt",
            "philips_scaling", "nifti_gzip", "max_frame_bytes", "phi")
 
 
@@ -50,8 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--verify-slices", type=non_negative_int, default=argparse.SUPPRESS, metavar="N",
                         help=with_default("slices per series checked by MD5 against pydicom's decode; 0 = off",
                                           defaults.CONVERT_VERIFY_SLICES))
+    parser.add_argument("--layout", choices=list(defaults.VOLUME_LAYOUTS), default=argparse.SUPPRESS,
+                        help=with_default("Zarr chunk and shard shapes: slices (1 x rows x columns chunks) for "
+                                          "2-D training, patches (16x64x64 chunks) for 3-D patches, balanced "
+                                          "(8x128x128 chunks) for both; sharded, 32 slices per shard",
+                                          defaults.VOLUME_LAYOUT))
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
-                        help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
+                        help="plain chunk shape (no shards), instead of --layout; slab depth = Z "
+                             "(default: the layout's)")
     parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
                         help=with_default("Blosc zstd level 0-9 (NIfTI: gzip level, 0 = 6)", defaults.VOLUME_CLEVEL))
     add_levels(parser)
