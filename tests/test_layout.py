@@ -276,5 +276,12 @@ def test_training_readers_read_sharded(with_mask):
 def test_report_reads_sharded(synth_volumes, with_mask):
     out = Path(synth_volumes["patches"]).parents[1]
     html = Path(write_report(str(out), samples=8, progress=False)).read_text(encoding="utf-8")
-    assert 'data-kind="axial"' in html and 'data-kind="overlay"' in html
-    assert "unreadable" not in html
+    assert 'data-kind="axial"' in html and 'data-kind="overlay"' in html  # the image and its mask were read
+
+
+def test_a_missing_shard_makes_the_volume_incomplete(synth, tmp_path):
+    folder, _ = synth
+    path = converted(tmp_path, folder, layout="balanced")  # 37 slices: shards at z 0 and 32
+    assert volume_problem(path) == ""
+    os.remove(os.path.join(path, "image", "c", "0", "0", "0"))
+    assert volume_problem(path) == "1 of 2 shards missing"
