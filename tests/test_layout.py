@@ -36,7 +36,7 @@ from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
 DOCUMENTED_512 = {
     "slices": ([1, 512, 512], [32, 512, 512]),
     "patches": ([16, 64, 64], [32, 512, 512]),
-    "balanced": ([8, 128, 128], [32, 512, 512]),
+    "balanced": ([8, 256, 256], [32, 512, 512]),
 }
 SYNTH = SeriesSpec(n_slices=37, rows=80, columns=72, spacing=(2.0, 0.9, 0.9))
 # the same layouts on the synthetic 37x80x72 series: chunks clipped to the array, shards of whole chunks

@@ -53,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--layout", choices=list(defaults.VOLUME_LAYOUTS), default=argparse.SUPPRESS,
                         help=with_default("Zarr chunk and shard shapes: slices (1 x rows x columns chunks) for "
                                           "2-D training, patches (16x64x64 chunks) for 3-D patches, balanced "
-                                          "(8x128x128 chunks) for both; sharded, 32 slices per shard",
+                                          "(8x256x256 chunks) for both; sharded, 32 slices per shard",
                                           defaults.VOLUME_LAYOUT))
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
                         help="plain chunk shape (no shards), instead of --layout; slab depth = Z "
