@@ -51,9 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help=with_default("slices per series checked by MD5 against pydicom's decode; 0 = off",
                                           defaults.CONVERT_VERIFY_SLICES))
     parser.add_argument("--layout", choices=list(defaults.VOLUME_LAYOUTS), default=argparse.SUPPRESS,
-                        help=with_default("Zarr chunk and shard shapes: slices (1 x rows x columns chunks) for "
-                                          "2-D training, patches (16x64x64 chunks) for 3-D patches, balanced "
-                                          "(8x256x256 chunks) for both; sharded, 32 slices per shard",
+                        help=with_default("Zarr chunk and shard shapes (Z,Y,X; 'all' = the whole axis): slices for "
+                                          "2-D training, patches for 3-D patches, balanced for both: "
+                                          + "; ".join(layout_text(name) for name in defaults.VOLUME_LAYOUTS),
                                           defaults.VOLUME_LAYOUT))
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
                         help="plain chunk shape (no shards), instead of --layout; slab depth = Z "
@@ -88,6 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "scanned with this choice)")
     add_executor(parser, "per-series")
     return parser
+
+
+def layout_text(name: str) -> str:
+    """``name: chunks ZxYxX in shards ZxYxX`` of a layout of ``defaults.VOLUME_LAYOUTS`` (0 shown as ``all``)."""
+    chunks, shards = defaults.VOLUME_LAYOUTS[name]
+
+    def shape(values: tuple[int, ...]) -> str:
+        return "x".join(str(v) if v else "all" for v in values)
+
+    return f"{name}: chunks {shape(chunks)}" + (f" in shards {shape(shards)}" if shards else "")
 
 
 def run(args: argparse.Namespace) -> int:
