@@ -7,7 +7,8 @@ conversions are timed once each (convert seconds, bytes on disk: the layout tabl
 exported for the peers: NIfTI (``convert --format nifti``, .nii.gz), ``.npy`` and an nnU-Net v2 style blosc2
 ``.b2nd`` (64x128x128 chunks of 16x32x32 blocks, zstd clevel 1, bitshuffle).
 
-Implementations (the parameter ids; peers skip with the reason when their package is absent):
+Implementations (parameter ids ``<impl>-<layout>-<kind>`` or ``<impl>-<kind>``, kind = slices or patches; peers
+skip with the reason when their package is absent):
 
 * ``voxelpipe-<layout>``: ``voxelpipe.reader.SliceReader`` / ``PatchReader`` with ``batch_size=1``,
   ``prefetch=0``, one batch per sample (``reader.batch(0, k)``).
@@ -264,11 +265,11 @@ def _cases() -> list:
     for kind in ("slices", "patches"):
         for impl in STORE_IMPLS:
             for layout in LAYOUTS:
-                cases.append(pytest.param(kind, impl, layout, id=f"{kind}-{impl}-{layout}"))
+                cases.append(pytest.param(kind, impl, layout, id=f"{impl}-{layout}-{kind}"))
         for impl in PEERS:
             if kind == "slices" and impl in PATCH_ONLY:
                 continue
-            cases.append(pytest.param(kind, impl, "", id=f"{kind}-{impl}"))
+            cases.append(pytest.param(kind, impl, "", id=f"{impl}-{kind}"))
     return cases
 
 
@@ -308,8 +309,11 @@ TABLE = RatioTable("training reads: slices/s and 64x128x128 patches/s per reader
                    columns=[Column("samples/s", "rate", ".1f"), Column("store", "store", "", align="<")])
 
 
-@pytest.mark.parametrize("kind,impl,layout", _cases())
-def test_reader(benchmark, benchmarks_enabled, reader_data, kind, impl, layout):
+# the argument is not called "impl": docs/hooks/bench_tables.py then labels each row with its whole id
+# (implementation-layout-kind) instead of the bare implementation
+@pytest.mark.parametrize("kind,reader,layout", _cases())
+def test_reader(benchmark, benchmarks_enabled, reader_data, kind, reader, layout):
+    impl = reader
     package = PACKAGES.get(impl)
     if package is not None and importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed (pip install {package})")
