@@ -168,6 +168,7 @@ LIBRARY_DEFAULTS = [
     ("voxelpipe.pipelines.convert:convert", "mode", defaults.CONVERT_MODE),
     ("voxelpipe.pipelines.convert:convert", "verify_slices", defaults.CONVERT_VERIFY_SLICES),
     ("voxelpipe.pipelines.convert:convert", "clevel", defaults.VOLUME_CLEVEL),
+    ("voxelpipe.pipelines.convert:convert", "layout", defaults.VOLUME_LAYOUT),
     ("voxelpipe.pipelines.convert:convert", "executor", defaults.EXECUTOR),
     ("voxelpipe.stores.volumes:save_volume", "chunks", defaults.VOLUME_CHUNKS),
     ("voxelpipe.stores.volumes:save_volume", "clevel", defaults.VOLUME_CLEVEL),
@@ -206,7 +207,8 @@ def test_convert_chunks_default_is_the_writer_default():
     from voxelpipe.pipelines.series_volume import DEFAULT_CHUNKS
 
     assert DEFAULT_CHUNKS == defaults.VOLUME_CHUNKS
-    assert "(default 8,256,256)" in " ".join(COMMAND_PARSERS["convert"].format_help().split())
+    text = " ".join(COMMAND_PARSERS["convert"].format_help().split())
+    assert f"(default {defaults.VOLUME_LAYOUT})" in text and "(default: the layout's)" in text
 
 
 def test_no_default_value_is_written_in_the_cli_modules():

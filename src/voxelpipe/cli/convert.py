@@ -22,7 +22,7 @@ from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPol
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
-           "chunks", "clevel", "levels", "summary_suffix", "executor", "scheduler", "uneven", "tilt",
+           "chunks", "layout", "clevel", "levels", "summary_suffix", "executor", "scheduler", "uneven", "tilt",
            "philips_scaling", "nifti_gzip", "max_frame_bytes", "phi")
 
 
@@ -50,8 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--verify-slices", type=non_negative_int, default=argparse.SUPPRESS, metavar="N",
                         help=with_default("slices per series checked by MD5 against pydicom's decode; 0 = off",
                                           defaults.CONVERT_VERIFY_SLICES))
+    parser.add_argument("--layout", choices=list(defaults.VOLUME_LAYOUTS), default=argparse.SUPPRESS,
+                        help=with_default("Zarr chunk and shard shapes (Z,Y,X; 'all' = the whole axis): slices for "
+                                          "2-D training, patches for 3-D patches, balanced for both: "
+                                          + "; ".join(layout_text(name) for name in defaults.VOLUME_LAYOUTS),
+                                          defaults.VOLUME_LAYOUT))
     parser.add_argument("--chunks", type=int_triple, default=argparse.SUPPRESS, metavar="Z,Y,X",
-                        help=with_default("chunk shape; slab depth = Z", defaults.VOLUME_CHUNKS))
+                        help="plain chunk shape (no shards), instead of --layout; slab depth = Z "
+                             "(default: the layout's)")
     parser.add_argument("--clevel", type=int, default=argparse.SUPPRESS, metavar="L",
                         help=with_default("Blosc zstd level 0-9 (NIfTI: gzip level, 0 = 6)", defaults.VOLUME_CLEVEL))
     add_levels(parser)
@@ -82,6 +88,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "scanned with this choice)")
     add_executor(parser, "per-series")
     return parser
+
+
+def layout_text(name: str) -> str:
+    """``name: chunks ZxYxX in shards ZxYxX`` of a layout of ``defaults.VOLUME_LAYOUTS`` (0 shown as ``all``)."""
+    chunks, shards = defaults.VOLUME_LAYOUTS[name]
+
+    def shape(values: tuple[int, ...]) -> str:
+        return "x".join(str(v) if v else "all" for v in values)
+
+    return f"{name}: chunks {shape(chunks)}" + (f" in shards {shape(shards)}" if shards else "")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,15 @@ SCAN_COLUMN_NAMES = ColumnNames.NAME  # metadata columns "Name (gggg, eeee)"; ke
 CONVERT_FORMAT = Format.ZARR
 CONVERT_STORE = StoreKind.DIR
 CONVERT_MODE = "3d"  # one volume per series; 2d: one array per file
-VOLUME_CHUNKS = (8, 256, 256)  # Zarr chunk shape (slice, row, column); slab depth 8 slices (benches/bench_chunks.py)
+VOLUME_CHUNKS = (8, 256, 256)  # plain Zarr chunk shape (slice, row, column) of save_volume; convert --chunks
+# convert --layout: name -> (chunk shape, shard shape or None), (slice, row, column); 0 = the array's whole extent
+# on that axis (a shard's extent rounded up to whole chunks). Figures: benches/bench_reader.py, docs/guide/convert.md
+VOLUME_LAYOUTS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {
+    "slices": ((1, 0, 0), (32, 0, 0)),  # one slice per chunk, 32 slices per shard
+    "patches": ((16, 64, 64), (32, 0, 0)),  # small cubes-ish chunks for random 3-D patches
+    "balanced": ((8, 256, 256), (32, 0, 0)),  # slices and patches both at a fair speed
+}
+VOLUME_LAYOUT = "balanced"  # convert's default layout (when --chunks is not given)
 VOLUME_CLEVEL = 1  # Blosc zstd level 0-9
 VOLUME_LEVELS = 1  # OME-Zarr pyramid levels of Zarr volumes (1 = full resolution only)
 CONVERT_UNEVEN = UnevenPolicy.RESAMPLE  # uneven slice steps: resample onto a uniform grid (dcm2niix's _Eq)

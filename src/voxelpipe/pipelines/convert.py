@@ -91,7 +91,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
             mode: str = defaults.CONVERT_MODE, workers: int | None = None,
             shard_id: int | None = None, num_shards: int | None = None, overwrite: bool = False,
             verify_slices: int = defaults.CONVERT_VERIFY_SLICES, chunks: tuple[int, int, int] | None = None,
-            clevel: int = defaults.VOLUME_CLEVEL, levels: int = defaults.VOLUME_LEVELS,
+            layout: str = defaults.VOLUME_LAYOUT, clevel: int = defaults.VOLUME_CLEVEL,
+            levels: int = defaults.VOLUME_LEVELS,
             uneven: str = defaults.CONVERT_UNEVEN,
             tilt: str = defaults.CONVERT_TILT, philips_scaling: str = defaults.CONVERT_PHILIPS_SCALING,
             nifti_gzip: bool = defaults.NIFTI_GZIP, max_frame_bytes: int = defaults.CONVERT_MAX_FRAME_BYTES,
@@ -102,7 +103,9 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
 
     ``fmt``: a :class:`~voxelpipe.core.types.Format` word (zarr, hdf5, npz, nifti); ``store``: a
     :class:`~voxelpipe.core.types.StoreKind` word (Zarr only). ``levels``: OME-Zarr pyramid levels of Zarr
-    volumes (1 = none; for viewers, readers keep reading full resolution).
+    volumes (1 = none; for viewers, readers keep reading full resolution). ``layout``: the chunk and shard shapes
+    of the volumes, a name of ``defaults.VOLUME_LAYOUTS`` (slices, patches, balanced); ``chunks`` (plain chunks,
+    no shards) wins when given.
 
     ``inputs``: DICOM folders (scanned first into ``out/manifest``) or ``manifest``: a series CSV from `scan`.
     ``shard_id``/``num_shards``: convert only shard I of N (byte-balanced). ``executor``: ``pool`` (processes of
@@ -113,6 +116,8 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
     """
     started = time.perf_counter()
     fmt, store = _check_options(fmt, store, mode, shard_id, num_shards, chunks, clevel)
+    if layout not in defaults.VOLUME_LAYOUTS:
+        raise InputError(f"--layout must be one of {', '.join(defaults.VOLUME_LAYOUTS)}, got {layout!r}")
     check_levels(levels)
     uneven = member_of(UnevenPolicy, uneven, "uneven")
     tilt = member_of(TiltPolicy, tilt, "tilt")
@@ -147,13 +152,15 @@ def convert(inputs: list[str] | str | None = None, out: str = "voxelpipe-out", *
         if num_shards:
             rows = balance(rows, num_shards)[shard_id]
         suffix = summary_suffix or _default_suffix(manifest, shard_id, num_shards)
-        options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "clevel": clevel, "levels": levels,
+        options = {"format": fmt, "store": store, "mode": mode, "chunks": chunks, "layout": layout, "clevel": clevel,
+                   "levels": levels,
                    "uneven": uneven,
                    "tilt": tilt, "philips_scaling": philips_scaling,
                    "verify_slices": verify_slices, "manifest": os.path.abspath(manifest), "phi": phi}
         tasks = [SeriesTask(key=r["series_key"], paths=files.get(r["series_key"], []), out=out, fmt=fmt, mode=mode,
                             store=store,
-                            chunks=chunks, clevel=clevel, levels=levels, verify_slices=verify_slices,
+                            chunks=chunks, layout=layout, clevel=clevel, levels=levels,
+                            verify_slices=verify_slices,
                             overwrite=overwrite,
                             uneven=uneven, tilt=tilt, philips_scaling=philips_scaling, nifti_gzip=nifti_gzip,
                             max_frame_bytes=max_frame_bytes, phi=phi, secret=secret,

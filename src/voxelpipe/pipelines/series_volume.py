@@ -81,7 +81,8 @@ class SeriesTask:
     fmt: Format = defaults.CONVERT_FORMAT
     mode: str = defaults.CONVERT_MODE  # 3d: one volume per series; 2d: one array per file
     store: StoreKind = defaults.CONVERT_STORE  # zarr only
-    chunks: tuple[int, int, int] | None = None
+    chunks: tuple[int, int, int] | None = None  # plain chunks; when given they win over ``layout``
+    layout: str = defaults.VOLUME_LAYOUT  # a name of defaults.VOLUME_LAYOUTS (chunks and shards)
     clevel: int = defaults.VOLUME_CLEVEL
     levels: int = defaults.VOLUME_LEVELS  # OME-Zarr pyramid levels (Zarr only)
     verify_slices: int = defaults.CONVERT_VERIFY_SLICES
@@ -270,7 +271,8 @@ def _write_regridded(task: SeriesTask, plan: SeriesPlan, decision: GeometryDecis
     if plan.n_frames > 1:
         attrs["axes"] = ["frame", "slice", "row", "column"]
     chunks = _chunks(task, volume.shape)
-    writer: VolumeWriter = _writer(task, volume.shape, FLOAT32, chunks, attrs, plan.ordered[0].record.path)
+    writer: VolumeWriter = _writer(task, volume.shape, FLOAT32, chunks, attrs, plan.ordered[0].record.path,
+                                   _shards(task, volume.shape))
     try:
         if plan.n_frames == 1:
             writer.write(0, volume)
@@ -473,12 +475,13 @@ def _attrs(task: SeriesTask, geometry: Geometry, first: Frame, ordered: list[Fra
     return deidentify_fields(attrs, VOLUME_PHI, task.phi, task.secret)
 
 
-def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "") -> VolumeWriter:
+def _writer(task: SeriesTask, shape, dtype, chunks, attrs, source: str = "",
+            shards: tuple[int, ...] | None = None) -> VolumeWriter:
     if task.fmt == Format.NIFTI:  # the JSON sidecar beside <key>.nii.gz: BIDS fields of the first file
         sidecar = nifti_sidecar(source or (task.paths[0] if task.paths else ""))
         attrs = dict(attrs, sidecar=deidentify_fields(sidecar, SIDECAR_PHI, task.phi, task.secret))
-    return writer_for(task.fmt, task.store, levels=task.levels)(volume_path(task), shape, dtype, chunks, attrs,
-                                                                task.clevel)
+    factory = writer_for(task.fmt, task.store, levels=task.levels, shards=shards)
+    return factory(volume_path(task), shape, dtype, chunks, attrs, task.clevel)
 
 
 def nifti_sidecar(path: str) -> dict:
@@ -488,22 +491,60 @@ def nifti_sidecar(path: str) -> dict:
     return {**fields, "ConversionSoftware": "voxelpipe", "ConversionSoftwareVersion": __version__}
 
 
+def layout_grid(layout: str, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(chunk shape, shard shape or None) of ``layout`` (a name of ``defaults.VOLUME_LAYOUTS``) for a volume of
+    ``shape`` (slice, row, column) or (frame, slice, row, column; one frame per chunk and shard).
+
+    Chunks are clipped to the array; a 0 in the layout means the whole extent of that axis. A shard holds whole
+    chunks (zarr requires it): its extent is rounded up to a multiple of the chunk, and it is dropped when it
+    would hold one chunk only.
+
+    Raises:
+        InputError: an unknown layout name.
+    """
+    try:
+        chunks, shards = defaults.VOLUME_LAYOUTS[layout]
+    except KeyError:
+        raise InputError(f"unknown layout {layout!r}; choose {', '.join(defaults.VOLUME_LAYOUTS)}") from None
+    spatial = shape[-3:]
+    inner = tuple(max(1, min(c or s, s)) for c, s in zip(chunks, spatial))
+    outer = None
+    if shards is not None:
+        outer = tuple(-(-min(b or s, s) // c) * c for b, c, s in zip(shards, inner, spatial))
+        outer = tuple(max(o, c) for o, c in zip(outer, inner))
+        if outer == inner:
+            outer = None
+    lead = () if len(shape) == 3 else (1,)
+    return lead + inner, None if outer is None else lead + outer
+
+
 def _chunks(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...]:
-    chunks = task.chunks or DEFAULT_CHUNKS
-    spatial = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape[-3:]))
+    """The chunk shape (inner chunks of a sharded layout): ``task.chunks`` when given, else the layout's."""
+    if task.chunks is None:
+        return layout_grid(task.layout, shape)[0]
+    spatial = tuple(max(1, min(c, s)) for c, s in zip(task.chunks, shape[-3:]))
     return spatial if len(shape) == 3 else (1,) + spatial
+
+
+def _shards(task: SeriesTask, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shard shape of a Zarr volume (None: plain chunks, as with ``task.chunks`` or another format)."""
+    if task.chunks is not None or task.fmt != Format.ZARR:
+        return None
+    return layout_grid(task.layout, shape)[1]
 
 
 def _write(task: SeriesTask, ordered: list[Frame], shape, n_frames: int, dtype: np.dtype, attrs: dict,
            geometry: Geometry) -> dict:
-    """Stream slabs of ``chunks[0]`` slices: decode → raw slab → rescale kernel → output slab → store."""
+    """Stream slabs of ``chunks[0]`` slices (a shard's depth when sharded): decode → raw slab → rescale kernel →
+    output slab → store."""
     chunks = _chunks(task, shape)
-    depth = chunks[-3]
+    shards = _shards(task, shape)
+    depth = (shards or chunks)[-3]
     fmt = ordered[0].fmt
     raw = np.empty((depth, fmt.rows, fmt.columns), dtype=fmt.stored_dtype)
     out = np.empty((depth, fmt.rows, fmt.columns), dtype=dtype)
     attrs = dict(attrs, dtype=str(dtype))
-    writer: VolumeWriter = _writer(task, shape, dtype, chunks, attrs, ordered[0].record.path)
+    writer: VolumeWriter = _writer(task, shape, dtype, chunks, attrs, ordered[0].record.path, shards)
     n_slices = shape[-3]
     try:
         for t in range(n_frames):

@@ -71,6 +71,8 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
     group = open_volume_group(path)
     shape = tuple(group[ngff.IMAGE_PATH].shape[-3:])
     chunks = tuple(group[ngff.IMAGE_PATH].chunks[-3:])
+    image_shards = group[ngff.IMAGE_PATH].shards  # a sharded image gets sharded masks on the same grid
+    shards = None if image_shards is None else tuple(image_shards[-3:])
     existing = set(mask_arrays(group))
     image_ome = group.attrs.get("ome") or _plain_ome(group)
     labelled = _label_names(group)
@@ -90,7 +92,7 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
         return []
     listed = sorted(set(labelled) | set(names))
     if kind == StoreKind.DIR:
-        _write_dir(path, masks, chunks, image_ome, listed)
+        _write_dir(path, masks, chunks, image_ome, listed, shards)
     else:
         partial = path + PARTIAL
         remove(partial)
@@ -100,7 +102,7 @@ def write_masks(volume_path: str | os.PathLike, masks: list[Mask], replace: bool
                                   + [f"{MASKS_GROUP}/{m.name}/" for m in masks] + [f"{LABELS_GROUP}/zarr.json"])
             else:
                 shutil.copyfile(path, partial)
-            _write_into(partial, kind, masks, chunks, image_ome, listed)
+            _write_into(partial, kind, masks, chunks, image_ome, listed, shards)
             os.replace(partial, path)
         except BaseException:
             remove(partial)
@@ -160,9 +162,10 @@ def _label_levels(mask: Mask, image_ome: dict) -> list[np.ndarray]:
 
 
 def _create(mask: Mask, chunks: tuple[int, ...], image_ome: dict, parent: zarr.Group | None = None,
-            store: zarr.abc.store.Store | None = None) -> None:
+            store: zarr.abc.store.Store | None = None, shards: tuple[int, ...] | None = None) -> None:
     """Write ``mask`` as the label group ``mask.name`` of ``parent``, or at the root of ``store`` (arrays ``0``,
-    ``1``, ...; NGFF ``image-label`` metadata, set at creation: a zip member is written once)."""
+    ``1``, ...; NGFF ``image-label`` metadata, set at creation: a zip member is written once). ``chunks`` and
+    ``shards`` are the image's: level 0 gets the same chunk and shard grid (the other levels plain chunks)."""
     attrs = json.loads(json.dumps(mask.attrs, default=json_default))
     group_attrs = {"ome": ngff.label_ome(image_ome, mask.name, attrs)}
     if parent is not None:
@@ -171,8 +174,10 @@ def _create(mask: Mask, chunks: tuple[int, ...], image_ome: dict, parent: zarr.G
         group = zarr.create_group(store=store, zarr_format=3, attributes=group_attrs)
     for index, data in enumerate(_label_levels(mask, image_ome)):
         array = group.create_array(
-            str(index), shape=data.shape, dtype=np.uint8, chunks=tuple(min(c, n) for c, n in zip(chunks, data.shape)),
-            fill_value=0, compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
+            str(index), shape=data.shape, dtype=np.uint8,
+            chunks=chunks if index == 0 and shards else tuple(min(c, n) for c, n in zip(chunks, data.shape)),
+            shards=shards if index == 0 else None, fill_value=0,
+            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")],
             dimension_names=list(ngff.SPATIAL_AXES), overwrite=True, attributes=attrs if index == 0 else {})
         array[...] = data
 
@@ -188,7 +193,8 @@ def _write_labels_json(path: str, names: list[str]) -> None:
     os.replace(staging, target)
 
 
-def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...], image_ome: dict, names: list[str]) -> None:
+def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...], image_ome: dict, names: list[str],
+               shards: tuple[int, ...] | None = None) -> None:
     """Each label group is written as a standalone store beside the volume, then renamed into ``labels/``."""
     labels_dir = os.path.join(path, LABELS_GROUP)
     staging = path + ".labels" + PARTIAL
@@ -196,7 +202,8 @@ def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...], image_ome:
     os.makedirs(staging)
     try:
         for mask in masks:
-            _create(mask, chunks, image_ome, store=zarr.storage.LocalStore(os.path.join(staging, mask.name)))
+            _create(mask, chunks, image_ome, store=zarr.storage.LocalStore(os.path.join(staging, mask.name)),
+                    shards=shards)
         os.makedirs(labels_dir, exist_ok=True)
         if not os.path.exists(os.path.join(labels_dir, "zarr.json")):
             _write_labels_json(path, [])
@@ -214,7 +221,7 @@ def _write_dir(path: str, masks: list[Mask], chunks: tuple[int, ...], image_ome:
 
 
 def _write_into(path: str, kind: StoreKind, masks: list[Mask], chunks: tuple[int, ...], image_ome: dict,
-                names: list[str]) -> None:
+                names: list[str], shards: tuple[int, ...] | None = None) -> None:
     store = open_store(path, kind, "w") if kind == StoreKind.SQLITE else zarr.storage.ZipStore(path, mode="a")
     try:
         root = zarr.open_group(store=store, mode="r+")
@@ -230,7 +237,7 @@ def _write_into(path: str, kind: StoreKind, masks: list[Mask], chunks: tuple[int
         labels = root[LABELS_GROUP] if LABELS_GROUP in root else \
             root.create_group(LABELS_GROUP, attributes={"ome": ngff.labels_ome(names)})
         for mask in masks:
-            _create(mask, chunks, image_ome, parent=labels)
+            _create(mask, chunks, image_ome, parent=labels, shards=shards)
     finally:
         store.close()
 

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -172,7 +173,8 @@ def volume_problem(path: str | os.PathLike, key: str | None = None) -> str:
     Checked without decoding the volume: the file or store opens (a zip or NPZ with its central directory, an
     SQLite file as long as its header says, a ``.nii.gz`` whose gzip trailer gives the expected size); our
     attributes are present (``series_key`` equal to ``key`` when given, ``shape``, ``dtype``, geometry); the array
-    has that shape and dtype; every chunk of a Zarr array is stored and its last chunk decodes. 2-D mode outputs
+    has that shape and dtype; every chunk (every shard of a sharded array) of a Zarr array is stored and its last
+    chunk decodes. 2-D mode outputs
     (``mode: 2d``) must hold every instance listed in ``meta/<key>.instances.csv`` (Zarr) or in their attrs
     (NPZ). HDF5 run files are checked as a whole by :func:`voxelpipe.stores.hdf5_store.run_file_problem`.
     """
@@ -227,9 +229,14 @@ def _zarr_problem(path: str, key: str | None) -> str:
         problem = _array_problem(array.shape, array.dtype, attrs)
         if problem:
             return problem
-        stored = array.nchunks_initialized
-        if stored != array.nchunks:
-            return f"{array.nchunks - stored} of {array.nchunks} chunks missing"
+        if array.shards is None:
+            stored, expected, unit = array.nchunks_initialized, array.nchunks, "chunks"
+        else:  # zarr counts every inner chunk slot of each stored shard
+            per_shard = math.prod(s // c for s, c in zip(array.shards, array.chunks))
+            stored = array.nchunks_initialized // per_shard
+            expected, unit = math.prod(-(-n // s) for n, s in zip(array.shape, array.shards)), "shards"
+        if stored != expected:
+            return f"{expected - stored} of {expected} {unit} missing"
         np.asarray(array[tuple(slice(n - 1, n) for n in array.shape)])  # the last chunk decodes
         return ""
     finally:

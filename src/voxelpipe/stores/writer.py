@@ -73,13 +73,16 @@ def _npz_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tupl
     return NpzVolumeWriter(path, shape, dtype, chunks, attrs, clevel=clevel)
 
 
-def writer_for(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR, levels: int = 1) -> WriterFactory:
+def writer_for(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR, levels: int = 1,
+               shards: tuple[int, ...] | None = None) -> WriterFactory:
     """The writer of output format ``fmt`` (Zarr in store ``kind``; ``kind`` is ignored for HDF5, NPZ, NIfTI).
 
     Call the result as ``factory(path, shape, dtype, chunks, attrs, clevel)``: ``shape`` and ``chunks`` in array
     axis order (slice, row, column) or (frame, slice, row, column), ``attrs`` JSON-ready, ``clevel`` the
     compression level (Zarr Blosc zstd, HDF5 gzip, NIfTI gzip when the path ends in ``.nii.gz``; NPZ is stored
     uncompressed). ``levels`` > 1 adds OME-Zarr pyramid levels to Zarr volumes (ignored for other formats).
+    ``shards``: the shard shape of a sharded Zarr volume (``chunks`` are then its inner chunks and slabs are written
+    a whole shard deep); None for plain chunks; ignored for other formats.
 
     Raises:
         StoreError: unknown format or store kind.
@@ -87,7 +90,7 @@ def writer_for(fmt: Format | str, kind: StoreKind | str = StoreKind.DIR, levels:
     try:
         fmt = Format(fmt)
         if fmt is Format.ZARR:
-            return functools.partial(_zarr_writer, kind=StoreKind(kind), levels=levels)
+            return functools.partial(_zarr_writer, kind=StoreKind(kind), levels=levels, shards=shards)
     except ValueError:
         raise StoreError(f"unknown format '{fmt}' / store kind '{kind}'; choose format {', '.join(Format)} and "
                          f"store {', '.join(StoreKind)}") from None
@@ -102,5 +105,6 @@ def _nifti_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tu
 
 
 def _zarr_writer(path: str, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], attrs: dict,
-                 clevel: int, *, kind: StoreKind, levels: int = 1) -> VolumeWriter:
-    return ZarrVolumeWriter(path, kind, shape, dtype, chunks, attrs, clevel=clevel, levels=levels)
+                 clevel: int, *, kind: StoreKind, levels: int = 1,
+                 shards: tuple[int, ...] | None = None) -> VolumeWriter:
+    return ZarrVolumeWriter(path, kind, shape, dtype, chunks, attrs, clevel=clevel, levels=levels, shards=shards)

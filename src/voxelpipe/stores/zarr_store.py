@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import google_crc32c
 import numpy as np
 import zarr
 from numcodecs import Blosc
@@ -34,6 +35,7 @@ from voxelpipe.stores.sqlite_store import SqliteStore
 PARTIAL = ".partial"
 DEFAULT_CLEVEL = defaults.VOLUME_CLEVEL
 MAX_BLOCKSIZE = 1 << 20
+EMPTY = np.uint64(2**64 - 1)  # shard index entry of an inner chunk that is not stored (read as the fill value)
 
 
 def open_store(path: str, kind: StoreKind | str, mode: str = "r") -> zarr.abc.store.Store:
@@ -78,20 +80,27 @@ class ZarrVolumeWriter:
         kind: ``dir``, ``zip`` or ``sqlite``.
         shape: array shape, (slice, row, column) or (frame, slice, row, column).
         dtype: array dtype (native or little endian).
-        chunks: chunk shape, same axis order as ``shape``.
+        chunks: chunk shape, same axis order as ``shape`` (the inner chunk shape when ``shards`` is given).
         attrs: JSON-ready attributes of the group (geometry, provenance); with geometry (``spacing``,
             ``origin``, ``direction``) the group also gets the NGFF ``"ome"`` attribute.
         clevel: Blosc zstd level.
         levels: pyramid levels (1 = the image only); levels 1.. are written by :meth:`finish` from level 0.
+        shards: shard shape (a multiple of ``chunks`` on each axis, as zarr requires), or None for
+            plain chunks; with shards the image uses Zarr's ``sharding_indexed`` codec: one stored object per shard
+            holding its inner chunks and an index. Slabs are then written a whole shard deep.
 
     zarr creates the group, array metadata and attributes; the chunks are encoded here with numcodecs' Blosc
     (the same codec and format as zarr's ``BloscCodec``: zstd, bitshuffle, typesize = itemsize) and put into
     the store under zarr's own chunk keys. That skips zarr-python's per-chunk machinery, which halves write
-    throughput (measured: 228 MB/s against 104 MB/s on one core for a CT volume).
+    throughput (measured: 228 MB/s against 104 MB/s on one core for a CT volume). Shards are assembled here
+    too (inner chunks encoded the same way, concatenated, then the index: (offset, nbytes) little-endian uint64
+    per inner chunk in C order followed by its CRC32C, at the end), so a sharded volume is written slab by slab
+    without zarr reading anything back. Inner chunks wholly outside the array are left out of the index.
     """
 
     def __init__(self, path: str, kind: StoreKind | str, shape: tuple[int, ...], dtype: np.dtype,
-                 chunks: tuple[int, ...], attrs: dict, clevel: int = DEFAULT_CLEVEL, levels: int = 1):
+                 chunks: tuple[int, ...], attrs: dict, clevel: int = DEFAULT_CLEVEL, levels: int = 1,
+                 shards: tuple[int, ...] | None = None):
         self.path = path
         self.kind = kind
         self.partial = path + PARTIAL
@@ -107,6 +116,9 @@ class ZarrVolumeWriter:
             raise StoreError("big-endian arrays are not written; zarr's default bytes codec is little endian")
         self.dtype = dtype
         self.chunks = tuple(chunks)
+        self.shards = None if shards is None else tuple(shards)
+        if self.shards is not None and any(s % c for s, c in zip(self.shards, self.chunks)):
+            raise StoreError(f"shard shape {self.shards} is not a multiple of the chunk shape {self.chunks}")
         # one Blosc block per chunk (up to 1 MiB): ~1.7x faster zstd and a slightly better ratio than Blosc's
         # automatic block size on CT chunks (measured: 576-739 against 335 MB/s, ratio 2.63 against 2.53)
         blocksize = min(int(np.prod(chunks)) * dtype.itemsize, MAX_BLOCKSIZE)
@@ -115,7 +127,7 @@ class ZarrVolumeWriter:
                            blocksize=blocksize)
         names = ngff.dimension_names(len(shape)) if len(shape) in (3, 4) else None
         self.array = self.group.create_array(
-            ngff.IMAGE_PATH, shape=shape, dtype=dtype, chunks=chunks, compressors=[codec],
+            ngff.IMAGE_PATH, shape=shape, dtype=dtype, chunks=chunks, shards=self.shards, compressors=[codec],
             fill_value=0, dimension_names=names,
         )
         self.level_arrays = [
@@ -135,27 +147,66 @@ class ZarrVolumeWriter:
         self._write_chunks((frame, slices.start), block[None])
 
     def _write_chunks(self, origin: tuple[int, ...], block: np.ndarray) -> None:
-        """Encode and store every chunk of ``block``, whose leading axes start at ``origin`` (chunk-aligned)
-        and whose remaining axes cover the whole array."""
-        chunks = self.chunks
+        """Encode and store every chunk (or shard) of ``block``, whose leading axes start at ``origin`` (aligned to
+        the chunk or shard grid) and whose remaining axes cover the whole array."""
+        grid_shape = self.shards or self.chunks
         lead = len(origin)
-        if any(o % c for o, c in zip(origin, chunks)):
-            raise StoreError(f"write at {origin} is not aligned to the chunk grid {chunks}")
-        prototype = default_buffer_prototype()
-        full = np.zeros(chunks, dtype=self.dtype)
-        grid = [range(0, n, c) for n, c in zip(block.shape, chunks)]
+        if any(o % c for o, c in zip(origin, grid_shape)):
+            raise StoreError(f"write at {origin} is not aligned to the {'shard' if self.shards else 'chunk'} "
+                             f"grid {grid_shape}")
+        shape = self.array.shape
+        grid = [range(0, n, c) for n, c in zip(block.shape, grid_shape)]
         encoded: dict[str, bytes] = {}
         for starts in np.ndindex(*(len(g) for g in grid)):
             lo = [grid[a][i] for a, i in enumerate(starts)]
-            piece = block[tuple(slice(start, start + c) for start, c in zip(lo, chunks))]
-            if piece.shape != chunks:  # edge chunk: zarr stores whole chunks padded with the fill value
-                full[...] = 0
-                full[tuple(slice(0, n) for n in piece.shape)] = piece
-                piece = full
-            index = tuple((origin[a] + lo[a]) // chunks[a] if a < lead else lo[a] // chunks[a]
-                          for a in range(len(chunks)))
-            key = "image/" + self.array.metadata.encode_chunk_key(index)
-            encoded[key] = self.encoder.encode(np.ascontiguousarray(piece))
+            piece = block[tuple(slice(start, start + c) for start, c in zip(lo, grid_shape))]
+            index = tuple((origin[a] + lo[a]) // grid_shape[a] if a < lead else lo[a] // grid_shape[a]
+                          for a in range(len(grid_shape)))
+            if self.shards is None:
+                data = self._encode_chunk(piece)
+            else:
+                # whole shards only: a shard's extent is its shard shape clipped to the array
+                absolute = [(origin[a] if a < lead else 0) + lo[a] for a in range(len(grid_shape))]
+                extent = tuple(min(s, n - o) for s, n, o in zip(self.shards, shape, absolute))
+                if piece.shape != extent:
+                    raise StoreError(f"write of {piece.shape} at {tuple(absolute)} does not fill the shard "
+                                     f"{extent}: sharded volumes are written a whole shard at a time")
+                data = self._encode_shard(piece)
+            encoded["image/" + self.array.metadata.encode_chunk_key(index)] = data
+        self._put(encoded)
+
+    def _encode_chunk(self, piece: np.ndarray) -> bytes:
+        """One chunk, padded with the fill value (0) at the array's edge as zarr stores it, Blosc-encoded."""
+        chunks = self.chunks
+        if piece.shape != chunks:
+            full = np.zeros(chunks, dtype=self.dtype)
+            full[tuple(slice(0, n) for n in piece.shape)] = piece
+            piece = full
+        return self.encoder.encode(np.ascontiguousarray(piece))
+
+    def _encode_shard(self, piece: np.ndarray) -> bytes:
+        """One shard of the ``sharding_indexed`` codec: its inner chunks in C order, then the index at the end.
+        ``piece`` is the shard's part inside the array; inner chunks beyond it are not stored."""
+        chunks = self.chunks
+        per_shard = tuple(s // c for s, c in zip(self.shards, chunks))
+        index = np.full(per_shard + (2,), EMPTY, dtype="<u8")
+        parts: list[bytes] = []
+        offset = 0
+        for inner in np.ndindex(*per_shard):
+            lo = [i * c for i, c in zip(inner, chunks)]
+            if any(start >= n for start, n in zip(lo, piece.shape)):
+                continue  # wholly outside the array
+            data = self._encode_chunk(piece[tuple(slice(start, start + c) for start, c in zip(lo, chunks))])
+            index[inner] = (offset, len(data))
+            parts.append(data)
+            offset += len(data)
+        table = index.tobytes()
+        parts.append(table)
+        parts.append(np.uint32(google_crc32c.value(table)).astype("<u4").tobytes())
+        return b"".join(parts)
+
+    def _put(self, encoded: dict[str, bytes]) -> None:
+        prototype = default_buffer_prototype()
         if self.kind == "dir":
             # LocalStore layout is one file per key; writing them here is ~3x faster than the async store API
             for key, data in encoded.items():
