@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.uid import generate_uid
@@ -55,3 +56,16 @@ def decode_png_data_uri(src: str) -> Image.Image:
     assert image.format == "PNG"
     image.load()
     return image
+
+
+CT_CENTRE, CT_WIDTH = 40.0, 400.0  # the report's CT window (HU)
+
+
+def ct_window(x: np.ndarray) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 linear VOI function, output 0..255, W400/L40 (the reference for the report's
+    CT pictures)."""
+    x = x.astype(np.float64)
+    c, w = CT_CENTRE, CT_WIDTH
+    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0
+    y = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0, np.where(x > c - 0.5 + (w - 1) / 2, 255.0, y))
+    return np.rint(y).astype(np.uint8)

@@ -32,9 +32,7 @@ from voxelpipe.pipelines.masks import add_masks
 from voxelpipe.stores.masks import open_masks, write_masks
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
-from helpers import decode_png_data_uri, resave, sha_key
-
-CT_CENTRE, CT_WIDTH = 40.0, 400.0
+from helpers import ct_window, decode_png_data_uri, resave, sha_key
 
 # ----------------------------------------------------------------------------------------------------------
 # independent references: HTML characters and structure, pictures, windowing
@@ -103,15 +101,6 @@ def check_page(path: str | os.PathLike) -> tuple[str, StrictPage]:
     assert not page.errors, page.errors[:5]
     assert page.stack == [], page.stack
     return text, page
-
-
-def ct_window(x: np.ndarray) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2.1 linear VOI function, output 0..255, W400/L40."""
-    x = x.astype(np.float64)
-    c, w = CT_CENTRE, CT_WIDTH
-    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0
-    y = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0, np.where(x > c - 0.5 + (w - 1) / 2, 255.0, y))
-    return np.rint(y).astype(np.uint8)
 
 
 def hu_of(path: str | os.PathLike) -> np.ndarray:

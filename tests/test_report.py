@@ -33,10 +33,9 @@ from voxelpipe.core.errors import InputError
 from voxelpipe.pipelines.masks import add_masks_from_manifest
 from voxelpipe.testing.synthetic import SeriesSpec, sphere_contours, write_demo_study, write_rtstruct, write_series
 
-from helpers import decode_png_data_uri, resave, sha_key
+from helpers import ct_window, decode_png_data_uri, resave, sha_key
 
 MAX_SIDE = 256  # the README's picture size rule
-CT_CENTRE, CT_WIDTH = 40.0, 400.0
 COLORS = {"Ball": (255, 0, 0), "Box": (0, 255, 0)}
 
 
@@ -159,15 +158,6 @@ def expected_size(n_rows: int, n_cols: int, s_rows: float, s_cols: float) -> tup
     MAX_SIDE pixels."""
     pixel = max(min(s_rows, s_cols), max(n_rows * s_rows, n_cols * s_cols) / MAX_SIDE)
     return round(n_cols * s_cols / pixel), round(n_rows * s_rows / pixel)
-
-
-def ct_window(x: np.ndarray) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2.1 linear VOI function, output 0..255, W400/L40."""
-    x = x.astype(np.float64)
-    c, w = CT_CENTRE, CT_WIDTH
-    y = ((x - (c - 0.5)) / (w - 1) + 0.5) * 255.0
-    y = np.where(x <= c - 0.5 - (w - 1) / 2, 0.0, np.where(x > c - 0.5 + (w - 1) / 2, 255.0, y))
-    return np.rint(y).astype(np.uint8)
 
 
 def percentile_window(x: np.ndarray) -> np.ndarray:
