@@ -35,15 +35,15 @@ from voxelpipe.testing.synthetic import SeriesSpec, phantom_hu, write_series
 # the documented layouts of a 512x512 CT: (inner chunk shape, shard shape)
 DOCUMENTED_512 = {
     "slices": ([1, 512, 512], [32, 512, 512]),
-    "patches": ([16, 64, 64], [32, 512, 512]),
-    "balanced": ([8, 256, 256], [32, 512, 512]),
+    "patches": ([32, 64, 64], [32, 512, 512]),
+    "balanced": ([4, 256, 256], [32, 512, 512]),
 }
 SYNTH = SeriesSpec(n_slices=37, rows=80, columns=72, spacing=(2.0, 0.9, 0.9))
 # the same layouts on the synthetic 37x80x72 series: chunks clipped to the array, shards of whole chunks
 DOCUMENTED_SYNTH = {
     "slices": ([1, 80, 72], [32, 80, 72]),
-    "patches": ([16, 64, 64], [32, 128, 128]),
-    "balanced": ([8, 80, 72], [32, 80, 72]),
+    "patches": ([32, 64, 64], [32, 128, 128]),
+    "balanced": ([4, 80, 72], [32, 80, 72]),
 }
 
 

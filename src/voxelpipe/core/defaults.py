@@ -35,8 +35,8 @@ VOLUME_CHUNKS = (8, 256, 256)  # plain Zarr chunk shape (slice, row, column) of 
 # on that axis (a shard's extent rounded up to whole chunks). Figures: benches/bench_reader.py, docs/guide/convert.md
 VOLUME_LAYOUTS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {
     "slices": ((1, 0, 0), (32, 0, 0)),  # one slice per chunk, 32 slices per shard
-    "patches": ((16, 64, 64), (32, 0, 0)),  # small cubes-ish chunks for random 3-D patches
-    "balanced": ((8, 256, 256), (32, 0, 0)),  # slices and patches both at a fair speed
+    "patches": ((32, 64, 64), (32, 0, 0)),  # small blocks for random 3-D patches
+    "balanced": ((4, 256, 256), (32, 0, 0)),  # slices and patches both fast
 }
 VOLUME_LAYOUT = "balanced"  # convert's default layout (when --chunks is not given)
 VOLUME_CLEVEL = 1  # Blosc zstd level 0-9

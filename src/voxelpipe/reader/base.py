@@ -8,6 +8,11 @@ With ``world_size`` W > 1 (distributed training), rank r reads ``order(e)`` padd
 repeating its first samples, then every W-th sample from position r (as torch's ``DistributedSampler``): the
 ranks' parts are disjoint but for those repeats, together cover every sample, and are equally long, so no rank
 waits for another at the end of an epoch.
+
+With ``group_by_shape`` (2-D readers whose images differ in size), batches are cut from the epoch's order one
+shape at a time (:func:`group_batches`): every batch holds samples of one shape, each sample is in exactly one
+batch, and the last, short batch of each shape is kept unless ``drop_last``. The ranks then take every
+``world_size``-th batch (the list padded by repeating its first batches), so they read equally many batches.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.reader.dataset import sample_dataset_class, torch_dataset_class
+from voxelpipe.reader.grouping import group_batches, shape_groups
 from voxelpipe.reader.prefetch import prefetched
 from voxelpipe.reader.samples import batch_sample
 
@@ -47,6 +53,8 @@ class BatchReader:
         dtype: dtype of ``image`` (default: the sources' common dtype).
         rank: This process's rank (0-based) in distributed training.
         world_size: Number of ranks; each reads its own part of every epoch (see the module docstring).
+        group_by_shape: Batch samples of one shape together (readers of 2-D images of different sizes; see the
+            module docstring) instead of requiring one shape or a ``size``.
 
     Raises:
         InputError: A value out of range.
@@ -56,7 +64,7 @@ class BatchReader:
 
     def __init__(self, *, batch_size: int = 16, shuffle: bool = True, seed: int | None = None,
                  drop_last: bool = False, epochs: int = 1, prefetch: int = 2, dtype=None, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, group_by_shape: bool = False):
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if int(epochs) < 1:
@@ -79,6 +87,8 @@ class BatchReader:
         self.dtype = None if dtype is None else np.dtype(dtype)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.group_by_shape = bool(group_by_shape)
+        self._groups: dict[int, list[np.ndarray]] = {}
         self._orders: dict[int, np.ndarray] = {}
         self._parts: dict[int, np.ndarray] = {}
 
@@ -89,6 +99,11 @@ class BatchReader:
 
     def _load(self, epoch: int, samples: list[tuple[int, int]]) -> dict:
         raise NotImplementedError
+
+    def sample_shapes(self) -> np.ndarray:
+        """(samples_per_epoch,) int64 shape group of every sample number (samples of one group have one
+        shape); all 0 for readers of one shape."""
+        return np.zeros(self.samples_per_epoch, np.int64)
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def _check_batches(self) -> None:
@@ -106,7 +121,12 @@ class BatchReader:
     @property
     def batches_per_epoch(self) -> int:
         """Batches in one epoch (of this rank)."""
-        n, size = self.samples_per_rank, self.batch_size
+        size = self.batch_size
+        if self.group_by_shape:
+            counts = np.bincount(self.sample_shapes())
+            total = int(np.sum(counts // size if self.drop_last else -(-counts // size)))
+            return math.ceil(total / self.world_size)
+        n = self.samples_per_rank
         return n // size if self.drop_last else math.ceil(n / size)
 
     def __len__(self) -> int:
@@ -146,6 +166,23 @@ class BatchReader:
             self._parts = {epoch: part}
         return part
 
+    def grouped_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of ``epoch`` under ``group_by_shape``: sample numbers of one shape each.
+
+        Returns:
+            ``batches_per_epoch`` int64 arrays of sample numbers.
+        """
+        batches = self._groups.get(epoch)
+        if batches is None:
+            everyone = group_batches(self.order(epoch), self.sample_shapes(), self.batch_size, self.drop_last)
+            if self.world_size > 1 and everyone:
+                per_rank = math.ceil(len(everyone) / self.world_size)
+                padded = [everyone[k % len(everyone)] for k in range(per_rank * self.world_size)]
+                everyone = padded[self.rank::self.world_size]
+            batches = everyone
+            self._groups = {epoch: batches}
+        return batches
+
     def batch(self, epoch: int, number: int) -> dict:
         """Batch ``number`` of ``epoch``, loaded now.
 
@@ -154,8 +191,11 @@ class BatchReader:
         """
         if not 0 <= number < self.batches_per_epoch or epoch < 0:
             raise IndexError(f"no batch {number} of epoch {epoch} ({self.batches_per_epoch} batches per epoch)")
-        order = self.rank_order(epoch)
-        picked = order[number * self.batch_size:(number + 1) * self.batch_size]
+        if self.group_by_shape:
+            picked = self.grouped_batches(epoch)[number]
+        else:
+            order = self.rank_order(epoch)
+            picked = order[number * self.batch_size:(number + 1) * self.batch_size]
         batch = self._load(epoch, [self._sample(int(s)) for s in picked])
         batch["epoch"] = epoch
         return batch
@@ -221,6 +261,7 @@ class BatchReader:
         state = self.__dict__.copy()
         state["_orders"] = {}
         state["_parts"] = {}
+        state["_groups"] = {}
         return state
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -254,9 +295,9 @@ def common_shape(shapes: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
     if len(groups) > 1:
         listed = "; ".join(f"{shape}: {len(paths)} file(s), e.g. {paths[0]}" for shape, paths in groups.items())
         raise InputError(f"images differ in (rows, cols), so they cannot share a batch: {listed}. "
-                         "Build one reader per shape, resample first, or (slices) give size=(rows, cols) to "
-                         "centre pad/crop every slice.")
+                         "Pass group_by_shape=True to batch each shape apart, resample first, or (slices) give "
+                         "size=(rows, cols) to centre pad/crop every slice.")
     return next(iter(groups), (0, 0))
 
 
-__all__ = ["BatchReader", "common_shape"]
+__all__ = ["BatchReader", "common_shape", "group_batches", "shape_groups"]  # the last two re-exported

@@ -54,6 +54,8 @@ log = logging.getLogger("voxelpipe")
 
 DEFAULT_CACHE_BYTES = 32 << 20
 """Decoded chunks kept per process (bytes), shared by every reader."""
+_GAP = 256 << 10
+"""Inner chunks of one shard at most this many bytes apart are fetched by one ranged read."""
 MISSING = (1 << 64) - 1
 """Offset and length of an inner chunk a shard does not hold."""
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -396,6 +398,10 @@ class _Shared:
         if self.pool is None:
             with self.lock:
                 if self.pool is None:
+                    if blosc2 is not None:
+                        # python-blosc2 holds the GIL while it decodes unless told otherwise (a process-wide
+                        # switch): without this the decode threads take turns
+                        blosc2.set_releasegil(True)
                     self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="voxelpipe-chunks")
         return self.pool
 
@@ -603,11 +609,12 @@ class ChunkReader:
                 self._indexes.popitem(last=False)
         return index
 
-    def fetch(self, coords: tuple[int, ...]) -> bytes | None:
-        """The encoded bytes of chunk ``coords`` (inner chunk when sharded); None when absent."""
+    def locate(self, coords: tuple[int, ...]) -> tuple[str, int, int | None] | None:
+        """(store key, byte offset, byte count or None for the whole value) of chunk ``coords`` (inner chunk when
+        sharded); None when a shard does not hold it."""
         layout = self.layout
         if not layout.sharded:
-            return self._keys.get(layout.key(coords))
+            return layout.key(coords), 0, None
         per = tuple(s // c for s, c in zip(layout.shard, layout.chunks))
         shard = tuple(c // p for c, p in zip(coords, per))
         index = self.shard_index(shard)
@@ -616,17 +623,25 @@ class ChunkReader:
         offset, nbytes = (int(v) for v in index[tuple(c % p for c, p in zip(coords, per))])
         if offset == MISSING and nbytes == MISSING:
             return None
-        return self._keys.get_range(layout.key(shard), offset, nbytes)
+        return layout.key(shard), offset, nbytes
 
-    def decode(self, data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    def fetch(self, coords: tuple[int, ...]) -> bytes | None:
+        """The encoded bytes of chunk ``coords`` (inner chunk when sharded); None when absent."""
+        where = self.locate(coords)
+        if where is None:
+            return None
+        key, offset, nbytes = where
+        return self._keys.get(key) if nbytes is None else self._keys.get_range(key, offset, nbytes)
+
+    def decode(self, data: bytes, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
         """A chunk's values (chunk shape, native byte order) from its encoded bytes, into ``out`` when given
-        (C-contiguous, the chunk's shape and stored dtype)."""
+        (C-contiguous, the chunk's shape and stored dtype); ``threads`` decode its Blosc blocks (blosc2 only)."""
         layout = self.layout
         if out is None:
             out = np.empty(layout.chunks, layout.dtype)
         if layout.compressor == "blosc":
-            if blosc2 is not None:
-                blosc2.decompress(data, dst=out)
+            if blosc2 is not None:  # a context per call: no global lock, the GIL released (see _Shared)
+                blosc2.decompress2(data, dst=out, nthreads=threads)
             else:
                 numcodecs.blosc.decompress(data, out)
         elif layout.compressor == "zstd":
@@ -676,34 +691,62 @@ def _plan(reader: ChunkReader, bounds, view: np.ndarray, pieces: dict) -> None:
         pieces.setdefault((reader, coords), []).append(_Piece(view, tuple(src), tuple(dst)))
 
 
-def _fill(reader: ChunkReader, coords, pieces: list[_Piece]) -> None:
-    if len(pieces) == 1 and _decode_into(reader, coords, pieces[0]):
-        return
-    values = reader.chunk(coords)
-    for piece in pieces:
-        if values is None:
-            piece.target[piece.dst] = reader.fill_value
-        else:
-            piece.target[piece.dst] = values[piece.src]
-
-
-def _decode_into(reader: ChunkReader, coords, piece: _Piece) -> bool:
-    """Decode chunk ``coords`` straight into ``piece.target`` when the piece is the whole chunk and the target
-    can hold it as is (bypassing the cache); False when it cannot."""
-    layout = reader.layout
-    target = piece.target[piece.dst]
-    if target.shape != layout.chunks or target.dtype != layout.dtype or not target.flags.c_contiguous:
-        return False
-    cached = _SHARED.cache.get((reader._token, coords))
-    if cached is not None:
-        target[...] = cached
-        return True
-    data = reader.fetch(coords)
+def _place(reader: ChunkReader, coords, pieces: list[_Piece], data, threads: int = 1) -> None:
+    """Decode chunk ``coords`` from ``data`` (None: absent, the fill value) into its pieces: straight into the
+    output when one piece is the whole chunk, else through a buffer kept in the cache; ``threads`` decode its
+    blocks."""
     if data is None:
-        target[...] = reader.fill_value
-    else:
-        reader.decode(data, target)
-    return True
+        for piece in pieces:
+            piece.target[piece.dst] = reader.fill_value
+        return
+    layout = reader.layout
+    if len(pieces) == 1:
+        target = pieces[0].target[pieces[0].dst]
+        if target.shape == layout.chunks and target.dtype == layout.dtype and target.flags.c_contiguous:
+            reader.decode(data, target, threads)
+            return
+    values = reader.decode(data, None, threads)
+    _SHARED.cache.put((reader._token, coords), values)
+    for piece in pieces:
+        piece.target[piece.dst] = values[piece.src]
+
+
+def _fetched(reader: ChunkReader, items: list):
+    """(coords, pieces, encoded bytes or None) of every (coords, pieces) of ``reader``: inner chunks of one shard
+    that lie close together are fetched by one ranged read (at most ``_GAP`` unused bytes between them)."""
+    ranged = []
+    for coords, pieces in items:
+        where = reader.locate(coords)
+        if where is None:
+            yield coords, pieces, None
+        elif where[2] is None:
+            yield coords, pieces, reader._keys.get(where[0])
+        else:
+            ranged.append((where, coords, pieces))
+    ranged.sort(key=lambda item: item[0][:2])
+    i = 0
+    while i < len(ranged):
+        key, start, nbytes = ranged[i][0]
+        end, j = start + nbytes, i + 1
+        while j < len(ranged) and ranged[j][0][0] == key and ranged[j][0][1] - end <= _GAP:
+            end = max(end, ranged[j][0][1] + ranged[j][0][2])
+            j += 1
+        data = reader._keys.get_range(key, start, end - start)
+        view = None if data is None else memoryview(data)
+        for (_, offset, nbytes), coords, pieces in ranged[i:j]:
+            yield coords, pieces, None if view is None else view[offset - start:offset - start + nbytes]
+        i = j
+
+
+def _decode_part(part: list, threads: int = 1) -> None:
+    """Fetch and place the (reader, coords, pieces) of ``part`` (one task of a batch); ``threads`` decode each
+    chunk's blocks (a batch of one chunk)."""
+    by_reader: dict = {}
+    for reader, coords, pieces in part:
+        by_reader.setdefault(reader, []).append((coords, pieces))
+    for reader, items in by_reader.items():
+        for coords, pieces, data in _fetched(reader, items):
+            _place(reader, coords, pieces, data, threads)
 
 
 def read_regions(reads: Sequence[tuple[ChunkReader, tuple]], outs: Sequence[np.ndarray | None] | None = None
@@ -742,21 +785,25 @@ def read_regions(reads: Sequence[tuple[ChunkReader, tuple]], outs: Sequence[np.n
         _plan(reader, bounds, out[expand], pieces)
     if fallback:
         _read_zarr(fallback)
-    items = list(pieces.items())
-    if len(items) == 1:
-        (reader, coords), found = items[0]
-        _fill(reader, coords, found)
-    elif items:
-        cache = _SHARED.cache
-        misses = []
-        for (reader, coords), found in items:
-            if cache.get((reader._token, coords)) is not None:
-                _fill(reader, coords, found)
-            else:
-                misses.append((reader, coords, found))
-        pool = _SHARED.executor()
-        for future in [pool.submit(_fill, *miss) for miss in misses]:
-            future.result()
+    cache = _SHARED.cache
+    misses = []
+    for (reader, coords), found in pieces.items():
+        values = cache.get((reader._token, coords))
+        if values is None:
+            misses.append((reader, coords, found))
+            continue
+        for piece in found:
+            piece.target[piece.dst] = values[piece.src]
+    # one task per decode thread, each a run of neighbouring chunks (so its ranged reads stay whole); the
+    # calling thread takes the first
+    tasks = min(_SHARED.threads, len(misses))
+    parts = [misses[k * len(misses) // tasks:(k + 1) * len(misses) // tasks] for k in range(tasks)]
+    futures = [_SHARED.executor().submit(_decode_part, part) for part in parts[1:]]
+    if parts:
+        # a lone chunk (a slice of a one-slice chunk) is split among the threads by Blosc block instead
+        _decode_part(parts[0], _SHARED.threads if len(misses) == 1 else 1)
+    for future in futures:
+        future.result()
     return results
 
 

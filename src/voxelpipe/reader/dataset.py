@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxelpipe.reader.grouping import group_batches
+
 if TYPE_CHECKING:
     from voxelpipe.reader.base import BatchReader
 
@@ -103,6 +105,21 @@ def sample_dataset_class() -> type:
 
             def __len__(self) -> int:
                 return self.reader.samples_per_rank
+
+            def shape_batches(self, batch_size: int, drop_last: bool = False) -> list[list[int]]:
+                """Dataset indices in batches of one image shape each, for
+                ``DataLoader(dataset, batch_sampler=dataset.shape_batches(b))`` when samples differ in shape
+                (the reader's ``group_by_shape``). The epoch's order is already shuffled; call again after
+                ``set_epoch``.
+
+                Args:
+                    batch_size: Samples per batch (at least 1).
+                    drop_last: Leave out each shape's last, short batch.
+                """
+                if int(batch_size) < 1:
+                    raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+                groups = self.reader.sample_shapes()[self.reader.rank_order(self.epoch)]
+                return [b.tolist() for b in group_batches(np.arange(len(self)), groups, int(batch_size), drop_last)]
 
             def __getitem__(self, i: int) -> dict:
                 n = len(self)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.reader.base import BatchReader, common_shape
+from voxelpipe.reader.base import BatchReader, common_shape, shape_groups
 from voxelpipe.stores.remote import is_url, isdir, isfile, join, listdir, local_path, open_binary, read_text
 
 MASK_PREFIX = "mask_"
@@ -135,8 +135,8 @@ class PairReader(BatchReader):
         **options: Passed to :class:`~voxelpipe.reader.base.BatchReader` (batch_size, shuffle, seed ...).
 
     Raises:
-        InputError: A file without a 2-D ``image``, or images of different (rows, cols): one batch is one
-            array (build one reader per shape otherwise).
+        InputError: A file without a 2-D ``image``, or images of different (rows, cols) without
+            ``group_by_shape=True``: one batch is one array.
     """
 
     def __init__(self, source, masks: Sequence[str] | None = None, **options):
@@ -149,7 +149,10 @@ class PairReader(BatchReader):
         kinds = sorted({name[len(MASK_PREFIX):] for arrays in headers for name in arrays
                         if name.startswith(MASK_PREFIX)})
         self.mask_names = list(kinds if masks is None else masks)
-        self.shape = common_shape([(f, a["image"][0]) for f, a in zip(self.files, headers)])
+        self.shapes = [tuple(a["image"][0]) for a in headers]
+        self.shape = None if self.group_by_shape else common_shape(list(zip(self.files, self.shapes)))
+        self._groups_of_samples = shape_groups(self.shapes) if self.group_by_shape else \
+            np.zeros(len(self.files), np.int64)
         self.image_dtype = np.result_type(*[a["image"][1] for a in headers]) if headers else np.dtype(np.int16)
         self.samples_per_epoch = len(self.files)
         self._check_batches()
@@ -157,8 +160,12 @@ class PairReader(BatchReader):
     def _sample(self, number: int) -> tuple[int, int]:
         return number, number
 
+    def sample_shapes(self) -> np.ndarray:
+        return self._groups_of_samples
+
     def _load(self, epoch: int, samples: list[tuple[int, int]]) -> dict:
-        out = self._empty(len(samples), self.shape, self.image_dtype)
+        shape = self.shape or self.shapes[samples[0][0]]  # group_by_shape: one shape per batch
+        out = self._empty(len(samples), shape, self.image_dtype)
         out["meta"] = []
         for i, (number, _) in enumerate(samples):
             path = self.files[number]
@@ -168,8 +175,8 @@ class PairReader(BatchReader):
                     key = MASK_PREFIX + kind
                     if key in data.files:
                         mask = data[key]
-                        if mask.shape != self.shape:
-                            raise InputError(f"{path}: {key} has shape {mask.shape}, the image {self.shape}")
+                        if mask.shape != shape:
+                            raise InputError(f"{path}: {key} has shape {mask.shape}, the image {shape}")
                         out["mask"][i, k] = mask
                         out["present"][i, k] = True
                 out["meta"].append(json.loads(str(data["meta_json"])) if "meta_json" in data.files else {})

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from voxelpipe.core.errors import InputError
-from voxelpipe.reader.base import common_shape
+from voxelpipe.reader.base import common_shape, shape_groups
 from voxelpipe.reader.samples import centre_window, offset_affine, volume_geometries
 from voxelpipe.reader.volumes import VolumeReader, read_many
 
@@ -27,20 +27,24 @@ class SliceReader(VolumeReader):
         volumes: Volume paths or folders (see :func:`~voxelpipe.reader.volumes.volume_paths`).
         masks: Mask names (NGFF ``labels/<name>``, or ``masks/<name>`` of older volumes) to return, in this order;
             None takes every name found in any volume, sorted.
-        size: (rows, cols) of every sample; None: the volumes' own, which must then be the same.
+        size: (rows, cols) of every sample; None: the volumes' own, which must then be the same unless
+            ``group_by_shape=True`` (each batch then holds slices of one (rows, cols)).
         pad_value: Image value of padding (default: the minimum of the sample's volume).
         open_volumes: Volumes kept open per process.
         **options: Passed to :class:`~voxelpipe.reader.base.BatchReader`.
 
     Raises:
-        InputError: Volumes of different (rows, cols) without ``size`` (the message names a file of each
-            shape), a bad ``size``, or no slices.
+        InputError: Volumes of different (rows, cols) without ``size`` or ``group_by_shape`` (the message names
+            a file of each shape), a bad ``size``, or no slices.
     """
 
     def __init__(self, volumes, masks: Sequence[str] | None = None, *, size: Sequence[int] | None = None,
                  pad_value: float | None = None, open_volumes: int = 32, **options):
         super().__init__(volumes, masks, open_volumes, **options)
-        if size is None:
+        self.shape: tuple[int, ...] | None
+        if size is None and self.group_by_shape:
+            self.shape = None  # each batch's own
+        elif size is None:
             self.shape = common_shape([(p, s[1:]) for p, s in zip(self.paths, self.shapes)])
         else:
             self.shape = tuple(int(n) for n in size)
@@ -52,7 +56,13 @@ class SliceReader(VolumeReader):
         counts = np.array([s[0] for s in self.shapes], dtype=np.int64)
         self._ends = np.cumsum(counts)
         self.samples_per_epoch = int(self._ends[-1]) if len(counts) else 0
+        self._groups_of_samples = np.repeat(
+            shape_groups([s[1:] for s in self.shapes]) if self.shape is None else np.zeros(len(counts), np.int64),
+            counts)
         self._check_batches()
+
+    def sample_shapes(self) -> np.ndarray:
+        return self._groups_of_samples
 
     def _sample(self, number: int) -> tuple[int, int]:
         v = int(np.searchsorted(self._ends, number, side="right"))
@@ -67,11 +77,12 @@ class SliceReader(VolumeReader):
         return self._minimums[v]
 
     def _load(self, epoch: int, samples: list[tuple[int, int]]) -> dict:
-        out = self._empty(len(samples), self.shape, self.image_dtype, geometry=True)
+        shape = self.shape or self.shapes[samples[0][0]][1:]  # group_by_shape: one shape per batch
+        out = self._empty(len(samples), shape, self.image_dtype, geometry=True)
         reads, targets = [], []
         for i, (v, z) in enumerate(samples):
             image, masks = self._arrays(v)
-            windows = [centre_window(n, s) for n, s in zip(self.shapes[v][1:], self.shape)]
+            windows = [centre_window(n, s) for n, s in zip(self.shapes[v][1:], shape)]
             region = (z, *(w.source for w in windows))
             place = tuple(w.target for w in windows)
             if any(w.padded for w in windows):
