@@ -3,9 +3,10 @@
 The volume is the NSCLC-Radiomics CT of the shared data (134x512x512 int16) converted by ``convert`` once per
 store layout (``--layout slices``, ``patches``, ``balanced``, the former default ``--chunks 8,256,256``, and plain
 ``1,512,512`` and ``64,64,64`` chunks), one worker; without the shared data, a synthetic CT series of the same
-shape (``voxelpipe.testing.synthetic``). The conversions are timed once each (convert seconds, bytes on disk: the layout table). The same volume is also
-exported for the peers: NIfTI (``convert --format nifti``, .nii.gz), ``.npy`` and an nnU-Net v2 style blosc2
-``.b2nd`` (64x128x128 chunks of 16x32x32 blocks, zstd clevel 1, bitshuffle).
+shape (``voxelpipe.testing.synthetic``). The conversions are timed once each (convert seconds, bytes on disk:
+the layout table). The same volume is also exported for the peers: NIfTI (``convert --format nifti``,
+.nii.gz), ``.npy`` and an nnU-Net v2 style blosc2 ``.b2nd`` (64x128x128 chunks of 16x32x32 blocks, zstd clevel 1,
+bitshuffle).
 
 Implementations (parameter ids ``<impl>-<layout>-<kind>`` or ``<impl>-<kind>``, kind = slices or patches; peers
 skip with the reason when their package is absent):

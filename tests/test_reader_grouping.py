@@ -130,3 +130,21 @@ def test_map_style_shape_batches_with_dataloader(mixed):
             np.testing.assert_array_equal(batch["image"][j, 0].numpy(), mixed[source][z])
             seen.append((source, z))
     assert sorted(seen) == sorted((p, z) for p, a in mixed.items() for z in range(a.shape[0]))
+
+
+def _with_threads(sample: dict) -> dict:
+    """A transform recording the decode threads of the process that loaded the sample."""
+    from voxelpipe.reader.chunks import settings
+
+    return {**sample, "threads": settings()["threads"]}
+
+
+def test_dataloader_workers_size_their_decode_threads(mixed):
+    torch = pytest.importorskip("torch", reason="the map-style dataset needs torch (the torch extra)")
+    reader = SliceReader([p for p in mixed if mixed[p].shape[1:] == (12, 20)], seed=0, prefetch=0)
+    loader = torch.utils.data.DataLoader(reader.dataset(transform=_with_threads), batch_size=4, num_workers=2,
+                                         multiprocessing_context="spawn")
+    threads = {int(t) for batch in loader for t in batch["threads"]}
+    cores = os.cpu_count() or 1
+    # two workers on this machine: each gets at most half the cores (at least one thread)
+    assert threads == {max(1, cores // 2)}

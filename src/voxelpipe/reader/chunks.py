@@ -434,6 +434,12 @@ def configure(*, threads: int | None = None, workers: int | None = None, cache_b
             _SHARED.cache = DecodedCache(_SHARED.cache_bytes)
 
 
+def settings() -> dict[str, int]:
+    """This process's ``threads`` (decode threads) and ``cache_bytes`` (decoded-chunk cache limit)."""
+    _SHARED.check()
+    return {"threads": _SHARED.threads, "cache_bytes": _SHARED.cache_bytes}
+
+
 def clear_cache() -> None:
     """Forget this process's decoded chunks."""
     _SHARED.check()
@@ -818,4 +824,4 @@ def _read_zarr(reads: list) -> None:
 
 __all__ = ["ChunkReader", "DEFAULT_CACHE_BYTES", "DecodedCache", "DirKeyStore", "KeyStore", "Layout",
            "SqliteKeyStore", "Unsupported", "ZipKeyStore", "clear_cache", "configure", "key_store_of", "open_key_store",
-           "parse_metadata", "read_regions"]
+           "parse_metadata", "read_regions", "settings"]

@@ -10,10 +10,12 @@ DataLoader, which takes batches from its workers in turn, yields the same sequen
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from voxelpipe.reader.chunks import configure
 from voxelpipe.reader.grouping import group_batches
 
 if TYPE_CHECKING:
@@ -21,6 +23,16 @@ if TYPE_CHECKING:
 
 _TORCH_CLASS = None
 _SAMPLE_CLASS = None
+_SIZED_PID: int | None = None
+
+
+def size_worker_threads(info) -> None:
+    """In a DataLoader worker (``info`` from ``get_worker_info()``, None in the main process), size this process's
+    decode threads once for ``info.num_workers`` readers, so that workers × threads ≤ cores."""
+    global _SIZED_PID
+    if info is not None and _SIZED_PID != os.getpid():
+        configure(workers=info.num_workers)
+        _SIZED_PID = os.getpid()
 
 
 def torch_dataset_class() -> type:
@@ -60,6 +72,7 @@ def torch_dataset_class() -> type:
 
             def __iter__(self):
                 info = get_worker_info()
+                size_worker_threads(info)
                 worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
                 for batch in self.reader.iterate(self.first_epoch, worker, workers):
                     yield {key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
@@ -83,7 +96,7 @@ def sample_dataset_class() -> type:
     global _SAMPLE_CLASS
     if _SAMPLE_CLASS is None:
         # torch is an optional extra and slow to import: only a caller of the torch adapter pays for it
-        from torch.utils.data import Dataset
+        from torch.utils.data import Dataset, get_worker_info
 
         class SampleDataset(Dataset):
             """A reader's samples as a map-style ``torch.utils.data.Dataset``: index ``i`` is sample
@@ -122,6 +135,7 @@ def sample_dataset_class() -> type:
                 return [b.tolist() for b in group_batches(np.arange(len(self)), groups, int(batch_size), drop_last)]
 
             def __getitem__(self, i: int) -> dict:
+                size_worker_threads(get_worker_info())
                 n = len(self)
                 if not -n <= i < n:
                     raise IndexError(f"sample {i} out of range for {n} samples")
@@ -145,4 +159,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["sample_dataset_class", "torch_dataset_class"]
+__all__ = ["sample_dataset_class", "size_worker_threads", "torch_dataset_class"]
