@@ -143,6 +143,26 @@ def test_synthetic_layout_grid_and_values(synth, synth_volumes, layout):
     np.testing.assert_array_equal(plain(synth_volumes[layout]), hu)
 
 
+@pytest.mark.parametrize("store", ["dir", "zip", "sqlite"])
+@pytest.mark.parametrize("layout", list(DOCUMENTED_SYNTH))
+def test_every_layout_and_store_gives_the_written_samples(synth, tmp_path, layout, store):
+    """Every slice and a batch of random patches, read by the training readers from each layout in each store
+    kind, equal numpy indexing of the HU phantom the DICOM files were written from."""
+    folder, hu = synth
+    path = converted(tmp_path, folder, layout=layout, store=store)
+    seen = []
+    for batch in SliceReader(path, batch_size=5, prefetch=0, seed=0):
+        for j, z in enumerate(batch["index"].tolist()):
+            np.testing.assert_array_equal(batch["image"][j], hu[z], err_msg=f"slice {z}")
+            seen.append(z)
+    assert sorted(seen) == list(range(hu.shape[0]))
+    size = (16, 32, 48)
+    for batch in PatchReader(path, size, batch_size=4, prefetch=0, seed=3, patches_per_volume=8):
+        for j, start in enumerate(batch["start"].tolist()):
+            region = tuple(slice(a, a + n) for a, n in zip(start, size))
+            np.testing.assert_array_equal(batch["image"][j], hu[region], err_msg=f"patch at {start}")
+
+
 def test_chunks_win_over_layout(synth, tmp_path):
     folder, hu = synth
     path = converted(tmp_path, folder, chunks=(4, 40, 40), layout="patches")
