@@ -217,7 +217,7 @@ def _write_jpeg_lossless(root: Path, size: Size) -> None:
     os.replace(partial, root / "jpeg-lossless")
 
 
-def _ensure_variant(size: Size, variant: str) -> VariantData:
+def ensure_variant(size: Size, variant: str) -> VariantData:
     root = _cache_root(size)
     root.mkdir(parents=True, exist_ok=True)
     if not _complete(root, variant, size):
@@ -225,7 +225,7 @@ def _ensure_variant(size: Size, variant: str) -> VariantData:
         if variant == "uncompressed":
             _write_uncompressed(root, size)
         else:
-            _ensure_variant(size, "uncompressed")
+            ensure_variant(size, "uncompressed")
             _write_jpeg_lossless(root, size)
         if not _complete(root, "uncompressed", size) and variant != "uncompressed":
             raise AssertionError("uncompressed data vanished while writing the JPEG copies")
@@ -247,13 +247,13 @@ def convert_data(benchmarks_enabled) -> Callable[[str], VariantData]:
 
     def get(variant: str) -> VariantData:
         if variant not in cache:
-            cache[variant] = _ensure_variant(size, variant)
+            cache[variant] = ensure_variant(size, variant)
         return cache[variant]
 
     return get
 
 
-def _read_inputs(data: VariantData) -> None:
+def read_inputs(data: VariantData) -> None:
     """Read every input file once, so that each round starts with the inputs in the page cache."""
     for series in data.paths:
         for path in series:
@@ -267,7 +267,7 @@ def _voxelpipe(data: VariantData, out: str) -> list[dict]:
     return voxelpipe.convert([data.folder], out=out, workers=WORKERS, progress=False, verify_slices=0)
 
 
-def _dcm2niix_exe() -> str | None:
+def dcm2niix_exe() -> str | None:
     exe = shutil.which("dcm2niix")
     if exe is None:  # pip's script folder of this interpreter, when it is not on PATH
         candidate = Path(sys.executable).parent / "dcm2niix"
@@ -276,7 +276,7 @@ def _dcm2niix_exe() -> str | None:
 
 
 def _dcm2niix(data: VariantData, out: str) -> list[str]:
-    proc = subprocess.run([_dcm2niix_exe(), "-z", "n", "-o", out, data.folder], capture_output=True, text=True)
+    proc = subprocess.run([dcm2niix_exe(), "-z", "n", "-o", out, data.folder], capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"dcm2niix exited {proc.returncode}: {proc.stderr or proc.stdout}")
     return sorted(str(p) for p in Path(out).glob("*.nii"))
@@ -452,7 +452,7 @@ def test_convert(benchmark, benchmarks_enabled, convert_data, tmp_path, variant,
     """Convert (or read) every series of the study; seconds, per series, ratios to voxelpipe and to the floor."""
     if impl == "simpleitk":
         pytest.importorskip("SimpleITK")
-    if impl == "dcm2niix" and _dcm2niix_exe() is None:
+    if impl == "dcm2niix" and dcm2niix_exe() is None:
         pytest.skip("dcm2niix executable not found (pip install dcm2niix)")
     if variant == "jpeg-lossless":
         pytest.importorskip("imagecodecs", reason="imagecodecs writes the JPEG lossless copies")
@@ -473,7 +473,7 @@ def test_convert(benchmark, benchmarks_enabled, convert_data, tmp_path, variant,
         return outs[-1]
 
     def setup():
-        _read_inputs(data)  # untimed: this VM pages idle file pages out within seconds (DAMON reclaim)
+        read_inputs(data)  # untimed: this VM pages idle file pages out within seconds (DAMON reclaim)
         return (data, fresh_out()), {}
 
     cold = None
@@ -497,7 +497,7 @@ def test_convert(benchmark, benchmarks_enabled, convert_data, tmp_path, variant,
     benchmark.extra_info.update(n_series=data.size.n_series, n_files=data.n_files, mb_in=data.bytes_in / 1e6,
                                 seconds_per_series=seconds / data.size.n_series)
     if impl == "floor" and median is not None:
-        _read_inputs(data)
+        read_inputs(data)
         t0 = time.perf_counter()
         _floor(data, threads=1)
         one_thread = benchmark.extra_info["one_thread_seconds"] = time.perf_counter() - t0
