@@ -1,7 +1,7 @@
 """`convert`'s verification of enhanced multi-frame files: it reads and decodes only the frames it samples (the
 peak memory of a conversion with the default verification stays close to the same conversion with
 ``--verify-slices 0``), and a sampled frame whose stored pixels differ from the source fails the series, naming
-the file and the frame.
+the file and the frame; the frames of the file re-saved implicit VR, deflated and RLE-compressed verify too.
 
 The files are written here with pydicom (header) and raw bytes (the native pixel data, frame by frame, so a
 256 MiB file never sits in the test's memory); references are the arrays written, never convert's output.
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 import voxelpipe
 from voxelpipe.pipelines import series_volume
@@ -155,3 +156,27 @@ def test_a_corrupted_multiframe_frame_fails_the_series_naming_file_and_frame(tmp
     assert "verification failed" in reason and f"mismatch at slice {bad_slice} " in reason, reason
     assert str(path) in reason and f"frame index {bad_frame} of the file" in reason, reason
     assert not os.path.exists(row["path"])
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless])
+def test_every_frame_verifies_in_other_encodings(tmp_path, syntax):
+    """The small file re-saved implicit VR, deflated and RLE-compressed: every frame sampled verifies ok and the
+    volume is the one written."""
+    rows, columns = 24, 20
+    order = [3, 0, 5, 1, 4, 2]
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    path = folder / "mf.dcm"
+    facts = write_enhanced_ct(path, order, rows, columns)
+    ds = pydicom.dcmread(path)
+    if syntax == RLELossless:
+        ds.compress(RLELossless)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "out"), workers=1, progress=False,
+                               verify_slices=len(order))
+    assert row["status"] == "done" and row["verification"] == f"ok {len(order)}/{len(order)}", row
+    np.testing.assert_array_equal(voxelpipe.open_volume(row["path"]).numpy(),
+                                  expected_volume(order, rows, columns, facts["intercepts"]))
