@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 import voxelpipe
+from voxelpipe.core.types import Status
 from voxelpipe.pipelines import series_volume
 from voxelpipe.testing.synthetic import ROOT_UID, image_dataset
 
@@ -135,7 +136,7 @@ def test_a_corrupted_multiframe_frame_fails_the_series_naming_file_and_frame(tmp
 
     (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "good"), workers=1, progress=False,
                                verify_slices=len(order))
-    assert row["status"] == "done" and row["verification"] == f"ok {len(order)}/{len(order)}", row
+    assert row["status"] == Status.DONE and row["verification"] == f"ok {len(order)}/{len(order)}", row
     np.testing.assert_array_equal(voxelpipe.open_volume(row["path"]).numpy(), reference)
 
     bad_frame = 4
@@ -151,7 +152,7 @@ def test_a_corrupted_multiframe_frame_fails_the_series_naming_file_and_frame(tmp
     monkeypatch.setattr(series_volume, "decode_batch", corrupting_decode)
     (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "bad"), workers=1, progress=False,
                                verify_slices=len(order))
-    assert row["status"] == "failed"
+    assert row["status"] == Status.FAILED
     reason = row["reason"]
     assert "verification failed" in reason and f"mismatch at slice {bad_slice} " in reason, reason
     assert str(path) in reason and f"frame index {bad_frame} of the file" in reason, reason
@@ -177,6 +178,6 @@ def test_every_frame_verifies_in_other_encodings(tmp_path, syntax):
     assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
     (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "out"), workers=1, progress=False,
                                verify_slices=len(order))
-    assert row["status"] == "done" and row["verification"] == f"ok {len(order)}/{len(order)}", row
+    assert row["status"] == Status.DONE and row["verification"] == f"ok {len(order)}/{len(order)}", row
     np.testing.assert_array_equal(voxelpipe.open_volume(row["path"]).numpy(),
                                   expected_volume(order, rows, columns, facts["intercepts"]))
