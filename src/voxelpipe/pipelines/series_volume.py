@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from voxelpipe._version import __version__
 from voxelpipe.core import defaults
@@ -590,7 +591,8 @@ def decode_batch(batch: list[Frame], raw: np.ndarray) -> None:
 
 
 def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_frames: int, n_slices: int, dtype) -> str:
-    """MD5 of K sampled source slices (pydicom decode + apply_modality_lut) against the stored slices."""
+    """MD5 of K sampled source slices (pydicom decode + apply_modality_lut) against the stored slices; only the
+    sampled frames are read and decoded (a multi-frame file is never decoded whole)."""
     k = min(task.verify_slices, len(ordered))
     if k <= 0:
         return "not verified"
@@ -598,24 +600,48 @@ def _verify(task: SeriesTask, ordered: list[Frame], writer: VolumeWriter, n_fram
     picks = sorted(rng.choice(len(ordered), size=k, replace=False).tolist())
     for index in picks:
         f = ordered[index]
-        ds = pydicom.dcmread(f.record.path, force=True)  # force: files without preamble or file meta too
-        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):  # no file meta: the encoding read from the file
-            ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = f.fmt.transfer_syntax
-        pixels = ds.pixel_array
-        if f.record.mosaic is not None:
-            pixels = tile(pixels, f.record.mosaic, f.frame)
-        elif f.record.frames > 1:
-            pixels = pixels[f.frame]
-        if f.record.frames > 1 or (f.slope, f.intercept) != f.display:  # per-frame or Philips precise pair
-            ds.RescaleSlope, ds.RescaleIntercept = f.slope, f.intercept
-        reference = apply_modality_lut(pixels, ds).astype(dtype)
+        reference = reference_slice(f).astype(dtype)
         t, z = divmod(index, n_slices)
         stored = writer.read((z,) if n_frames == 1 else (t, z))
         digest = hashlib.md5(np.ascontiguousarray(stored).tobytes()).hexdigest()
         if hashlib.md5(reference.tobytes()).hexdigest() != digest:
-            return f"mismatch at slice {z} (frame {t}) from {f.record.path}"
+            in_file = f", frame index {f.frame} of the file" if f.record.frames > 1 else ""  # multi-frame, mosaic
+            return f"mismatch at slice {z} (frame {t}) from {f.record.path}{in_file}"
     return f"ok {k}/{k}"
+
+
+def reference_slice(f: Frame) -> np.ndarray:
+    """pydicom's own decode of the frame ``f`` (``pixel_array`` of that frame only, then ``apply_modality_lut``
+    with the frame's rescale pair): the independent reference of verification, shape (row, column).
+
+    Only the frame's bytes are read and decoded (``pydicom.pixels.pixel_array(path, index=...)``), so checking
+    one frame of a large multi-frame file costs one frame of memory, not the file. A file that reader cannot
+    take (deflated: its pixel data is at no byte offset of the file; or an encoding only ``dcmread`` corrects,
+    such as a wrong transfer syntax in the file meta) is read whole by ``dcmread`` and only its frame decoded."""
+    path = f.record.path
+    ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)  # force: no preamble or file meta too
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    index = f.frame if f.record.mosaic is None and f.record.frames > 1 else None  # a mosaic is one frame
+    declared = UID(syntax or f.fmt.transfer_syntax)  # no file meta: the encoding read from the file
+    pixels = None
+    if declared != DeflatedExplicitVRLittleEndian and declared.is_transfer_syntax \
+            and (declared.is_implicit_VR, declared.is_little_endian) == ds.original_encoding:
+        try:
+            pixels = pixel_array(path, index=index, **({} if syntax else {"transfer_syntax_uid": declared}))
+        except Exception:  # noqa: BLE001 - any failure of the frame reader: dcmread's whole-file read below
+            pixels = None
+    if pixels is None:
+        whole = pydicom.dcmread(path, force=True)
+        if not syntax:
+            whole.file_meta = getattr(whole, "file_meta", None) or FileMetaDataset()
+            whole.file_meta.TransferSyntaxUID = f.fmt.transfer_syntax
+        pixels = pixel_array(whole, index=index)
+        del whole
+    if f.record.mosaic is not None:
+        pixels = tile(pixels, f.record.mosaic, f.frame)
+    if f.record.frames > 1 or (f.slope, f.intercept) != f.display:  # per-frame or Philips precise pair
+        ds.RescaleSlope, ds.RescaleIntercept = f.slope, f.intercept
+    return apply_modality_lut(pixels, ds)
 
 
 def _write_meta(task: SeriesTask, attrs: dict, ordered: list[Frame]) -> None:

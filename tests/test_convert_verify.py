@@ -1,0 +1,183 @@
+"""`convert`'s verification of enhanced multi-frame files: it reads and decodes only the frames it samples (the
+peak memory of a conversion with the default verification stays close to the same conversion with
+``--verify-slices 0``), and a sampled frame whose stored pixels differ from the source fails the series, naming
+the file and the frame; the frames of the file re-saved implicit VR, deflated and RLE-compressed verify too.
+
+The files are written here with pydicom (header) and raw bytes (the native pixel data, frame by frame, so a
+256 MiB file never sits in the test's memory); references are the arrays written, never convert's output.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
+
+import voxelpipe
+from voxelpipe.core.types import Status
+from voxelpipe.pipelines import series_volume
+from voxelpipe.testing.synthetic import ROOT_UID, image_dataset
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+SPACING = (1.25, 0.7, 0.7)  # mm: slice, row, column
+MEMORY_RATIO = 1.3  # peak RSS with the default verification / peak RSS with --verify-slices 0
+
+
+def frame_pixels(index: int, rows: int, columns: int) -> np.ndarray:
+    """The stored values (int16, rows x columns) of file frame ``index``: a ramp that compresses well."""
+    ramp = (np.arange(rows, dtype=np.int32)[:, None] * 3 + np.arange(columns, dtype=np.int32)[None, :]) % 1500
+    return (ramp + 7 * index).astype(np.int16)
+
+
+def write_enhanced_ct(path: Path, order: list[int], rows: int, columns: int) -> dict:
+    """One Enhanced CT file of ``len(order)`` frames (explicit VR little endian, int16): file frame ``i`` lies at
+    slice position ``order[i]`` and holds ``frame_pixels(i)``, rescaled by slope 1 and its own intercept
+    ``-1024 + i % 3`` (per-frame functional groups). Returns the facts written: the intercepts by frame."""
+    ds = image_dataset("CT")
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    sop_uid = generate_uid(ROOT_UID)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, sop_uid
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.PatientName, ds.PatientID = "Synthetic^Multiframe", "VP-MF-001"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(ROOT_UID), generate_uid(ROOT_UID)
+    ds.FrameOfReferenceUID = generate_uid(ROOT_UID)
+    ds.SeriesNumber, ds.InstanceNumber = 3, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, len(order)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    measures = Dataset()
+    measures.PixelSpacing = [f"{SPACING[1]:g}", f"{SPACING[2]:g}"]
+    measures.SliceThickness = f"{SPACING[0]:g}"
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    intercepts = [-1024 + i % 3 for i in range(len(order))]
+    per_frame = []
+    for i, z in enumerate(order):
+        position = Dataset()
+        position.ImagePositionPatient = [-100.0, -80.0, f"{-50.0 + z * SPACING[0]:g}"]
+        transform = Dataset()
+        transform.RescaleSlope, transform.RescaleIntercept, transform.RescaleType = 1, intercepts[i], "HU"
+        item = Dataset()
+        item.PlanePositionSequence = DicomSequence([position])
+        item.PixelValueTransformationSequence = DicomSequence([transform])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.save_as(path, enforce_file_format=True)  # no Pixel Data yet: appended below, frame by frame
+    n_bytes = len(order) * rows * columns * 2
+    with open(path, "ab") as fh:
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, n_bytes))
+        for i in range(len(order)):
+            fh.write(frame_pixels(i, rows, columns).astype("<i2").tobytes())
+    return {"intercepts": intercepts}
+
+
+def expected_volume(order: list[int], rows: int, columns: int, intercepts: list[int]) -> np.ndarray:
+    """The volume (slice, row, column) the written frames make: frame ``i`` rescaled, at slice ``order[i]``."""
+    volume = np.empty((len(order), rows, columns), np.int16)
+    for i, z in enumerate(order):
+        volume[z] = frame_pixels(i, rows, columns) + intercepts[i]
+    return volume
+
+
+def peak_rss_kib(args: list[str], log: Path) -> int:
+    """Run ``python -m voxelpipe ARGS`` and return its peak RSS (KiB, its own and its children's) from
+    ``wait4``; the run must succeed."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "voxelpipe", *args], stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, log.read_text()
+    return usage.ru_maxrss
+
+
+def test_default_verification_of_a_multiframe_file_costs_little_memory(tmp_path):
+    """256 MiB of pixels in one file: the default verification (2 sampled frames) adds at most 30 % to the peak
+    RSS of the same conversion unverified (it decoded the whole file twice before)."""
+    frames, rows, columns = 512, 512, 512
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    write_enhanced_ct(folder / "mf.dcm", list(range(frames)), rows, columns)
+    assert os.path.getsize(folder / "mf.dcm") > 256 * 2 ** 20
+    peaks = {}
+    for name, extra in (("off", ["--verify-slices", "0"]), ("default", [])):
+        out = tmp_path / f"out_{name}"
+        peaks[name] = peak_rss_kib(["convert", str(folder), "--out", str(out), "--workers", "1", *extra],
+                                   tmp_path / f"{name}.log")
+        summary = (out / "summary_run.csv").read_text()
+        assert ("ok 2/2" in summary) == (name == "default"), summary
+        shutil.rmtree(out)  # disk: one output at a time
+    assert peaks["default"] <= MEMORY_RATIO * peaks["off"], peaks
+
+
+def test_a_corrupted_multiframe_frame_fails_the_series_naming_file_and_frame(tmp_path, monkeypatch):
+    """Every frame sampled; the one stored wrong is named (its slice, the file, its frame index in the file)."""
+    rows, columns = 24, 20
+    order = [3, 0, 5, 1, 4, 2]  # file frame i lies at slice order[i]
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    path = folder / "mf.dcm"
+    facts = write_enhanced_ct(path, order, rows, columns)
+    reference = expected_volume(order, rows, columns, facts["intercepts"])
+    np.testing.assert_array_equal(pydicom.dcmread(path).pixel_array[4], frame_pixels(4, rows, columns))
+
+    (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "good"), workers=1, progress=False,
+                               verify_slices=len(order))
+    assert row["status"] == Status.DONE and row["verification"] == f"ok {len(order)}/{len(order)}", row
+    np.testing.assert_array_equal(voxelpipe.open_volume(row["path"]).numpy(), reference)
+
+    bad_frame = 4
+    bad_slice = order[bad_frame]
+    real_decode = series_volume.decode_batch
+
+    def corrupting_decode(batch, raw):  # the stored values of one file frame come out one higher
+        real_decode(batch, raw)
+        for j, frame in enumerate(batch):
+            if frame.frame == bad_frame:
+                raw[j] += 1
+
+    monkeypatch.setattr(series_volume, "decode_batch", corrupting_decode)
+    (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "bad"), workers=1, progress=False,
+                               verify_slices=len(order))
+    assert row["status"] == Status.FAILED
+    reason = row["reason"]
+    assert "verification failed" in reason and f"mismatch at slice {bad_slice} " in reason, reason
+    assert str(path) in reason and f"frame index {bad_frame} of the file" in reason, reason
+    assert not os.path.exists(row["path"])
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless])
+def test_every_frame_verifies_in_other_encodings(tmp_path, syntax):
+    """The small file re-saved implicit VR, deflated and RLE-compressed: every frame sampled verifies ok and the
+    volume is the one written."""
+    rows, columns = 24, 20
+    order = [3, 0, 5, 1, 4, 2]
+    folder = tmp_path / "mf"
+    folder.mkdir()
+    path = folder / "mf.dcm"
+    facts = write_enhanced_ct(path, order, rows, columns)
+    ds = pydicom.dcmread(path)
+    if syntax == RLELossless:
+        ds.compress(RLELossless)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, implicit_vr=syntax == ImplicitVRLittleEndian, little_endian=True, enforce_file_format=True)
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    (row,) = voxelpipe.convert([str(folder)], out=str(tmp_path / "out"), workers=1, progress=False,
+                               verify_slices=len(order))
+    assert row["status"] == Status.DONE and row["verification"] == f"ok {len(order)}/{len(order)}", row
+    np.testing.assert_array_equal(voxelpipe.open_volume(row["path"]).numpy(),
+                                  expected_volume(order, rows, columns, facts["intercepts"]))
