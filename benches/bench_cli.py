@@ -17,10 +17,14 @@ peak resident memory from ``os.wait4``), as a user's shell would. Groups and imp
   read once before every round (this VM pages idle file pages out within seconds).
 * ``scan``: ``python -m voxelpipe scan DIR --out OUT`` with ``--workers 1`` and ``--workers 2`` on 20,000 files
   (40 CT series x 500 slices of 64 x 64, written once and cached).
+* ``verify-memory``: ``python -m voxelpipe convert DIR --out OUT --workers 1`` of one Enhanced CT multi-frame
+  file (512 frames of 512 x 512 int16, 268 MB; ``voxelpipe.testing.multiframe``) with the default verification
+  (``default``) and with ``--verify-slices 0`` (``off``); the figure that matters is the peak memory column.
 
 Targets, on the 2-core machine the project is built on (printed below the table, not asserted): ``help`` <= 0.25 s,
 ``import`` <= 0.15 s, ``demo-cold`` <= 10 s, convert <= 1.0x dcm2niix (uncompressed) and <= 0.5x (JPEG
-lossless), scan with 2 workers >= 1.7x faster than with 1.
+lossless), scan with 2 workers >= 1.7x faster than with 1, peak memory of the verified multi-frame conversion
+<= 1.3x the unverified one.
 
 Run::
 
@@ -28,7 +32,7 @@ Run::
     python -m pytest benches/bench_cli.py --benchmark-enable -q -s --benchmark-json=docs/benchmarks/cli.json
 
 The smoke run (``--benchmark-disable``, as in CI) runs every case once on small data (2 series x 20 slices of
-128 x 128 to convert, 2 x 50 files to scan) and checks exit codes and log lines only.
+128 x 128 to convert, 2 x 50 files to scan, 16 frames of 64 x 64) and checks exit codes and log lines only.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+from voxelpipe.testing.multiframe import write_enhanced_ct
 from voxelpipe.testing.synthetic import SeriesSpec, write_series
 
 from _common import Column, RatioTable
@@ -61,6 +66,9 @@ TARGETS = {  # (group, row, kind, bound): kind "s" = seconds at most, "ratio" = 
 }
 RATIO_TARGETS = {"convert-uncompressed": 1.0, "convert-jpeg-lossless": 0.5}  # voxelpipe / dcm2niix at most
 SCAN_SPEEDUP = 1.7  # 1 worker / 2 workers at least
+VERIFY_MEMORY = 1.3  # peak RSS with the default verification / with --verify-slices 0, at most
+MULTIFRAME_FULL = (512, 512, 512)  # frames, rows, columns
+MULTIFRAME_SMALL = (16, 64, 64)
 
 
 @dataclass
@@ -264,6 +272,35 @@ def test_scan(benchmark, benchmarks_enabled, tmp_path, scan_tree, warm_cache, im
         shutil.rmtree(out, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------- verify memory
+@pytest.fixture(scope="module")
+def multiframe(benchmarks_enabled, tmp_path_factory) -> str:
+    frames, rows, columns = MULTIFRAME_FULL if benchmarks_enabled else MULTIFRAME_SMALL
+    folder = tmp_path_factory.mktemp("multiframe")
+    write_enhanced_ct(folder / "mf.dcm", list(range(frames)), rows, columns)
+    return str(folder)
+
+
+@pytest.mark.parametrize("impl", ["default", "off"])
+def test_verify_memory(benchmark, benchmarks_enabled, tmp_path, multiframe, warm_cache, impl):
+    TABLE.begin(benchmark, "verify-memory", impl)
+    counter = iter(range(1000))
+    outs: list[str] = []
+
+    def setup():
+        outs.append(str(tmp_path / f"out{next(counter)}"))
+
+    def once() -> Run:
+        cmd = [sys.executable, "-m", "voxelpipe", "convert", multiframe, "--out", outs[-1], "--workers", "1"]
+        result = _check(run(cmd + (["--verify-slices", "0"] if impl == "off" else []), env=_env(**warm_cache)),
+                        "convert")
+        shutil.rmtree(outs[-1], ignore_errors=True)
+        return result
+
+    runs = _timed(benchmark, benchmarks_enabled, once, setup=setup)
+    _record(benchmark, runs, "peak memory is the figure")
+
+
 # ------------------------------------------------------------------------------------------------ targets
 def _targets() -> list[str]:
     lines = ["", "targets (this 2-core machine):"]
@@ -283,4 +320,9 @@ def _targets() -> list[str]:
         speedup = one / two
         lines.append(f"  {'scan 2 workers speed-up':<28} {speedup:7.2f} x   target >= {SCAN_SPEEDUP:.2f} x   "
                      f"{'met' if speedup >= SCAN_SPEEDUP else 'MISSED'}")
+    verified, unverified = TABLE.row("verify-memory", "default"), TABLE.row("verify-memory", "off")
+    if verified is not None and unverified is not None and verified.median is not None:
+        ratio = verified.figures["rss_mb"] / unverified.figures["rss_mb"]
+        lines.append(f"  {'verified / unverified memory':<28} {ratio:7.2f} x   target <= {VERIFY_MEMORY:.2f} x   "
+                     f"{'met' if ratio <= VERIFY_MEMORY else 'MISSED'}")
     return lines
