@@ -132,9 +132,10 @@ def _sort(keys: np.ndarray, start: int, stop: int) -> None:
         heap = keys[start:stop]
         for root in range(n // 2 - 1, -1, -1):
             _sift_down(heap, root, n)
+        top = np.int64(0)  # not a literal 0, so both calls share one compiled _sift_down
         for end in range(n - 1, 0, -1):
             heap[0], heap[end] = heap[end], heap[0]
-            _sift_down(heap, 0, end)
+            _sift_down(heap, top, end)
         return
     for i in range(start + 1, stop):
         k = keys[i]
