@@ -22,15 +22,15 @@ print(first_bad_vertex.stats.cache_path)
 LINE = "voxelpipe INFO compiling kernels, first run only (cache: {})"
 
 
-def run(env_updates: dict[str, str | None]) -> subprocess.CompletedProcess:
-    """The program in a fresh interpreter with ``env_updates`` applied (None removes a variable)."""
+def run(env_updates: dict[str, str | None], program: str = PROGRAM) -> subprocess.CompletedProcess:
+    """``program`` in a fresh interpreter with ``env_updates`` applied (None removes a variable)."""
     env = dict(os.environ)
     for name, value in env_updates.items():
         if value is None:
             env.pop(name, None)
         else:
             env[name] = value
-    done = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -75,3 +75,12 @@ def test_unwritable_cache_folder_falls_back_to_temp_with_a_warning(tmp_path):
     used = Path(done.stdout.strip())
     assert used.is_relative_to(temp) and str(used.parent) in warnings[0]
     assert cache_files(temp)
+
+
+def test_cache_folder_applies_when_numba_was_imported_first(tmp_path):
+    """numba reads NUMBA_CACHE_DIR when it is first imported; a program (or a pool's preload) that imported it
+    before voxelpipe's kernels still caches them in voxelpipe's folder."""
+    xdg = tmp_path / "xdg"
+    done = run({"NUMBA_CACHE_DIR": None, "XDG_CACHE_HOME": str(xdg)}, "import numba\n" + PROGRAM)
+    assert Path(done.stdout.strip()).is_relative_to(xdg / "voxelpipe" / "numba")
+    assert cache_files(xdg / "voxelpipe" / "numba")
