@@ -84,7 +84,8 @@ def log_compiling(cache_dir: str) -> None:
     if log.hasHandlers() or multiprocessing.parent_process() is None:
         log.info(COMPILE_MESSAGE, cache_dir)
         return
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    now = time.time()
+    stamp = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now))},{int(now * 1000) % 1000:03d}"
     sys.stderr.write(f"{stamp} {log.name} INFO {COMPILE_MESSAGE % cache_dir}\n")
     sys.stderr.flush()
 

@@ -84,3 +84,28 @@ def test_cache_folder_applies_when_numba_was_imported_first(tmp_path):
     done = run({"NUMBA_CACHE_DIR": None, "XDG_CACHE_HOME": str(xdg)}, "import numba\n" + PROGRAM)
     assert Path(done.stdout.strip()).is_relative_to(xdg / "voxelpipe" / "numba")
     assert cache_files(xdg / "voxelpipe" / "numba")
+
+
+WORKER_PROGRAM = """
+import logging, multiprocessing, sys
+from voxelpipe.ops.polygon import fill_polygons
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    triangle = [[[0, 0], [3, 0], [0, 3]]]
+    child = multiprocessing.get_context("spawn").Process(target=fill_polygons, args=(triangle, (5, 5)))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+"""
+
+
+def test_worker_process_without_logging_still_says_it_compiles(tmp_path):
+    """A spawned worker (logging not configured there, as in the CLI's pool) writes the line to stderr itself."""
+    cache = tmp_path / "numba"
+    program = tmp_path / "program.py"  # spawn re-imports the main module, so it must be a file
+    program.write_text(WORKER_PROGRAM)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    done = subprocess.run([sys.executable, str(program)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "compiling kernels, first run only" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"voxelpipe INFO compiling kernels, first run only (cache: {cache})")
