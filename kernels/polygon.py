@@ -27,7 +27,6 @@ changes the rounding of ``q`` and so the pixels exactly on an edge.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ._jit import jit
 
@@ -110,10 +109,33 @@ def _vertex_pixel(ya: float, xa: float, nrows: int, ncols: int) -> tuple:
 
 
 @jit(exact=True)
+def _sift_down(heap: np.ndarray, root: int, end: int) -> None:
+    """Move ``heap[root]`` down the max-heap ``heap[:end]`` to its place."""
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and heap[child] < heap[child + 1]:
+            child += 1
+        if heap[root] >= heap[child]:
+            return
+        heap[root], heap[child] = heap[child], heap[root]
+        root = child
+
+
+@jit(exact=True)
 def _sort(keys: np.ndarray, start: int, stop: int) -> None:
-    """Sort ``keys[start:stop]`` in place (insertion sort for the usual handful of events per row)."""
-    if stop - start > 32:
-        keys[start:stop].sort()
+    """Sort ``keys[start:stop]`` in place: insertion sort for the usual handful of events per row, heapsort
+    beyond 32 (numba's ``ndarray.sort`` would add seconds of compilation to the first run)."""
+    n = stop - start
+    if n > 32:
+        heap = keys[start:stop]
+        for root in range(n // 2 - 1, -1, -1):
+            _sift_down(heap, root, n)
+        top = np.int64(0)  # not a literal 0, so both calls share one compiled _sift_down
+        for end in range(n - 1, 0, -1):
+            heap[0], heap[end] = heap[end], heap[0]
+            _sift_down(heap, top, end)
         return
     for i in range(start + 1, stop):
         k = keys[i]
@@ -147,8 +169,9 @@ def fill_polygon_into(vertices: np.ndarray, start: int, stop: int, out: np.ndarr
         ymax = max(ymax, y)
     if np.ceil(ymax) < 0.0 or np.floor(ymin) > nrows - 1:
         return keys
-    r_lo = _clamp_index(np.floor(ymin), 0, nrows - 1)
-    r_hi = _clamp_index(np.ceil(ymax), 0, nrows - 1)
+    zero = np.int64(0)  # not a literal 0, so every call shares one compiled _clamp_index
+    r_lo = _clamp_index(np.floor(ymin), zero, nrows - 1)
+    r_hi = _clamp_index(np.ceil(ymax), zero, nrows - 1)
     m = r_hi - r_lo + 1
 
     # room per row: 2 events per vertex pixel and per edge spanning the row (difference array, then prefix sum)
@@ -206,9 +229,9 @@ def fill_polygon_into(vertices: np.ndarray, start: int, stop: int, out: np.ndarr
             x_cross = xb + (fy - yb) * slope
             above = np.ceil(x_cross)
             if above - x_cross > margin and x_cross - (above - 1.0) > margin and abs(y1 - y0) >= _TINY:
-                t_right = t_left = _clamp_index(above, 0, ncols)  # q's sign is certain at every column
+                t_right = t_left = _clamp_index(above, zero, ncols)  # q's sign is certain at every column
             else:
-                t_right, t_left = _thresholds(xa, xb, y0, y1, ncols, _clamp_index(above, 0, ncols))
+                t_right, t_left = _thresholds(xa, xb, y0, y1, ncols, _clamp_index(above, zero, ncols))
             slot = y - r_lo
             if right and left and t_right == t_left:
                 if t_right < ncols:
@@ -286,14 +309,15 @@ def fill_polygons_2d(vertices: np.ndarray, offsets: np.ndarray, out: np.ndarray)
         keys = fill_polygon_into(vertices, offsets[p], offsets[p + 1], out, rowstart, rowend, keys)
 
 
-@jit(parallel=True, exact=True)
+@jit(exact=True)
 def fill_polygons_3d(vertices: np.ndarray, offsets: np.ndarray, order: np.ndarray, slice_starts: np.ndarray,
                      out: np.ndarray) -> None:
     """Zero ``out`` (uint8 ``(slices, rows, columns)``) and fill each slice ``z`` with polygons
     ``order[slice_starts[z]:slice_starts[z + 1]]`` (indices into ``offsets``), even-odd across them.
-    Slices run in parallel (``prange``)."""
+    Serial: ``voxelpipe.ops.polygon`` runs it on runs of slices in threads (``slice_starts`` and ``out``
+    sliced alike; it releases the GIL), which compiles much faster than numba's ``parallel=True``."""
     nz, nrows, ncols = out.shape
-    for z in prange(nz):
+    for z in range(nz):
         out[z] = 0
         if slice_starts[z + 1] == slice_starts[z]:
             continue

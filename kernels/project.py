@@ -46,7 +46,6 @@ Validation is the job of ``voxelpipe.ops.projection``; these kernels trust their
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ._jit import jit
 
@@ -252,9 +251,9 @@ def _finish(base, n, beta, pixel_mm, fill, mean, has_mask, prof, psum, cnt, mpro
             mask_row[j] = label
 
 
-@jit(parallel=True)
+@jit
 def project_into(volume, mask, transposed, alpha, beta, delta, pixel_mm, fill, mean, out_rows,
-                 images, mask_images, n_chunks):
+                 images, mask_images, z_start, z_stop):
     """Project every slice of ``volume`` at every angle; see the module docstring for the model.
 
     ``volume``: 3-D C-contiguous ``(slice, row, column)``, any real dtype (converted to float32 per sample).
@@ -267,8 +266,10 @@ def project_into(volume, mask, transposed, alpha, beta, delta, pixel_mm, fill, m
     a sample; ``mean``: mean instead of max.
     ``out_rows``: int64 ``(n_slices,)``, output row of each slice. ``images``: float32
     ``(n_angles, n_slices, width)``; ``mask_images``: uint8, same shape (or the dummy).
-    ``n_chunks``: the slices are split into this many runs of consecutive slices, processed in parallel, each
-    with its own scratch buffers (a few times the numba thread count balances the load).
+    ``z_start``, ``z_stop``: only slices ``z_start <= z < z_stop`` are projected (their output rows written), with
+    scratch buffers of this call. Serial: ``voxelpipe.ops.projection`` runs it on runs of consecutive slices in
+    threads (it releases the GIL; a few runs per thread balance the load), which compiles much faster than numba's
+    ``parallel=True``.
     """
     nz, n1, n2 = volume.shape
     n_angles = alpha.shape[0]
@@ -287,45 +288,42 @@ def project_into(volume, mask, transposed, alpha, beta, delta, pixel_mm, fill, m
     width = images.shape[2]
     cap = profile_capacity(n_lines, n_elements, alpha, beta, delta, width)
     nmax = max(n1, n2)
+    first = np.int64(0)  # not a literal 0, so both calls share one compiled _accumulate_lines
     band = max(1, BAND_BYTES // max(1, n2 * volume.itemsize))
-    n_chunks = max(1, min(nz, n_chunks))
-    for chunk in prange(n_chunks):
-        z0 = chunk * nz // n_chunks
-        z1 = (chunk + 1) * nz // n_chunks
-        prof = np.empty((n_angles, cap), np.float32)
-        psum = np.empty((n_angles, cap), np.float64)
-        cnt = np.empty((n_angles, cap + 1), np.int32)
-        mprof = np.empty((n_angles, cap), np.uint8)
-        ks = np.empty((n_angles, nmax), np.int64)
-        phis = np.empty((n_angles, nmax), np.float64)
-        bases = np.empty(n_angles, np.float64)
-        nbins = np.empty(n_angles, np.int64)
-        strip = np.empty((STRIP if any_t else 0, n1 + _PAD), volume.dtype)
-        mstrip = np.empty((STRIP if any_t and has_mask else 0, n1 + _PAD), np.uint8)
-        for z in range(z0, z1):
-            sl = volume[z]
-            msl = mask[z] if has_mask else mstrip
+    prof = np.empty((n_angles, cap), np.float32)
+    psum = np.empty((n_angles, cap), np.float64)
+    cnt = np.empty((n_angles, cap + 1), np.int32)
+    mprof = np.empty((n_angles, cap), np.uint8)
+    ks = np.empty((n_angles, nmax), np.int64)
+    phis = np.empty((n_angles, nmax), np.float64)
+    bases = np.empty(n_angles, np.float64)
+    nbins = np.empty(n_angles, np.int64)
+    strip = np.empty((STRIP if any_t else 0, n1 + _PAD), volume.dtype)
+    mstrip = np.empty((STRIP if any_t and has_mask else 0, n1 + _PAD), np.uint8)
+    for z in range(z_start, z_stop):
+        sl = volume[z]
+        msl = mask[z] if has_mask else mstrip
+        for a in range(n_angles):
+            bases[a], nbins[a] = _prepare(n_lines[a], n_elements[a], alpha[a], beta[a], delta[z, a], width,
+                                          mean, has_mask, prof[a], psum[a], cnt[a], mprof[a], ks[a], phis[a])
+        for r0 in range(0, n1, band):  # row lines, read in place, a band of rows for every angle
+            r1 = min(r0 + band, n1)
             for a in range(n_angles):
-                bases[a], nbins[a] = _prepare(n_lines[a], n_elements[a], alpha[a], beta[a], delta[z, a], width,
-                                              mean, has_mask, prof[a], psum[a], cnt[a], mprof[a], ks[a], phis[a])
-            for r0 in range(0, n1, band):  # row lines, read in place, a band of rows for every angle
-                r1 = min(r0 + band, n1)
+                if not transposed[a]:
+                    _accumulate_lines(sl, msl, r0, r1, n2, ks[a], phis[a], first, mean, has_mask, prof[a],
+                                      psum[a], mprof[a])
+        if any_t:  # column lines, a transposed strip of columns for every angle
+            for c0 in range(0, n2, STRIP):
+                w = min(STRIP, n2 - c0)
+                _transpose_strip(sl, c0, w, strip)
+                if has_mask:
+                    _transpose_strip(msl, c0, w, mstrip)
                 for a in range(n_angles):
-                    if not transposed[a]:
-                        _accumulate_lines(sl, msl, r0, r1, n2, ks[a], phis[a], 0, mean, has_mask, prof[a],
-                                          psum[a], mprof[a])
-            if any_t:  # column lines, a transposed strip of columns for every angle
-                for c0 in range(0, n2, STRIP):
-                    w = min(STRIP, n2 - c0)
-                    _transpose_strip(sl, c0, w, strip)
-                    if has_mask:
-                        _transpose_strip(msl, c0, w, mstrip)
-                    for a in range(n_angles):
-                        if transposed[a]:
-                            _accumulate_lines(strip, mstrip, 0, w, n1, ks[a], phis[a], c0, mean, has_mask,
-                                              prof[a], psum[a], mprof[a])
-            zo = out_rows[z]
-            for a in range(n_angles):
-                mask_row = mask_images[a, zo] if has_mask else mask_images[0, 0]
-                _finish(bases[a], nbins[a], beta[a], pixel_mm, fill, mean, has_mask, prof[a], psum[a], cnt[a],
-                        mprof[a], images[a, zo], mask_row)
+                    if transposed[a]:
+                        _accumulate_lines(strip, mstrip, first, w, n1, ks[a], phis[a], c0, mean, has_mask,
+                                          prof[a], psum[a], mprof[a])
+        zo = out_rows[z]
+        for a in range(n_angles):
+            mask_row = mask_images[a, zo] if has_mask else mask_images[0, 0]
+            _finish(bases[a], nbins[a], beta[a], pixel_mm, fill, mean, has_mask, prof[a], psum[a], cnt[a],
+                    mprof[a], images[a, zo], mask_row)

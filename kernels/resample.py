@@ -37,7 +37,6 @@ float64 (4, 4), ``fill`` a float64 representable in ``out``'s dtype.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from ._jit import jit
 
@@ -52,9 +51,10 @@ def _lerp(a, b, w):
     return a + w * (b - a)
 
 
-@jit(parallel=True)
-def resample_affine(src, matrix, out, order, fill):
-    """``out[k, j, i] = src(matrix @ (k, j, i, 1))`` for every output voxel; ``fill`` outside. See module doc."""
+@jit
+def resample_affine(src, matrix, out, order, fill, k_start, k_stop):
+    """``out[k, j, i] = src(matrix @ (k, j, i, 1))`` for the output slices ``k_start <= k < k_stop``; ``fill``
+    outside. See module doc. Serial: ``voxelpipe.ops.resample`` runs it on runs of output slices in threads."""
     nz, ny, nx = src.shape
     oz, oy, ox = out.shape
     lz = np.float64(nz - 1)
@@ -67,9 +67,9 @@ def resample_affine(src, matrix, out, order, fill):
     sy = np.uint64(nx)
     zero = np.uint64(0)
     one = np.uint64(1)
-    for k in prange(oz):
-        corner_label = np.empty(8, dtype=src.dtype)
-        corner_weight = np.empty(8, dtype=np.float64)
+    corner_label = np.empty(8, dtype=src.dtype)
+    corner_weight = np.empty(8, dtype=np.float64)
+    for k in range(k_start, k_stop):
         for j in range(oy):
             line = out[k, j]
             rz = m[0, 0] * k + m[0, 1] * j + m[0, 3]
@@ -184,13 +184,15 @@ def _axis_table(n_out, n_in, scale, offset, lo_index, hi_index, weight, nearest)
     return first, stop
 
 
-@jit(parallel=True)
-def resample_separable(src, scale, offset, out, order, fill, n_tasks):
+@jit
+def resample_separable(src, scale, offset, out, order, fill, k_start, k_stop):
     """Same as :func:`resample_affine` with ``matrix = diag(scale) + offset`` (order nearest or linear).
 
     ``scale``, ``offset``: float64 (3,), input index = ``scale[a] * o + offset[a]`` along axis ``a``.
-    ``n_tasks``: number of contiguous runs of output slices processed in parallel (linear), each with its own
-    scratch buffers (one input row and two output planes, float32); use the numba thread count.
+    ``k_start``, ``k_stop``: only output slices ``k_start <= k < k_stop`` are written, with scratch buffers of this
+    call (one input row and two output planes, float32). Serial: ``voxelpipe.ops.resample`` runs it on
+    contiguous runs of output slices in threads (it releases the GIL), which compiles much faster than numba's
+    ``parallel=True``.
     """
     nz, ny, nx = src.shape
     oz, oy, ox = out.shape
@@ -216,7 +218,7 @@ def resample_separable(src, scale, offset, out, order, fill, n_tasks):
 
     if nearest:
         columns = x0[ix0:ix1]
-        for k in prange(oz):
+        for k in range(k_start, k_stop):
             if empty_plane or k < kz0 or k >= kz1:
                 out[k, :, :] = fill
                 continue
@@ -232,11 +234,10 @@ def resample_separable(src, scale, offset, out, order, fill, n_tasks):
                 out[k, j, ix1:] = fill
         return
 
-    # Linear. Each task takes a contiguous run of output slices and keeps two "planes": input slices already
-    # interpolated in-plane onto the output rows and columns (along axis 1 into one padded row, then along
-    # axis 2), so every input slice a task needs is interpolated in-plane once; an output slice is then one
-    # contiguous blend of two planes along axis 0.
-    n_tasks = max(1, min(n_tasks, oz))
+    # Linear. The call's run of output slices keeps two "planes": input slices already interpolated in-plane
+    # onto the output rows and columns (along axis 1 into one padded row, then along axis 2), so every input
+    # slice the run needs is interpolated in-plane once; an output slice is then one contiguous blend of two
+    # planes along axis 0.
     col_lo = 0
     col_hi = 0
     if not empty_plane:
@@ -248,51 +249,48 @@ def resample_separable(src, scale, offset, out, order, fill, n_tasks):
     for i in range(n_inside):
         rel[i] = x0[ix0 + i] - col_lo
         rel_w[i] = wx[ix0 + i]
-    for t in prange(n_tasks):
-        k_start = t * oz // n_tasks
-        k_stop = (t + 1) * oz // n_tasks
-        row = np.empty(n_cols + 1, np.float32)  # one output row of one input slice before axis 2, one pad value
-        row_next = row[1:]
-        planes = np.empty((2, oy, ox), np.float32)
-        held0 = -1  # input slice held by plane 0 / plane 1
-        held1 = -1
-        for k in range(k_start, k_stop):
-            if empty_plane or k < kz0 or k >= kz1:
-                out[k, :, :] = fill
+    row = np.empty(n_cols + 1, np.float32)  # one output row of one input slice before axis 2, one pad value
+    row_next = row[1:]
+    planes = np.empty((2, oy, ox), np.float32)
+    held0 = -1  # input slice held by plane 0 / plane 1
+    held1 = -1
+    for k in range(k_start, k_stop):
+        if empty_plane or k < kz0 or k >= kz1:
+            out[k, :, :] = fill
+            continue
+        need_a = np.int64(z0[k])
+        need_b = np.int64(z1[k])
+        for need in (need_a, need_b):
+            if need == held0 or need == held1:
                 continue
-            need_a = np.int64(z0[k])
-            need_b = np.int64(z1[k])
-            for need in (need_a, need_b):
-                if need == held0 or need == held1:
-                    continue
-                other = need_b if need == need_a else need_a
-                slot = 1 if held0 == other else 0  # overwrite the plane not holding the other needed slice
-                for j in range(jy0, jy1):
-                    w = wy[j]
-                    line_a = src[need, y0[j], col_lo:col_hi + 1]
-                    line_b = src[need, y1[j], col_lo:col_hi + 1]
-                    for c in range(n_cols):
-                        row[c] = _lerp(np.float32(line_a[c]), np.float32(line_b[c]), w)
-                    row[n_cols] = row[n_cols - 1]  # so x1 = x0 + 1 everywhere, clamped like the general path
-                    plane = planes[slot, j, ix0:ix1]
-                    for i in range(n_inside):
-                        c = rel[i]
-                        plane[i] = _lerp(row[c], row_next[c], rel_w[i])
-                if slot == 0:
-                    held0 = need
-                else:
-                    held1 = need
-            plane_a = planes[0] if held0 == need_a else planes[1]
-            plane_b = planes[0] if held0 == need_b else planes[1]
-            w = wz[k]
-            for j in range(oy):
-                if j < jy0 or j >= jy1:
-                    out[k, j, :] = fill
-                    continue
-                line = out[k, j, ix0:ix1]
-                a = plane_a[j, ix0:ix1]
-                b = plane_b[j, ix0:ix1]
+            other = need_b if need == need_a else need_a
+            slot = 1 if held0 == other else 0  # overwrite the plane not holding the other needed slice
+            for j in range(jy0, jy1):
+                w = wy[j]
+                line_a = src[need, y0[j], col_lo:col_hi + 1]
+                line_b = src[need, y1[j], col_lo:col_hi + 1]
+                for c in range(n_cols):
+                    row[c] = _lerp(np.float32(line_a[c]), np.float32(line_b[c]), w)
+                row[n_cols] = row[n_cols - 1]  # so x1 = x0 + 1 everywhere, clamped like the general path
+                plane = planes[slot, j, ix0:ix1]
                 for i in range(n_inside):
-                    line[i] = _lerp(a[i], b[i], w)
-                out[k, j, :ix0] = fill
-                out[k, j, ix1:] = fill
+                    c = rel[i]
+                    plane[i] = _lerp(row[c], row_next[c], rel_w[i])
+            if slot == 0:
+                held0 = need
+            else:
+                held1 = need
+        plane_a = planes[0] if held0 == need_a else planes[1]
+        plane_b = planes[0] if held0 == need_b else planes[1]
+        w = wz[k]
+        for j in range(oy):
+            if j < jy0 or j >= jy1:
+                out[k, j, :] = fill
+                continue
+            line = out[k, j, ix0:ix1]
+            a = plane_a[j, ix0:ix1]
+            b = plane_b[j, ix0:ix1]
+            for i in range(n_inside):
+                line[i] = _lerp(a[i], b[i], w)
+            out[k, j, :ix0] = fill
+            out[k, j, ix1:] = fill

@@ -7,7 +7,7 @@ Arrays are C-ordered ``(slice, row, column)``; ``slope`` and ``intercept`` hold 
 from __future__ import annotations
 
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import overload
 
 from ._jit import jit
@@ -42,7 +42,7 @@ _INT32_MAX_SLOPE = 16384.0
 _INT32_MAX_INTERCEPT = 536870912.0  # 2**29
 
 
-@jit(parallel=True)
+@jit
 def rescale_into(stored, slope, intercept, out):
     """Write ``out[z, y, x] = stored[z, y, x] * slope[z] + intercept[z]``.
 
@@ -56,11 +56,14 @@ def rescale_into(stored, slope, intercept, out):
     An integer ``out`` gets the value rounded to nearest (ties to even) and saturated to its dtype's range;
     NaN is written as 0. Returns the number of values that were not integral or did not fit (0 means the
     integer output is exact); a float ``out`` always returns 0.
+
+    Serial: ``voxelpipe.ops.rescale`` runs it on runs of slices in threads (it releases the GIL), which compiles
+    much faster than numba's ``parallel=True``.
     """
     is_int, small, lo, hi = _plan(stored, out)
     nz, ny, nx = stored.shape
     bad = 0
-    for i in prange(nz * ny):
+    for i in range(nz * ny):
         z = i // ny
         y = i - z * ny
         s = slope[z]

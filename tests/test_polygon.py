@@ -329,3 +329,19 @@ def test_crossing_arithmetic_is_compiled_without_fastmath():
             for line in ir.splitlines():
                 if f" {op} " in line:
                     assert not any(flag in line for flag in (" fast ", " arcp ", " reassoc ", " contract ")), line
+
+
+def test_rows_with_many_vertex_events_match_polygon2mask():
+    """Star polygons of 200 vertices on pixel centres: rows with far more than 32 events, vertex pixels among
+    them, take the kernel's heapsort of the row's events; slices run on threads."""
+    rng = np.random.default_rng(11)
+    polygons, slices = [], []
+    for z in range(6):
+        for _ in range(2):
+            angle = np.sort(rng.uniform(0, 2 * np.pi, 200))
+            radius = rng.uniform(5, 60, 200)
+            polygons.append(np.round(np.c_[64 + radius * np.sin(angle), 64 + radius * np.cos(angle)]))
+            slices.append(z)
+    got = fill_polygons_volume(polygons, slices, (6, 128, 128))
+    for z in range(6):
+        np.testing.assert_array_equal(got[z], _reference([p for p, s in zip(polygons, slices) if s == z], (128, 128)))

@@ -156,7 +156,7 @@ def test_kernel_general_matches_scipy_with_flips(seed, dtype, order):
     matrix[:3, 3] += matrix[:3, :3] @ np.array([0.0, -(out_shape[1] - 1), 0.0])  # ... about its centre
     out = np.empty(out_shape, np.float32 if order == "linear" else src.dtype)
     code = ORDER_LINEAR if order == "linear" else ORDER_NEAREST
-    resample_affine(src, matrix, out, code, 3.0)
+    resample_affine(src, matrix, out, code, 3.0, 0, out_shape[0])
     expected = scipy_reference(src, matrix, out_shape, order, 3.0)
     if order == "linear":
         assert_linear_close(out, expected, src)
@@ -181,9 +181,11 @@ def test_separable_path_equals_general_path_and_scipy(seed, dtype):
         dt = np.float32 if code == ORDER_LINEAR else src.dtype
         general = np.empty(out_shape, dt)
         separable = np.full(out_shape, 99, dt)
-        resample_affine(src, matrix, general, code, -3.0)
-        for n_tasks in (1, 2, 5):
-            resample_separable(src, scale, offset, separable, code, -3.0, n_tasks)
+        resample_affine(src, matrix, general, code, -3.0, 0, out_shape[0])
+        for n_tasks in (1, 2, 5):  # runs of output slices, as the threads of ops.resample take them
+            for t in range(n_tasks):
+                resample_separable(src, scale, offset, separable, code, -3.0, t * out_shape[0] // n_tasks,
+                                   (t + 1) * out_shape[0] // n_tasks)
             if code == ORDER_NEAREST:
                 np.testing.assert_array_equal(separable, general)
             else:
@@ -208,7 +210,8 @@ def test_separable_path_all_outside_and_single_voxel_axes():
         out_shape = (3, 7, 4)
         for code, order in ((ORDER_LINEAR, "linear"), (ORDER_NEAREST, "nearest")):
             separable = np.empty(out_shape, np.float32)
-            resample_separable(src, scale, offset, separable, code, -1.0, 2)
+            resample_separable(src, scale, offset, separable, code, -1.0, 0, 1)
+            resample_separable(src, scale, offset, separable, code, -1.0, 1, 3)
             expected = scipy_reference(src, matrix, out_shape, order, -1.0)
             np.testing.assert_allclose(separable, expected, rtol=0, atol=1e-5)
 
@@ -225,9 +228,9 @@ def test_edges_follow_scipy_constant_mode():
             matrix = np.eye(4)
             matrix[2, 3] = x
             out = np.empty((1, 1, 1), np.float32)
-            resample_affine(src, matrix, out, code, -9.0)
+            resample_affine(src, matrix, out, code, -9.0, 0, 1)
             separable = np.empty((1, 1, 1), np.float32)
-            resample_separable(src, np.ones(3), np.array([0.0, 0.0, x]), separable, code, -9.0, 1)
+            resample_separable(src, np.ones(3), np.array([0.0, 0.0, x]), separable, code, -9.0, 0, 1)
             assert separable[0, 0, 0] == out[0, 0, 0]
             expected = scipy_reference(src, matrix, (1, 1, 1), order, -9.0)
             assert out[0, 0, 0] == pytest.approx(expected[0, 0, 0], abs=1e-6), (order, x)
@@ -252,7 +255,7 @@ def test_edge_tolerance_absorbs_float_noise():
         matrix = np.eye(4)
         matrix[0, 3] = x
         out = np.empty((1, 1, 1), np.float32)
-        resample_affine(src, matrix, out, ORDER_LINEAR, -9.0)
+        resample_affine(src, matrix, out, ORDER_LINEAR, -9.0, 0, 1)
         assert out[0, 0, 0] == (1 if x < 0 else 4)
 
 
@@ -411,14 +414,21 @@ def test_resample_chooses_separable_path(monkeypatch):
     rng = np.random.default_rng(17)
     geometry = oblique_geometry(SHAPE, rng, shear=0.2)
     volume = Volume(random_volume("uint8", seed=17), geometry)
-    resample(volume, spacing=1.3)
-    resample(volume, spacing=1.3, order="nearest")
-    resample(volume, spacing=1.3, order="label")  # label always takes the general kernel
+    kernels = []  # the kernel(s) each resample called (once per run of output slices, on threads)
+
+    def record(result):
+        kernels.append(sorted(set(calls)))
+        calls.clear()
+        return result
+
+    record(resample(volume, spacing=1.3))
+    record(resample(volume, spacing=1.3, order="nearest"))
+    record(resample(volume, spacing=1.3, order="label"))  # label always takes the general kernel
     shifted = geometry_from_affine(SHAPE, geometry.affine @ np.diag([1.0, 1.0, -1.0, 1.0]))
-    resample_to(volume, shifted)  # a flip is still axis-aligned
+    record(resample_to(volume, shifted))  # a flip is still axis-aligned
     rotated = geometry_from_affine(SHAPE, geometry.affine @ np.r_[np.c_[rotation(rng), np.zeros(3)], [[0, 0, 0, 1]]])
-    resample_to(volume, rotated)
-    assert calls == ["separable", "separable", "affine", "separable", "affine"]
+    record(resample_to(volume, rotated))
+    assert kernels == [["separable"], ["separable"], ["affine"], ["separable"], ["affine"]]
 
 
 @pytest.mark.parametrize("order", ["linear", "nearest", "label"])

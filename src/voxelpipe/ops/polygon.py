@@ -15,6 +15,7 @@ import numpy as np
 
 from voxelpipe.core.errors import InputError
 from voxelpipe.kernels.polygon import fill_polygons_2d, fill_polygons_3d, first_bad_vertex
+from voxelpipe.ops.threads import run_ranges
 
 __all__ = ["fill_polygon", "fill_polygons", "fill_polygons_volume", "MAX_COORDINATE"]
 
@@ -99,7 +100,7 @@ def fill_polygons_volume(polygons: Sequence[Vertices], slice_index: Sequence[int
     """Masks of a whole volume: polygon ``i`` (``(K, 2)`` vertices ``(row, column)`` in pixels) is drawn in slice
     ``slice_index[i]`` of a ``(slices, rows, columns)`` uint8 volume, even-odd across the polygons of a slice.
 
-    ``out``: optional C-contiguous uint8 array of ``shape``, overwritten. Slices run in parallel (numba threads).
+    ``out``: optional C-contiguous uint8 array of ``shape``, overwritten. Slices run in parallel (numba's thread count).
     """
     shape3 = _shape(shape, 3, "shape")
     vertices, offsets = _pack(polygons)
@@ -129,5 +130,6 @@ def fill_polygons_volume(polygons: Sequence[Vertices], slice_index: Sequence[int
         out = np.empty(shape3, dtype=np.uint8)
     else:
         _check_out(out, shape3)
-    fill_polygons_3d(vertices, offsets, order, slice_starts, out)
+    run_ranges(lambda start, stop: fill_polygons_3d(vertices, offsets, order, slice_starts[start:stop + 1],
+                                                    out[start:stop]), shape3[0], runs_per_thread=4)
     return out

@@ -60,7 +60,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from voxelpipe.core.errors import InputError
@@ -68,6 +67,7 @@ from voxelpipe.core.volume import Volume
 from voxelpipe.kernels.project import project_into
 from voxelpipe.ops.regrid import axis_aligned_geometry
 from voxelpipe.ops.resample import resample_to
+from voxelpipe.ops.threads import run_ranges
 
 __all__ = ["project", "aligned_for_projection", "Projections", "AXES", "KINDS", "AXIS_TOLERANCE_DEG"]
 
@@ -385,9 +385,13 @@ def project(
     ascending = plan.step_along_axis > 0
     out_rows = np.arange(nz, dtype=np.int64) if ascending else np.arange(nz - 1, -1, -1, dtype=np.int64)
     images = np.empty((angles.size, nz, width), np.float32)
-    project_into(work, mask_work, transposed, np.ascontiguousarray(alpha), np.ascontiguousarray(beta),
-                 np.ascontiguousarray(delta), float(pm), fill_value, kind == "mean", out_rows, images,
-                 mask_images, 4 * numba.get_num_threads())
+    alpha = np.ascontiguousarray(alpha)
+    beta = np.ascontiguousarray(beta)
+    delta = np.ascontiguousarray(delta)
+    mean = kind == "mean"
+    run_ranges(lambda start, stop: project_into(work, mask_work, transposed, alpha, beta, delta, float(pm), fill_value,
+                                                mean, out_rows, images, mask_images, start, stop), nz,
+               runs_per_thread=4)
 
     geometry = volume.geometry
     positions = geometry.slice_positions

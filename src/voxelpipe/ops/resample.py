@@ -43,7 +43,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numba
 import numpy as np
 
 from voxelpipe.core.errors import InputError
@@ -57,6 +56,7 @@ from voxelpipe.kernels.resample import (
     resample_separable,
 )
 from voxelpipe.ops.regrid import is_sheared, straightened_geometry
+from voxelpipe.ops.threads import run_ranges
 
 __all__ = ["resample", "resample_to", "resampled_geometry", "index_matrix", "is_separable", "ORDERS"]
 
@@ -197,10 +197,14 @@ def _run(array: np.ndarray, matrix: np.ndarray, out_shape: tuple[int, int, int],
     out_dtype = np.dtype(np.float32) if code == ORDER_LINEAR else array.dtype
     out = np.empty(out_shape, dtype=out_dtype)
     if code != ORDER_LABEL and is_separable(matrix):
-        resample_separable(array, np.ascontiguousarray(np.diag(matrix[:3, :3])), np.ascontiguousarray(matrix[:3, 3]),
-                           out, code, fill, numba.get_num_threads())
+        scale = np.ascontiguousarray(np.diag(matrix[:3, :3]))
+        offset = np.ascontiguousarray(matrix[:3, 3])
+        run_ranges(lambda start, stop: resample_separable(array, scale, offset, out, code, fill, start, stop),
+                   out_shape[0])
     else:
-        resample_affine(array, np.ascontiguousarray(matrix), out, code, fill)
+        matrix = np.ascontiguousarray(matrix)
+        run_ranges(lambda start, stop: resample_affine(array, matrix, out, code, fill, start, stop), out_shape[0],
+                   runs_per_thread=4)
     return out
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from voxelpipe.core.errors import BadTagValueError, InputError, ValuesDoNotFitError
 from voxelpipe.kernels.rescale import rescale_into
+from voxelpipe.ops.threads import run_ranges
 
 __all__ = ["rescale", "output_dtype", "check_rescale"]
 
@@ -152,7 +153,7 @@ def rescale(
         if not out.flags.writeable:
             raise InputError("out must be writeable")
         out3 = out.reshape(stored3.shape)
-        nbad = rescale_into(stored3, slopes, intercepts, out3)
+        nbad = rescale_slices(stored3, slopes, intercepts, out3)
         if nbad:
             raise ValuesDoNotFitError(
                 f"{nbad} rescaled value(s) are not integral or do not fit int16 (slope {slope!r}, "
@@ -167,8 +168,16 @@ def rescale(
             lo = hi = 0
         want = output_dtype(lo, hi, slopes, intercepts)
     result = np.empty(stored3.shape, dtype=want)
-    nbad = rescale_into(stored3, slopes, intercepts, result)
+    nbad = rescale_slices(stored3, slopes, intercepts, result)
     if nbad:  # int16 only: redo exactly as float32
         result = np.empty(stored3.shape, dtype=FLOAT32)
-        rescale_into(stored3, slopes, intercepts, result)
+        rescale_slices(stored3, slopes, intercepts, result)
     return result.reshape(shape)
+
+
+def rescale_slices(stored3: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray, out3: np.ndarray) -> int:
+    """The rescale kernel on runs of slices in threads (3-D C-contiguous arrays, float64 per-slice slope and
+    intercept, validated); returns the kernel's count of values that were not integral or did not fit."""
+    return sum(run_ranges(lambda start, stop: rescale_into(stored3[start:stop], slopes[start:stop],
+                                                           intercepts[start:stop], out3[start:stop]),
+                          stored3.shape[0]))
