@@ -110,6 +110,17 @@ class CompileLog(numba_event.Listener):
         pass
 
 
+def has_cache(*kernels: str) -> bool:
+    """Whether the cache folder holds a compiled entry (of any signature) of every kernel named
+    ``"<module>.<function>"`` (e.g. ``"project.project_into"``): numba's index files
+    ``<module>.<function>-<line>.*.nbi``."""
+    folder = os.environ.get(CACHE_ENV, CACHE_DIR)
+    if not os.path.isdir(folder):
+        return False
+    names = {entry.name for sub in os.scandir(folder) if sub.is_dir() for entry in os.scandir(sub.path)}
+    return all(any(n.startswith(kernel + "-") and n.endswith(".nbi") for n in names) for kernel in kernels)
+
+
 COMPILE_LOG = CompileLog()
 numba_event.register("numba:compile", COMPILE_LOG)
 

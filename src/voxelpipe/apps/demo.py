@@ -10,6 +10,7 @@ from voxelpipe.apps.report import build_report, write_html
 from voxelpipe.core import defaults
 from voxelpipe.core.errors import VoxelpipeError
 from voxelpipe.core.types import Status
+from voxelpipe.ops.warmup import start_warmup, wait_warmup
 from voxelpipe.pipelines.convert import convert
 from voxelpipe.pipelines.masks import add_masks_from_manifest
 from voxelpipe.pipelines.scan import scan
@@ -35,6 +36,9 @@ def _require(step: str, rows: list[dict], ok: frozenset[str] = frozenset({Status
 def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool = True) -> dict[str, str]:
     """Write the demo study under ``out/dicom`` and run every pipeline stage on it; print where things went."""
     out = os.fspath(out)
+    # a first run compiles the masks, resample and project kernels in the background while it writes, scans and
+    # converts the study (no-op when they are cached)
+    warming = start_warmup([["polygon", "resample"], ["project"]])
     dicom_dir = os.path.join(out, "dicom")
     files = write_demo_study(dicom_dir)
     files["rtstruct"] = [_write_structures(dicom_dir, files["ct"])]
@@ -58,6 +62,7 @@ def run_demo(out: str | os.PathLike, workers: int | None = None, progress: bool 
               f"(ratio {row['ratio']}, verification {row['verification']})")
     print(f"  {os.path.join(volumes, 'summary_run.csv')}")
     _require("convert", summary, count=len(result.series))
+    wait_warmup(warming)
     rows = add_masks_from_manifest(manifest, volumes, workers=workers, progress=progress)
     written = [r for r in rows if r["status"] == Status.DONE]
     _require("masks", rows, count=2)
