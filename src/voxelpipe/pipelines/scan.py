@@ -21,6 +21,8 @@ earlier, interrupted scan of that folder left. An output that cannot be written 
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import time
@@ -34,7 +36,7 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
 from voxelpipe.core.keys import require_secret
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.types import ColumnNames, Phi, member_of
+from voxelpipe.core.types import ColumnNames, Executor, Phi, member_of
 from voxelpipe.dicom.deidentify import (
     FIELD_TEXT,
     FIELD_UID,
@@ -63,7 +65,7 @@ OBJECT_COLUMNS = [
 ]
 UNREADABLE_COLUMNS = ["path", "kind", "reason"]
 METADATA_LEADING = ["path", "series_key"]
-FILES_PER_TASK = 32
+FILES_PER_TASK = 128  # files per worker task: large enough that the parent handles few, compact results
 KEY_CLASH = "key_clash"  # kind in unreadable_files.csv of the files of series whose keys clash
 MANIFEST_FILES = ("metadata.csv", "metadata.parquet", "series_all.csv", "series_files.csv", "objects.csv",
                   "unreadable_files.csv", "scan.json")
@@ -127,6 +129,47 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
     return results
 
 
+@dataclass
+class ScanBatch:
+    """What a worker task returns for a batch of files, in file order, ready for the parent to store.
+
+    ``text`` holds the metadata rows (phi applied, ``path`` first) as JSON lines for the manifest's row spool and
+    ``columns`` their columns in first-seen order; ``rows`` holds them as dicts instead when no text is wanted."""
+
+    n_files: int
+    columns: list[str]
+    n_rows: int = 0
+    text: str = ""
+    rows: list[dict] = field(default_factory=list)
+    records: list[FileRecord] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)  # unreadable_files.csv rows, reasons phi applied
+
+
+def scan_batch(paths: list[str], phi: Phi = Phi.KEEP, phi_secret: str | None = None,
+               as_text: bool = True) -> ScanBatch:
+    """Worker task: read a batch of files and apply ``phi`` (keyed with ``phi_secret``) to their metadata rows
+    and reasons, so the parent only appends the results (JSON lines when ``as_text``, else row dicts)."""
+    batch = ScanBatch(n_files=len(paths), columns=list(METADATA_LEADING[:1]))
+    columns: dict[str, None] = dict.fromkeys(batch.columns)
+    lines: list[str] = []
+    for path, kind, row, record, reason in scan_files(paths):
+        if row is not None:
+            row = {"path": path, **deidentify_row(row, phi, phi_secret)}
+            columns.update(dict.fromkeys(row))
+            if as_text:
+                lines.append(json.dumps(row, ensure_ascii=False))
+            else:
+                batch.rows.append(row)
+        if record is not None:
+            batch.records.append(record)
+        else:
+            batch.unreadable.append({"path": path, "kind": kind, "reason": scrub_uids(reason, phi, phi_secret)})
+    batch.columns = list(columns)
+    batch.n_rows = len(lines) if as_text else len(batch.rows)
+    batch.text = "".join(line + "\n" for line in lines)
+    return batch
+
+
 @locks_output("scan")  # one run per manifest folder
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
@@ -170,23 +213,29 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     records: list[FileRecord] = []
     unreadable: list[dict] = []
     batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
+    # the workers apply phi, except on a dask cluster when pseudonymising: the key stays in this process
+    in_parent = phi == Phi.PSEUDONYMISE and executor != Executor.POOL
+    task = functools.partial(scan_batch, phi=Phi.KEEP if in_parent else phi,
+                             phi_secret=None if in_parent else phi_secret, as_text=bool(spool) and not in_parent)
     try:
         with Progress(len(files), "scan", enabled=progress) as bar:
-            for results in imap(scan_files, batches, workers, executor=executor, scheduler=scheduler):
-                for path, kind, row, record, reason in results:
-                    if row is not None:
-                        row = {"path": path, **deidentify_row(row, phi, phi_secret)}
-                        if spool:
-                            spool.add(row)
-                        else:
-                            metadata_columns.update(dict.fromkeys(row))
-                            metadata.append(row)
-                    if record is not None:
-                        records.append(record)
+            for batch in imap(task, batches, workers, executor=executor, scheduler=scheduler, start_here=True):
+                if in_parent:
+                    batch.rows = [{"path": row.pop("path"), **deidentify_row(row, phi, phi_secret)}
+                                  for row in batch.rows]
+                    for row in batch.unreadable:
+                        row["reason"] = scrub_uids(row["reason"], phi, phi_secret)
+                if batch.text:
+                    spool.add_text(batch.text, batch.columns, batch.n_rows)
+                for row in batch.rows:
+                    if spool:
+                        spool.add(row)
                     else:
-                        unreadable.append({"path": path, "kind": kind,
-                                           "reason": scrub_uids(reason, phi, phi_secret)})
-                bar.update(len(results))
+                        metadata_columns.update(dict.fromkeys(row))
+                        metadata.append(row)
+                records.extend(batch.records)
+                unreadable.extend(batch.unreadable)
+                bar.update(batch.n_files)
 
         images = [r for r in records if r.kind == "image"]
         series, clashes = group_series(images, secret)

@@ -94,6 +94,15 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str])
         writer.writerows(rows)
 
 
+def write_csv_lists(path: str | os.PathLike, header: list[str], rows: Iterable[list]) -> None:
+    """Write ``rows`` (lists of cells in ``header`` order) as CSV with ``header``, atomically: the same file
+    :func:`write_csv` writes for the dicts of those cells, without a dict per row."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of strings."""
     with open(path, newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
@@ -138,6 +147,14 @@ class RowSpool:
         self.columns.update(dict.fromkeys(row))
         self.count += 1
 
+    def add_text(self, text: str, columns: Iterable[str], count: int) -> None:
+        """Append ``count`` rows already encoded as JSON lines (as :meth:`add` writes them, each ending in a
+        newline; from worker processes), whose columns in first-seen order are ``columns``."""
+        with output_errors(self.folder, " the temporary row spool"):
+            self._fh.write(text)
+        self.columns.update(dict.fromkeys(columns))
+        self.count += count
+
     def _rows(self, extra: dict[str, dict[str, str]] | None, key: str,
               rename: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
         with output_errors(self.folder, " the temporary row spool"):
@@ -149,6 +166,12 @@ class RowSpool:
                 row.update(extra.get(row.get(key, ""), {}))
             yield {rename.get(c, c): v for c, v in row.items()} if rename else row
 
+    def _cells(self, extra: dict[str, dict[str, str]] | None, key: str) -> Iterator[list[str]]:
+        """The rows as lists of cells in column order ("" for a column a row lacks)."""
+        columns = list(self.columns)
+        for row in self._rows(extra, key):
+            yield [row.get(c, "") for c in columns]
+
     def write(self, csv_path: str, parquet_path: str | None = None,
               extra: dict[str, dict[str, str]] | None = None, key: str = "path",
               rename: Mapping[str, str] | None = None, types: Mapping[str, str] | None = None) -> None:
@@ -158,7 +181,7 @@ class RowSpool:
         naming the table."""
         columns = [rename.get(c, c) for c in self.columns] if rename else list(self.columns)
         with output_errors(csv_path):
-            write_csv(csv_path, self._rows(extra, key, rename), columns)
+            write_csv_lists(csv_path, columns, self._cells(extra, key))
         if parquet_path:
             with output_errors(parquet_path):
                 write_parquet(parquet_path, self._rows(extra, key, rename), columns, types=types)
