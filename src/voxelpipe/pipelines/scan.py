@@ -50,7 +50,7 @@ from voxelpipe.dicom.deidentify import (
 )
 from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, read_header
 from voxelpipe.dicom.flatten import keyword_column, number_type
-from voxelpipe.dicom.records import FileRecord, make_record
+from voxelpipe.dicom.records import FileRecord, make_record, pack_record, unpack_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
 from voxelpipe.stores.lock import holds_alone, locks_output
@@ -141,7 +141,7 @@ class ScanBatch:
     n_rows: int = 0
     text: str = ""
     rows: list[dict] = field(default_factory=list)
-    records: list[FileRecord] = field(default_factory=list)
+    records: list[tuple] = field(default_factory=list)  # the usable files' records (pack_record)
     unreadable: list[dict] = field(default_factory=list)  # unreadable_files.csv rows, reasons phi applied
 
 
@@ -161,7 +161,7 @@ def scan_batch(paths: list[str], phi: Phi = Phi.KEEP, phi_secret: str | None = N
             else:
                 batch.rows.append(row)
         if record is not None:
-            batch.records.append(record)
+            batch.records.append(pack_record(record))
         else:
             batch.unreadable.append({"path": path, "kind": kind, "reason": scrub_uids(reason, phi, phi_secret)})
     batch.columns = list(columns)
@@ -233,7 +233,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                     else:
                         metadata_columns.update(dict.fromkeys(row))
                         metadata.append(row)
-                records.extend(batch.records)
+                records.extend(map(unpack_record, batch.records))
                 unreadable.extend(batch.unreadable)
                 bar.update(batch.n_files)
 
