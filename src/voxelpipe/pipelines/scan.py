@@ -140,6 +140,7 @@ class ScanBatch:
     columns: list[str]
     n_rows: int = 0
     text: str = ""
+    row_paths: list[str] = field(default_factory=list)  # the paths of the rows of ``text``, in order
     rows: list[dict] = field(default_factory=list)
     records: list[tuple] = field(default_factory=list)  # the usable files' records (pack_record)
     unreadable: list[dict] = field(default_factory=list)  # unreadable_files.csv rows, reasons phi applied
@@ -152,7 +153,8 @@ def scan_batch(paths: list[str], phi: Phi = Phi.KEEP, phi_secret: str | None = N
     batch = ScanBatch(n_files=len(paths), columns=list(METADATA_LEADING[:1]))
     columns: dict[str, None] = dict.fromkeys(batch.columns)
     lines: list[str] = []
-    for path, kind, row, record, reason in scan_files(paths):
+    results = scan_files(paths)
+    for path, kind, row, record, reason in results:
         if row is not None:
             row = {"path": path, **deidentify_row(row, phi, phi_secret)}
             columns.update(dict.fromkeys(row))
@@ -167,6 +169,7 @@ def scan_batch(paths: list[str], phi: Phi = Phi.KEEP, phi_secret: str | None = N
     batch.columns = list(columns)
     batch.n_rows = len(lines) if as_text else len(batch.rows)
     batch.text = "".join(line + "\n" for line in lines)
+    batch.row_paths = [path for path, kind, row, record, reason in results if row is not None] if as_text else []
     return batch
 
 
@@ -212,6 +215,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     metadata_columns: dict[str, None] = dict.fromkeys(METADATA_LEADING)
     records: list[FileRecord] = []
     unreadable: list[dict] = []
+    row_paths: list[str] = []  # the paths of the rows spooled as text, in spool order
     batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
     # the workers apply phi, except on a dask cluster when pseudonymising: the key stays in this process
     in_parent = phi == Phi.PSEUDONYMISE and executor != Executor.POOL
@@ -227,6 +231,7 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                         row["reason"] = scrub_uids(row["reason"], phi, phi_secret)
                 if batch.text:
                     spool.add_text(batch.text, batch.columns, batch.n_rows)
+                    row_paths.extend(batch.row_paths)
                 for row in batch.rows:
                     if spool:
                         spool.add(row)
@@ -254,9 +259,12 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                       if column_names == ColumnNames.KEYWORD else {})
             rename = _unique_names(rename)
             types = {rename.get(c, c): kind for c in spool.columns if (kind := _column_type(c, phi))}
+            parallel = workers > 1 and executor == Executor.POOL and len(row_paths) == spool.count
             spool.write(os.path.join(out, "metadata.csv"),
                         os.path.join(out, "metadata.parquet") if table_format == "parquet" else None, extra,
-                        rename=rename, types=types)
+                        rename=rename, types=types,
+                        map_chunks=(lambda func, chunks: imap(func, chunks, workers)) if parallel else None,
+                        row_extras=[extra.get(path, {}) for path in row_paths] if parallel else None)
             metadata_columns = {rename.get(c, c): None for c in spool.columns}
             _write_manifest(out, series_rows, file_rows, objects, unreadable, shard_rows, phi)
         else:
