@@ -32,6 +32,7 @@ def context() -> multiprocessing.context.BaseContext:
 
 
 _pools: dict[int, multiprocessing.pool.Pool] = {}
+_starting: dict[int, PoolStart] = {}  # pools starting in the background (start_pool), by worker count
 
 
 def get_pool(workers: int) -> multiprocessing.pool.Pool:
@@ -72,11 +73,13 @@ def pool_imap(func: Callable[[T], R], items: list[T], workers: int, chunksize: i
         for item in items:
             yield guarded(lambda item=item: func(item), item, on_error)
         return
-    if start_here and workers not in _pools:
+    starting = _starting.pop(workers, None)
+    if starting is None and start_here and workers not in _pools:
         starting = PoolStart(workers)
+    if starting is not None:
         done = 0
         try:
-            while done < len(items) and not starting.ready.is_set():
+            while start_here and done < len(items) and not starting.ready.is_set():
                 yield guarded(lambda item=items[done]: func(item), items[done], on_error)
                 done += 1
         finally:
@@ -91,6 +94,21 @@ def pool_imap(func: Callable[[T], R], items: list[T], workers: int, chunksize: i
     except BaseException:
         discard_pool(workers)
         raise
+
+
+def start_pool(workers: int) -> None:
+    """Start the pool of ``workers`` workers in the background (unless it is up or starting), so that it is ready
+    sooner; the next :func:`pool_imap` with ``workers`` waits for it (or runs items here meanwhile)."""
+    if workers > 1 and workers not in _pools and workers not in _starting:
+        _starting[workers] = PoolStart(workers)
+
+
+def settle_pool_start(workers: int) -> None:
+    """Wait for a background start of the pool of ``workers`` workers, if any (before leaving after an error,
+    so that no pool is half made when the process exits); the pool stays for later calls."""
+    starting = _starting.pop(workers, None)
+    if starting is not None:
+        starting.thread.join()
 
 
 class PoolStart:

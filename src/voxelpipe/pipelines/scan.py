@@ -53,6 +53,7 @@ from voxelpipe.dicom.flatten import keyword_column, number_type
 from voxelpipe.dicom.records import FileRecord, make_record, pack_record, unpack_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.execution.pool import settle_pool_start, start_pool
 from voxelpipe.stores.lock import holds_alone, locks_output
 from voxelpipe.stores.tables import RowSpool, output_errors, remove_temporaries, write_csv, write_json
 
@@ -204,13 +205,17 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     column_names = member_of(ColumnNames, column_names, "column-names")
     phi_secret = require_secret(secret) if phi == Phi.PSEUDONYMISE else None
     workers = default_workers() if workers is None else max(1, workers)
-    files = list(iter_files(paths, exclude=[*exclude, *([out] if out else [])]))
+    files = walk_files(paths, [*exclude, *([out] if out else [])], workers if executor == Executor.POOL else 1)
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
 
     out = os.fspath(out) if out is not None else None
-    if out:
-        prepare_manifest_folder(out)
-    spool = RowSpool(out, METADATA_LEADING) if out else None
+    try:
+        if out:
+            prepare_manifest_folder(out)
+        spool = RowSpool(out, METADATA_LEADING) if out else None
+    except BaseException:
+        settle_pool_start(workers)  # started by the walk
+        raise
     metadata: list[dict] = []
     metadata_columns: dict[str, None] = dict.fromkeys(METADATA_LEADING)
     records: list[FileRecord] = []
@@ -290,6 +295,21 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),
              len(unreadable), len(files), seconds)
     return result
+
+
+def walk_files(paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike], workers: int) -> list[str]:
+    """The files below ``paths`` (:func:`~voxelpipe.dicom.files.iter_files`); with more than one worker the process
+    pool starts in the background as soon as there is more than one task's worth of files."""
+    files: list[str] = []
+    try:
+        for path in iter_files(paths, exclude=exclude):
+            files.append(path)
+            if len(files) == FILES_PER_TASK + 1:
+                start_pool(workers)
+    except BaseException:
+        settle_pool_start(workers)
+        raise
+    return files
 
 
 def prepare_manifest_folder(out: str) -> None:
