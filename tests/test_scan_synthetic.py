@@ -355,3 +355,24 @@ def test_two_workers_give_the_same_tables_as_one(synthetic):
     # one row per SeriesInstanceUID written, plus one more part for each of the two split series
     uids = {spec.series_uid for name, case in synthetic.items() for spec in case.specs}
     assert len(one.series) == len(uids) + 2
+
+
+@pytest.mark.parametrize("phi", ["keep", "pseudonymise"])
+def test_two_workers_write_the_same_manifest_as_one(synthetic, tmp_path, monkeypatch, phi):
+    """Written tables, byte for byte: the workers apply phi, send rows as JSON lines and records as tuples,
+    and encode metadata.csv in chunks (small chunks here, so that there are several windows of them)."""
+    from voxelpipe.stores import tables
+
+    monkeypatch.setenv("VOXELPIPE_KEY_SECRET", "s3cret")
+    monkeypatch.setattr(tables, "CSV_CHUNK_ROWS", 7)
+    monkeypatch.setattr(tables, "CSV_CHUNKS_AT_ONCE", 3)
+    root = synthetic["_root"].folder
+    results = {workers: scan(root, out=str(tmp_path / f"w{workers}"), workers=workers, progress=False, phi=phi)
+               for workers in (1, 2)}
+    assert results[1].n_metadata_rows == results[2].n_metadata_rows > 7 * 3
+    assert results[2].records == results[1].records
+    names = sorted(os.listdir(tmp_path / "w1"))
+    assert "metadata.csv" in names and sorted(os.listdir(tmp_path / "w2")) == names
+    for name in names:
+        if name.endswith(".csv"):
+            assert (tmp_path / "w2" / name).read_bytes() == (tmp_path / "w1" / name).read_bytes(), name

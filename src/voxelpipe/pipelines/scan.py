@@ -21,6 +21,8 @@ earlier, interrupted scan of that folder left. An output that cannot be written 
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import time
@@ -34,7 +36,7 @@ from voxelpipe.core import defaults
 from voxelpipe.core.errors import DicomReadError, InputError, NoGeometryError, NotDicomError
 from voxelpipe.core.keys import require_secret
 from voxelpipe.core.progress import Progress
-from voxelpipe.core.types import ColumnNames, Phi, member_of
+from voxelpipe.core.types import ColumnNames, Executor, Phi, member_of
 from voxelpipe.dicom.deidentify import (
     FIELD_TEXT,
     FIELD_UID,
@@ -48,9 +50,10 @@ from voxelpipe.dicom.deidentify import (
 )
 from voxelpipe.dicom.files import TruncatedFileError, check_whole, iter_files, read_header
 from voxelpipe.dicom.flatten import keyword_column, number_type
-from voxelpipe.dicom.records import FileRecord, make_record
+from voxelpipe.dicom.records import FileRecord, make_record, pack_record, unpack_record
 from voxelpipe.dicom.series import FILE_COLUMNS, SERIES_COLUMNS, KeyClash, Series, group_series
 from voxelpipe.execution import check_executor, default_workers, imap
+from voxelpipe.execution.pool import settle_pool_start, start_pool
 from voxelpipe.stores.lock import holds_alone, locks_output
 from voxelpipe.stores.tables import RowSpool, output_errors, remove_temporaries, write_csv, write_json
 
@@ -63,7 +66,7 @@ OBJECT_COLUMNS = [
 ]
 UNREADABLE_COLUMNS = ["path", "kind", "reason"]
 METADATA_LEADING = ["path", "series_key"]
-FILES_PER_TASK = 32
+FILES_PER_TASK = 128  # files per worker task: large enough that the parent handles few, compact results
 KEY_CLASH = "key_clash"  # kind in unreadable_files.csv of the files of series whose keys clash
 MANIFEST_FILES = ("metadata.csv", "metadata.parquet", "series_all.csv", "series_files.csv", "objects.csv",
                   "unreadable_files.csv", "scan.json")
@@ -127,6 +130,50 @@ def scan_files(paths: list[str]) -> list[tuple[str, str, dict | None, FileRecord
     return results
 
 
+@dataclass
+class ScanBatch:
+    """What a worker task returns for a batch of files, in file order, ready for the parent to store.
+
+    ``text`` holds the metadata rows (phi applied, ``path`` first) as JSON lines for the manifest's row spool and
+    ``columns`` their columns in first-seen order; ``rows`` holds them as dicts instead when no text is wanted."""
+
+    n_files: int
+    columns: list[str]
+    n_rows: int = 0
+    text: str = ""
+    row_paths: list[str] = field(default_factory=list)  # the paths of the rows of ``text``, in order
+    rows: list[dict] = field(default_factory=list)
+    records: list[tuple] = field(default_factory=list)  # the usable files' records (pack_record)
+    unreadable: list[dict] = field(default_factory=list)  # unreadable_files.csv rows, reasons phi applied
+
+
+def scan_batch(paths: list[str], phi: Phi = Phi.KEEP, phi_secret: str | None = None,
+               as_text: bool = True) -> ScanBatch:
+    """Worker task: read a batch of files and apply ``phi`` (keyed with ``phi_secret``) to their metadata rows
+    and reasons, so the parent only appends the results (JSON lines when ``as_text``, else row dicts)."""
+    batch = ScanBatch(n_files=len(paths), columns=list(METADATA_LEADING[:1]))
+    columns: dict[str, None] = dict.fromkeys(batch.columns)
+    lines: list[str] = []
+    results = scan_files(paths)
+    for path, kind, row, record, reason in results:
+        if row is not None:
+            row = {"path": path, **deidentify_row(row, phi, phi_secret)}
+            columns.update(dict.fromkeys(row))
+            if as_text:
+                lines.append(json.dumps(row, ensure_ascii=False))
+            else:
+                batch.rows.append(row)
+        if record is not None:
+            batch.records.append(pack_record(record))
+        else:
+            batch.unreadable.append({"path": path, "kind": kind, "reason": scrub_uids(reason, phi, phi_secret)})
+    batch.columns = list(columns)
+    batch.n_rows = len(lines) if as_text else len(batch.rows)
+    batch.text = "".join(line + "\n" for line in lines)
+    batch.row_paths = [path for path, kind, row, record, reason in results if row is not None] if as_text else []
+    return batch
+
+
 @locks_output("scan")  # one run per manifest folder
 def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike | None = None,
          shards: int = defaults.SCAN_SHARDS, workers: int | None = None,
@@ -158,35 +205,47 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     column_names = member_of(ColumnNames, column_names, "column-names")
     phi_secret = require_secret(secret) if phi == Phi.PSEUDONYMISE else None
     workers = default_workers() if workers is None else max(1, workers)
-    files = list(iter_files(paths, exclude=[*exclude, *([out] if out else [])]))
+    files = walk_files(paths, [*exclude, *([out] if out else [])], workers if executor == Executor.POOL else 1)
     log.info("scan: %d files under %s, %d worker(s)", len(files), ", ".join(map(str, paths)), workers)
 
     out = os.fspath(out) if out is not None else None
-    if out:
-        prepare_manifest_folder(out)
-    spool = RowSpool(out, METADATA_LEADING) if out else None
+    try:
+        if out:
+            prepare_manifest_folder(out)
+        spool = RowSpool(out, METADATA_LEADING) if out else None
+    except BaseException:
+        settle_pool_start(workers)  # started by the walk
+        raise
     metadata: list[dict] = []
     metadata_columns: dict[str, None] = dict.fromkeys(METADATA_LEADING)
     records: list[FileRecord] = []
     unreadable: list[dict] = []
+    row_paths: list[str] = []  # the paths of the rows spooled as text, in spool order
     batches = [files[i:i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
+    # the workers apply phi, except on a dask cluster when pseudonymising: the key stays in this process
+    in_parent = phi == Phi.PSEUDONYMISE and executor != Executor.POOL
+    task = functools.partial(scan_batch, phi=Phi.KEEP if in_parent else phi,
+                             phi_secret=None if in_parent else phi_secret, as_text=bool(spool) and not in_parent)
     try:
         with Progress(len(files), "scan", enabled=progress) as bar:
-            for results in imap(scan_files, batches, workers, executor=executor, scheduler=scheduler):
-                for path, kind, row, record, reason in results:
-                    if row is not None:
-                        row = {"path": path, **deidentify_row(row, phi, phi_secret)}
-                        if spool:
-                            spool.add(row)
-                        else:
-                            metadata_columns.update(dict.fromkeys(row))
-                            metadata.append(row)
-                    if record is not None:
-                        records.append(record)
+            for batch in imap(task, batches, workers, executor=executor, scheduler=scheduler, start_here=True):
+                if in_parent:
+                    batch.rows = [{"path": row.pop("path"), **deidentify_row(row, phi, phi_secret)}
+                                  for row in batch.rows]
+                    for row in batch.unreadable:
+                        row["reason"] = scrub_uids(row["reason"], phi, phi_secret)
+                if batch.text:
+                    spool.add_text(batch.text, batch.columns, batch.n_rows)
+                    row_paths.extend(batch.row_paths)
+                for row in batch.rows:
+                    if spool:
+                        spool.add(row)
                     else:
-                        unreadable.append({"path": path, "kind": kind,
-                                           "reason": scrub_uids(reason, phi, phi_secret)})
-                bar.update(len(results))
+                        metadata_columns.update(dict.fromkeys(row))
+                        metadata.append(row)
+                records.extend(map(unpack_record, batch.records))
+                unreadable.extend(batch.unreadable)
+                bar.update(batch.n_files)
 
         images = [r for r in records if r.kind == "image"]
         series, clashes = group_series(images, secret)
@@ -205,9 +264,12 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
                       if column_names == ColumnNames.KEYWORD else {})
             rename = _unique_names(rename)
             types = {rename.get(c, c): kind for c in spool.columns if (kind := _column_type(c, phi))}
+            parallel = workers > 1 and executor == Executor.POOL and len(row_paths) == spool.count
             spool.write(os.path.join(out, "metadata.csv"),
                         os.path.join(out, "metadata.parquet") if table_format == "parquet" else None, extra,
-                        rename=rename, types=types)
+                        rename=rename, types=types,
+                        map_chunks=(lambda func, chunks: imap(func, chunks, workers)) if parallel else None,
+                        row_extras=[extra.get(path, {}) for path in row_paths] if parallel else None)
             metadata_columns = {rename.get(c, c): None for c in spool.columns}
             _write_manifest(out, series_rows, file_rows, objects, unreadable, shard_rows, phi)
         else:
@@ -233,6 +295,21 @@ def scan(paths: list[str | os.PathLike] | str | os.PathLike, out: str | os.PathL
     log.info("scan: %d series, %d objects, %d unreadable of %d files in %.1f s", len(series_rows), len(objects),
              len(unreadable), len(files), seconds)
     return result
+
+
+def walk_files(paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike], workers: int) -> list[str]:
+    """The files below ``paths`` (:func:`~voxelpipe.dicom.files.iter_files`); with more than one worker the process
+    pool starts in the background as soon as there is more than one task's worth of files."""
+    files: list[str] = []
+    try:
+        for path in iter_files(paths, exclude=exclude):
+            files.append(path)
+            if len(files) == FILES_PER_TASK + 1:
+                start_pool(workers)
+    except BaseException:
+        settle_pool_start(workers)
+        raise
+    return files
 
 
 def prepare_manifest_folder(out: str) -> None:

@@ -6,11 +6,14 @@ final file gets the usual permissions. The row spool of :class:`RowSpool` has no
 from __future__ import annotations
 
 import csv
+import functools
+import io
+import itertools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from voxelpipe.core.errors import InputError, OutputWriteError
@@ -94,6 +97,29 @@ def write_csv(path: str | os.PathLike, rows: Iterable[dict], columns: list[str])
         writer.writerows(rows)
 
 
+def write_csv_lists(path: str | os.PathLike, header: list[str], rows: Iterable[list]) -> None:
+    """Write ``rows`` (lists of cells in ``header`` order) as CSV with ``header``, atomically: the same file
+    :func:`write_csv` writes for the dicts of those cells, without a dict per row."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def csv_text(chunk: tuple[list[str], Sequence[Mapping[str, str]]], columns: list[str]) -> str:
+    """The CSV lines (no header) of rows given as JSON lines, ``extras[i]`` adding cells to row ``i``: what
+    :meth:`RowSpool.write` writes for them (a task for worker processes)."""
+    lines, extras = chunk
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for line, more in zip(lines, extras):
+        row = json.loads(line)
+        if more:
+            row.update(more)
+        writer.writerow([row.get(c, "") for c in columns])
+    return buffer.getvalue()
+
+
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of strings."""
     with open(path, newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
@@ -111,6 +137,18 @@ def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
     """Write ``lines`` as UTF-8 text, one per line (``\n`` endings), atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", errors=PATH_BYTES, newline="\n") as fh:
         fh.writelines(line + "\n" for line in lines)
+
+
+CSV_CHUNK_ROWS = 2000  # rows per CSV-encoding task of RowSpool.write
+CSV_CHUNKS_AT_ONCE = 8  # tasks in flight: bounds the memory of a parallel write
+
+
+def write_csv_text(path: str | os.PathLike, header: list[str], texts: Iterable[str]) -> None:
+    """Write a CSV header and then ``texts`` (CSV lines as :func:`csv_text` encodes them), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as fh:
+        csv.writer(fh).writerow(header)
+        for text in texts:
+            fh.write(text)
 
 
 class RowSpool:
@@ -138,6 +176,14 @@ class RowSpool:
         self.columns.update(dict.fromkeys(row))
         self.count += 1
 
+    def add_text(self, text: str, columns: Iterable[str], count: int) -> None:
+        """Append ``count`` rows already encoded as JSON lines (as :meth:`add` writes them, each ending in a
+        newline; from worker processes), whose columns in first-seen order are ``columns``."""
+        with output_errors(self.folder, " the temporary row spool"):
+            self._fh.write(text)
+        self.columns.update(dict.fromkeys(columns))
+        self.count += count
+
     def _rows(self, extra: dict[str, dict[str, str]] | None, key: str,
               rename: Mapping[str, str] | None = None) -> Iterator[dict[str, str]]:
         with output_errors(self.folder, " the temporary row spool"):
@@ -149,16 +195,43 @@ class RowSpool:
                 row.update(extra.get(row.get(key, ""), {}))
             yield {rename.get(c, c): v for c, v in row.items()} if rename else row
 
+    def _cells(self, extra: dict[str, dict[str, str]] | None, key: str) -> Iterator[list[str]]:
+        """The rows as lists of cells in column order ("" for a column a row lacks)."""
+        columns = list(self.columns)
+        for row in self._rows(extra, key):
+            yield [row.get(c, "") for c in columns]
+
+    def _line_chunks(self, size: int) -> Iterator[list[str]]:
+        """The spooled JSON lines, ``size`` at a time."""
+        with output_errors(self.folder, " the temporary row spool"):
+            self._fh.flush()
+            self._fh.seek(0)
+        while chunk := list(itertools.islice(self._fh, size)):
+            yield chunk
+
     def write(self, csv_path: str, parquet_path: str | None = None,
               extra: dict[str, dict[str, str]] | None = None, key: str = "path",
-              rename: Mapping[str, str] | None = None, types: Mapping[str, str] | None = None) -> None:
+              rename: Mapping[str, str] | None = None, types: Mapping[str, str] | None = None,
+              map_chunks: Callable[[Callable[[tuple], str], list[tuple]], Iterable[str]] | None = None,
+              row_extras: Sequence[Mapping[str, str]] | None = None) -> None:
         """Write the CSV (and Parquet); ``extra[row[key]]`` adds cells to a row on the way out; ``rename`` maps
         column names to the names written (``key`` is the name before renaming); ``types``: Parquet column types
         (:func:`write_parquet`, by the names written). An ``OSError`` is raised as :class:`OutputWriteError`
-        naming the table."""
+        naming the table.
+
+        ``map_chunks(func, chunks)`` (an ordered map over worker processes) with ``row_extras`` (the cells
+        ``extra`` adds, one mapping per row in spool order): the CSV lines are encoded by ``func`` in chunks of
+        ``CSV_CHUNK_ROWS`` rows, a few chunks at a time (memory stays bounded); the file is the same."""
         columns = [rename.get(c, c) for c in self.columns] if rename else list(self.columns)
         with output_errors(csv_path):
-            write_csv(csv_path, self._rows(extra, key, rename), columns)
+            if map_chunks is None or row_extras is None:
+                write_csv_lists(csv_path, columns, self._cells(extra, key))
+            else:
+                encode = functools.partial(csv_text, columns=list(self.columns))
+                chunks = zip(self._line_chunks(CSV_CHUNK_ROWS),
+                             (row_extras[i:i + CSV_CHUNK_ROWS] for i in range(0, self.count, CSV_CHUNK_ROWS)))
+                windows = iter(lambda: list(itertools.islice(chunks, CSV_CHUNKS_AT_ONCE)), [])
+                write_csv_text(csv_path, columns, (text for window in windows for text in map_chunks(encode, window)))
         if parquet_path:
             with output_errors(parquet_path):
                 write_parquet(parquet_path, self._rows(extra, key, rename), columns, types=types)

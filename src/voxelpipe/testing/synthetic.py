@@ -167,6 +167,24 @@ def write_series(folder: str | os.PathLike, spec: SeriesSpec | None = None, *, n
     return paths
 
 
+def write_many_series(folder: str | os.PathLike, n_series: int, n_slices: int, rows: int = 64,
+                      cols: int = 64) -> list[str]:
+    """Write ``n_series`` CT series of ``n_slices`` slices of ``rows`` x ``cols`` pixels, one subfolder each
+    (``series_000`` ...), all of one study; UIDs derive from the sizes, so a rewrite gives the same UIDs.
+    Returns the series folders (scan and benchmark data: ``n_series * n_slices`` small files)."""
+    key = f"{n_series}x{n_slices}x{rows}x{cols}"
+    study = generate_uid(ROOT_UID, entropy_srcs=[key, "study"])
+    folders = []
+    for i in range(n_series):
+        spec = SeriesSpec(n_slices=n_slices, rows=rows, columns=cols, seed=i, study_uid=study,
+                          series_uid=generate_uid(ROOT_UID, entropy_srcs=[key, "series", str(i)]),
+                          series_number=i + 1, series_description=f"many CT {i}")
+        series_folder = os.path.join(os.fspath(folder), f"series_{i:03d}")
+        write_series(series_folder, spec)
+        folders.append(series_folder)
+    return folders
+
+
 def write_localizer(folder: str | os.PathLike, spec: SeriesSpec, name: str = "LOCALIZER.dcm") -> str:
     """A LOCALIZER image (coronal) in the series of ``spec``."""
     ds = _base_dataset(spec)
