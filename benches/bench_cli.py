@@ -49,7 +49,7 @@ from pathlib import Path
 import pytest
 
 from voxelpipe.testing.multiframe import write_enhanced_ct
-from voxelpipe.testing.synthetic import SeriesSpec, write_series
+from voxelpipe.testing.synthetic import write_many_series
 
 from _common import Column, RatioTable
 from bench_convert import FULL, SMALL, dcm2niix_exe, ensure_variant, read_inputs
@@ -236,9 +236,7 @@ def scan_tree(benchmarks_enabled) -> str:
     marker = root / "complete.json"
     if not marker.is_file():
         shutil.rmtree(root, ignore_errors=True)
-        for i in range(n_series):
-            write_series(root / "tree" / f"series{i:03d}",
-                         SeriesSpec(n_slices=n_slices, rows=rows, columns=columns, seed=i, series_number=i + 1))
+        write_many_series(root / "tree", n_series, n_slices, rows, columns)
         marker.write_text(json.dumps({"files": n_series * n_slices}))
     return str(root / "tree")
 
