@@ -18,7 +18,9 @@ from voxelpipe.cli.options import (
 )
 from voxelpipe.cli.summary import print_summary
 from voxelpipe.core import defaults
-from voxelpipe.core.types import Format, Phi, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.core.types import Executor, Format, Phi, PhilipsScaling, StoreKind, TiltPolicy, UnevenPolicy
+from voxelpipe.execution.pool import start_forkserver
+from voxelpipe.execution.workers import default_workers
 
 NAME = "convert"
 OPTIONS = ("manifest", "fmt", "store", "mode", "workers", "shard_id", "num_shards", "overwrite", "verify_slices",
@@ -101,6 +103,9 @@ def layout_text(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "executor", defaults.EXECUTOR) == Executor.POOL and (getattr(args, "workers", None)
+                                                                         or default_workers()) > 1:
+        start_forkserver()  # the workers' imports load on another core while this process imports the pipeline
     from voxelpipe.pipelines.convert import convert  # lazy: see the cli package docstring
 
     rows = convert(args.dirs or None, out=args.out, progress=progress(args), **given(args, OPTIONS))

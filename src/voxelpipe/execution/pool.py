@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.forkserver
 import threading
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -29,6 +30,17 @@ def context() -> multiprocessing.context.BaseContext:
         ctx.set_forkserver_preload(PRELOAD)
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def start_forkserver() -> bool:
+    """Start the forkserver now, without waiting for it: its preload imports (:data:`PRELOAD`) then run in
+    its own process, on another core, while this process goes on importing, and the first pool forks its workers
+    from it as soon as that is done. Returns False where the platform has no forkserver (nothing started)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    context()  # sets the preload list
+    multiprocessing.forkserver.ensure_running()
+    return True
 
 
 _pools: dict[int, multiprocessing.pool.Pool] = {}
