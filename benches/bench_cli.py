@@ -1,7 +1,7 @@
 """What users run, end to end: ``python -m voxelpipe <command>`` as a subprocess, cold and warm, with peers.
 
 Every case starts a new process and times it from start to exit (``time.perf_counter`` around the child, its
-peak resident memory from ``os.wait4``), as a user's shell would. Groups and implementations (ids
+own peak resident memory, ``voxelpipe.testing.measured``), as a user's shell would. Groups and implementations (ids
 ``<group>-<impl>``):
 
 * ``startup``: ``python -c pass`` (``python``, the floor), ``python -c "import voxelpipe"`` (``import``) and
@@ -39,15 +39,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from voxelpipe.testing.measured import Measured, run_measured
 from voxelpipe.testing.multiframe import write_enhanced_ct
 from voxelpipe.testing.synthetic import write_many_series
 
@@ -71,27 +69,13 @@ MULTIFRAME_FULL = (512, 512, 512)  # frames, rows, columns
 MULTIFRAME_SMALL = (16, 64, 64)
 
 
-@dataclass
-class Run:
-    seconds: float
-    max_rss: int  # bytes
-    returncode: int
-    stdout: str
-    stderr: str
+Run = Measured
 
 
-def run(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> Run:
-    """Run ``cmd`` to its end; wall seconds from start to exit and the child's peak RSS."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(seconds, usage.ru_maxrss * 1024, proc.returncode, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"))
+def run(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> Measured:
+    """Run ``cmd`` to its end: wall seconds from start to exit and the command's own peak RSS (not this
+    process's: ``voxelpipe.testing.measured``)."""
+    return run_measured(cmd, env=env, cwd=cwd)
 
 
 def _env(**extra: str) -> dict:
@@ -129,9 +113,9 @@ TABLE = RatioTable("what users run: subprocess seconds, cold and warm, against p
 
 
 def _record(benchmark, runs: list[Run], note: str = "") -> None:
-    TABLE.record(benchmark, rss_mb=max(r.max_rss for r in runs) / 1e6, note=note)
+    TABLE.record(benchmark, rss_mb=max(r.peak_bytes for r in runs) / 1e6, note=note)
     benchmark.extra_info.update({"seconds": [r.seconds for r in runs],
-                                 "peak_mb": max(r.max_rss for r in runs) / 1e6, "note": note})
+                                 "peak_mb": max(r.peak_bytes for r in runs) / 1e6, "note": note})
 
 
 # ------------------------------------------------------------------------------------------------ startup

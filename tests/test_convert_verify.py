@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, 
 import voxelpipe
 from voxelpipe.core.types import Status
 from voxelpipe.pipelines import series_volume
+from voxelpipe.testing.measured import run_measured
 from voxelpipe.testing.multiframe import frame_pixels, write_enhanced_ct
 
 MEMORY_RATIO = 1.3  # peak RSS with the default verification / peak RSS with --verify-slices 0
@@ -36,14 +36,13 @@ def expected_volume(order: list[int], rows: int, columns: int, intercepts: list[
 
 
 def peak_rss_kib(args: list[str], log: Path) -> int:
-    """Run ``python -m voxelpipe ARGS`` and return its peak RSS (KiB, its own and its children's) from
-    ``wait4``; the run must succeed."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "voxelpipe", *args], stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, log.read_text()
-    return usage.ru_maxrss
+    """Run ``python -m voxelpipe ARGS`` and return its own peak RSS in KiB (with the children it waited for,
+    not this test process's memory: see ``voxelpipe.testing.measured``); the run must succeed."""
+    done = run_measured([sys.executable, "-m", "voxelpipe", *args])
+    log.write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert done.peak_bytes > 0, done.stderr
+    return done.peak_bytes // 1024
 
 
 def test_default_verification_of_a_multiframe_file_costs_little_memory(tmp_path):
