@@ -22,9 +22,9 @@ own peak resident memory, ``voxelpipe.testing.measured``), as a user's shell wou
   (``default``) and with ``--verify-slices 0`` (``off``); the figure that matters is the peak memory column.
 
 Targets, on the 2-core machine the project is built on (printed below the table, not asserted): ``help`` <= 0.25 s,
-``import`` <= 0.15 s, ``demo-cold`` <= 10 s, convert <= 1.0x dcm2niix (uncompressed) and <= 0.5x (JPEG
-lossless), scan with 2 workers >= 1.7x faster than with 1, peak memory of the verified multi-frame conversion
-<= 1.3x the unverified one.
+``import`` <= 0.15 s, ``demo-cold`` <= 10 s, convert <= 1.0x dcm2niix (uncompressed) and <= 0.5x (JPEG lossless),
+by the medians and by the fastest rounds both, scan with 2 workers >= 1.7x faster than with 1, peak memory of the
+verified multi-frame conversion <= 1.3x the unverified one.
 
 Run::
 
@@ -113,7 +113,8 @@ TABLE = RatioTable("what users run: subprocess seconds, cold and warm, against p
 
 
 def _record(benchmark, runs: list[Run], note: str = "") -> None:
-    TABLE.record(benchmark, rss_mb=max(r.peak_bytes for r in runs) / 1e6, note=note)
+    TABLE.record(benchmark, rss_mb=max(r.peak_bytes for r in runs) / 1e6, note=note,
+                 seconds=[r.seconds for r in runs])
     benchmark.extra_info.update({"seconds": [r.seconds for r in runs],
                                  "peak_mb": max(r.peak_bytes for r in runs) / 1e6, "note": note})
 
@@ -292,11 +293,15 @@ def _targets() -> list[str]:
             lines.append(f"  {name:<28} {median:7.2f} s   target <= {bound:.2f} s   "
                          f"{'met' if median <= bound else 'MISSED'}")
     for group, bound in RATIO_TARGETS.items():
-        ours, peer = TABLE.median(group, "voxelpipe"), TABLE.median(group, "dcm2niix")
-        if ours is not None and peer is not None:
-            ratio = ours / peer
+        ours, peer = TABLE.row(group, "voxelpipe"), TABLE.row(group, "dcm2niix")
+        if ours is not None and peer is not None and ours.median is not None and peer.median is not None:
+            # medians and fastest rounds both: a peer whose rounds vary widely (dcm2niix writing 630 MB of
+            # uncompressed NIfTI meets this VM's erratic disk write-back) must not pass the target by its slow rounds
+            ratio = ours.median / peer.median
+            fastest = min(ours.figures["seconds"]) / min(peer.figures["seconds"])
+            met = ratio <= bound and fastest <= bound
             lines.append(f"  {group + ' / dcm2niix':<28} {ratio:7.2f} x   target <= {bound:.2f} x   "
-                         f"{'met' if ratio <= bound else 'MISSED'}")
+                         f"{'met' if met else 'MISSED'} (fastest rounds: {fastest:.2f} x)")
     one, two = TABLE.median("scan", "voxelpipe-1worker"), TABLE.median("scan", "voxelpipe-2workers")
     if one is not None and two is not None:
         speedup = one / two
