@@ -139,8 +139,8 @@ def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
         fh.writelines(line + "\n" for line in lines)
 
 
-CSV_CHUNK_ROWS = 2000  # rows per CSV-encoding task of RowSpool.write
-CSV_CHUNKS_AT_ONCE = 8  # tasks in flight: bounds the memory of a parallel write
+CSV_CHUNK_ROWS = 1000  # rows per CSV-encoding task of RowSpool.write
+CSV_CHUNKS_AT_ONCE = 2  # tasks in flight (one per worker of a 2-core machine): bounds the memory of a parallel write
 
 
 def write_csv_text(path: str | os.PathLike, header: list[str], texts: Iterable[str]) -> None:
