@@ -69,33 +69,24 @@ MULTIFRAME_FULL = (512, 512, 512)  # frames, rows, columns
 MULTIFRAME_SMALL = (16, 64, 64)
 
 
-Run = Measured
-
-
-def run(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> Measured:
-    """Run ``cmd`` to its end: wall seconds from start to exit and the command's own peak RSS (not this
-    process's: ``voxelpipe.testing.measured``)."""
-    return run_measured(cmd, env=env, cwd=cwd)
-
-
 def _env(**extra: str) -> dict:
     env = dict(os.environ)
     env.update(extra)
     return env
 
 
-def _check(result: Run, what: str) -> Run:
+def _check(result: Measured, what: str) -> Measured:
     if result.returncode != 0:
         raise AssertionError(f"{what} exited {result.returncode}:\n{result.stderr[-3000:]}\n{result.stdout[-2000:]}")
     return result
 
 
-def _timed(benchmark, benchmarks_enabled, once, setup=None) -> list[Run]:
-    """``once()`` (a Run) in ``ROUNDS`` timed rounds (once when disabled); the rounds' Runs.
+def _timed(benchmark, benchmarks_enabled, once, setup=None) -> list[Measured]:
+    """``once()`` (a Measured) in ``ROUNDS`` timed rounds (once when disabled); the rounds' results.
 
     pytest-benchmark times the call in-process; the child's own wall time is the figure, so the rounds' runs are
     recorded and the benchmark's stats replaced by theirs."""
-    runs: list[Run] = []
+    runs: list[Measured] = []
 
     def one():
         runs.append(once())
@@ -112,7 +103,7 @@ TABLE = RatioTable("what users run: subprocess seconds, cold and warm, against p
                    footer=lambda: _targets())
 
 
-def _record(benchmark, runs: list[Run], note: str = "") -> None:
+def _record(benchmark, runs: list[Measured], note: str = "") -> None:
     TABLE.record(benchmark, rss_mb=max(r.peak_bytes for r in runs) / 1e6, note=note,
                  seconds=[r.seconds for r in runs])
     benchmark.extra_info.update({"seconds": [r.seconds for r in runs],
@@ -130,7 +121,7 @@ STARTUP = {
 @pytest.mark.parametrize("impl", list(STARTUP))
 def test_startup(benchmark, benchmarks_enabled, impl):
     TABLE.begin(benchmark, "startup", impl)
-    runs = _timed(benchmark, benchmarks_enabled, lambda: _check(run(STARTUP[impl]), impl))
+    runs = _timed(benchmark, benchmarks_enabled, lambda: _check(run_measured(STARTUP[impl]), impl))
     _record(benchmark, runs)
 
 
@@ -140,8 +131,8 @@ def warm_cache(tmp_path_factory) -> dict:
     """NUMBA_CACHE_DIR and XDG_CACHE_HOME filled by one untimed demo run."""
     root = tmp_path_factory.mktemp("warm-cache")
     env = {"NUMBA_CACHE_DIR": str(root / "numba"), "XDG_CACHE_HOME": str(root / "xdg")}
-    _check(run([sys.executable, "-m", "voxelpipe", "demo", "--out", str(root / "demo")], env=_env(**env)),
-           "demo (filling the cache)")
+    cmd = [sys.executable, "-m", "voxelpipe", "demo", "--out", str(root / "demo")]
+    _check(run_measured(cmd, env=_env(**env)), "demo (filling the cache)")
     return env
 
 
@@ -150,14 +141,15 @@ def test_demo(benchmark, benchmarks_enabled, tmp_path, warm_cache, impl):
     TABLE.begin(benchmark, "demo", impl)
     counter = iter(range(1000))
 
-    def once() -> Run:
+    def once() -> Measured:
         k = next(counter)
         out = str(tmp_path / f"demo{k}")
         if impl == "cold":  # new, empty cache folders every round
             env = {"NUMBA_CACHE_DIR": str(tmp_path / f"numba{k}"), "XDG_CACHE_HOME": str(tmp_path / f"xdg{k}")}
         else:
             env = warm_cache
-        result = _check(run([sys.executable, "-m", "voxelpipe", "demo", "--out", out], env=_env(**env)), "demo")
+        cmd = [sys.executable, "-m", "voxelpipe", "demo", "--out", out]
+        result = _check(run_measured(cmd, env=_env(**env)), "demo")
         shutil.rmtree(out, ignore_errors=True)
         return result
 
@@ -196,12 +188,12 @@ def test_convert(benchmark, benchmarks_enabled, tmp_path, cli_study, warm_cache,
         outs.append(out)
         read_inputs(data)
 
-    def once() -> Run:
+    def once() -> Measured:
         out = outs[-1]
         if impl == "voxelpipe":
             cmd = [sys.executable, "-m", "voxelpipe", "convert", data.folder, "--out", out, "--workers", "2"]
-            return _check(run(cmd, env=_env(**warm_cache)), "convert")
-        return _check(run([dcm2niix_exe(), "-z", "n", "-o", out, data.folder]), "dcm2niix")
+            return _check(run_measured(cmd, env=_env(**warm_cache)), "convert")
+        return _check(run_measured([dcm2niix_exe(), "-z", "n", "-o", out, data.folder]), "dcm2niix")
 
     runs = _timed(benchmark, benchmarks_enabled, once, setup=setup)
     _record(benchmark, runs, f"{data.n_files} files, {data.bytes_in / 1e6:.0f} MB")
@@ -244,9 +236,9 @@ def test_scan(benchmark, benchmarks_enabled, tmp_path, scan_tree, warm_cache, im
         outs.append(str(tmp_path / f"out{next(counter)}"))
         _read_tree(scan_tree)
 
-    def once() -> Run:
+    def once() -> Measured:
         cmd = [sys.executable, "-m", "voxelpipe", "scan", scan_tree, "--out", outs[-1], "--workers", workers]
-        return _check(run(cmd, env=_env(**warm_cache)), "scan")
+        return _check(run_measured(cmd, env=_env(**warm_cache)), "scan")
 
     runs = _timed(benchmark, benchmarks_enabled, once, setup=setup)
     files = sum(len(names) for _, _, names in os.walk(scan_tree))
@@ -273,10 +265,11 @@ def test_verify_memory(benchmark, benchmarks_enabled, tmp_path, multiframe, warm
     def setup():
         outs.append(str(tmp_path / f"out{next(counter)}"))
 
-    def once() -> Run:
+    def once() -> Measured:
         cmd = [sys.executable, "-m", "voxelpipe", "convert", multiframe, "--out", outs[-1], "--workers", "1"]
-        result = _check(run(cmd + (["--verify-slices", "0"] if impl == "off" else []), env=_env(**warm_cache)),
-                        "convert")
+        if impl == "off":
+            cmd += ["--verify-slices", "0"]
+        result = _check(run_measured(cmd, env=_env(**warm_cache)), "convert")
         shutil.rmtree(outs[-1], ignore_errors=True)
         return result
 

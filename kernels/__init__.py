@@ -2,3 +2,6 @@
 
 Callers validate inputs in the Python wrappers of ``voxelpipe``; kernels trust them.
 """
+from ._jit import has_cache  # the compiled-kernel cache: whether named kernels are in it (voxelpipe.ops.warmup)
+
+__all__ = ["has_cache"]

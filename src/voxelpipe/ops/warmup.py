@@ -16,7 +16,7 @@ import numpy as np
 
 from voxelpipe.core.geometry import Geometry
 from voxelpipe.core.volume import Volume
-from voxelpipe.kernels._jit import has_cache
+from voxelpipe.kernels import has_cache
 from voxelpipe.ops.polygon import fill_polygons_volume
 from voxelpipe.ops.projection import project
 from voxelpipe.ops.resample import resample

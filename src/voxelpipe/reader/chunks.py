@@ -631,14 +631,6 @@ class ChunkReader:
             return None
         return layout.key(shard), offset, nbytes
 
-    def fetch(self, coords: tuple[int, ...]) -> bytes | None:
-        """The encoded bytes of chunk ``coords`` (inner chunk when sharded); None when absent."""
-        where = self.locate(coords)
-        if where is None:
-            return None
-        key, offset, nbytes = where
-        return self._keys.get(key) if nbytes is None else self._keys.get_range(key, offset, nbytes)
-
     def decode(self, data: bytes, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
         """A chunk's values (chunk shape, native byte order) from its encoded bytes, into ``out`` when given
         (C-contiguous, the chunk's shape and stored dtype); ``threads`` decode its Blosc blocks (blosc2 only)."""
@@ -655,20 +647,6 @@ class ChunkReader:
         else:
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
         return out if layout.dtype.isnative else out.astype(self.dtype)
-
-    def chunk(self, coords: tuple[int, ...]) -> np.ndarray | None:
-        """Decoded chunk ``coords`` (through the cache); None when absent (fill value)."""
-        key = (self._token, coords)
-        cache = _SHARED.cache
-        found = cache.get(key)
-        if found is not None:
-            return found
-        data = self.fetch(coords)
-        if data is None:
-            return None
-        values = self.decode(data)
-        cache.put(key, values)
-        return values
 
 
 def _open_zarr(source, array_path: str):
